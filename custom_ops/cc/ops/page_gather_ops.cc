@@ -1,0 +1,57 @@
+// Registration of PageGather: materializes a task's weights from weight-pages.
+//
+// For page i with entry e = page_table[i]: shared row e when e < P, else
+// exclusive row e - P; the rows concatenated and cut to num_weights. This is
+// the page-table encoding of the original runtime. num_weights is an attribute
+// rather than an input so that the output shape is known when the graph is
+// built (a task's size never changes while its model exists).
+
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace weightsep {
+
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+REGISTER_OP("PageGather")
+    .Input("shared: float")
+    .Input("exclusive: float")
+    .Input("page_table: int32")
+    .Attr("num_weights: int >= 0")
+    .Output("weights: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle shared, exclusive, table;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &shared));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &exclusive));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &table));
+      DimensionHandle page_size;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 1), c->Dim(exclusive, 1), &page_size));
+      int64_t num_weights;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_weights", &num_weights));
+      if (c->ValueKnown(page_size) && c->ValueKnown(c->Dim(table, 0))) {
+        const int64_t s = c->Value(page_size);
+        const int64_t pages = c->Value(c->Dim(table, 0));
+        if (s > 0 && pages != (num_weights + s - 1) / s) {
+          return ::tensorflow::errors::InvalidArgument(
+              "PageGather: page_table has ", pages, " entries but num_weights = ",
+              num_weights, " with page size ", s, " needs ceil(", num_weights, " / ", s,
+              ") = ", (num_weights + s - 1) / s, " pages.");
+        }
+      }
+      c->set_output(0, c->Vector(num_weights));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Materializes a task's weight vector from the shared pool and exclusive pages.
+
+shared: [P, S] shared weight-pages.
+exclusive: [E, S] exclusive weight-pages (E may be 0).
+page_table: [n_p] entries; e < P selects shared row e, e >= P exclusive row e - P.
+num_weights: length n of the output; n_p must equal ceil(n / S).
+weights: [n] the pages concatenated, cut to n.
+)doc");
+
+}  // namespace weightsep

@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Every problem a user can fix (a missing file, a corrupt state, a bad flag) is raised
+as a WeightSepError whose message says what is wrong, which file, and what to run.
+The CLI prints the message on one line and exits non-zero; tracebacks are for bugs.
+"""
+
+
+class WeightSepError(Exception):
+    """An error the user can act on; its message is shown as is."""
+
+
+class DataError(WeightSepError):
+    """A dataset file is missing, unreadable or inconsistent."""
+
+
+class StateError(WeightSepError):
+    """The separated state on disk is missing, corrupt or inconsistent."""
+
+
+class StateLockedError(StateError):
+    """Another process holds the state's writer lock."""
