@@ -10,6 +10,8 @@
   -mode=l                                  list tasks, pool occupation, packing report
   -mode=r        -vnn_name=<task>          remove a task
   -mode=f / c / n / tl / cl / tpr          diagnostics (see README)
+  -mode=pf pw pnf pnw pnfh pnwh -vnn_name=<task>, -mode=heatmap -vnn_name=a,b
+                                           plots, saved as <-plot_dir>/<mode>_<task>.png
 Every mode accepts -data=synthetic to run offline on built-in synthetic data.
 """
 
@@ -21,7 +23,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("mode", None, "what to do: pretrain import a r t o e l f c n tl cl tpr")
+flags.DEFINE_string("mode", None, "what to do: pretrain import a r t o e l f c n tl cl tpr, plots: pf pw pnf pnw pnfh pnwh heatmap")
 flags.DEFINE_string("network_path", None, "task folder (pretrain, a, n) or checkpoint folder (import)")
 flags.DEFINE_string("vnn_name", None, "task name (t, e, r, f, tl, tpr); two names a,b for -mode=c")
 flags.DEFINE_integer("iter", None, "training steps (pretrain: 2000, t: 2000, o: 32 per task per round)")
@@ -43,6 +45,11 @@ flags.DEFINE_integer("fisher_samples", 50, "examples for the Fisher information"
 flags.DEFINE_integer("seed", 0, "random seed (data sampling, synthetic data, pool init)")
 flags.DEFINE_enum("data", None, ["real", "synthetic"], "dataset kind (default: real, or what the task was added with)")
 flags.DEFINE_enum("target", "vnn", ["vnn", "network"], "-mode=e: the separated task (vnn) or its own network")
+flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots). "
+                    "pf: Fisher per page of the separated task (recomputed on its materialized weights); "
+                    "pw: mean |w| per page of the separated task; pnf: network Fisher per page (stored at add); "
+                    "pnw: mean |w| per page of the network; pnfh / pnwh: histograms of the network Fisher "
+                    "(log10) / weights; heatmap: overlapping cost of a's pages x b's pages (-vnn_name=a,b)")
 flags.DEFINE_integer("verbose", 1, "Keras progress output for pretrain: 0 silent, 1 bar, 2 one line per epoch")
 
 
@@ -102,7 +109,9 @@ def mode_import():
     from weightsep.networks import import_tf1_checkpoint, save_network
     from weightsep.tasks import load_task
     folder = Path(_need("network_path"))
-    task = load_task(FLAGS.vnn_name or folder.resolve().name)
+    # The original kept each checkpoint in its task folder; a folder without a task.py
+    # names the task by -vnn_name or by its own name.
+    task = load_task(folder) if (folder / "task.py").is_file() else load_task(FLAGS.vnn_name or folder.resolve().name)
     net = import_tf1_checkpoint(task, folder)
     path = save_network(net)
     print(f"{task.name}: {net.num_weights} weights")
@@ -120,7 +129,7 @@ def mode_add():
         options = _options()
         ensure_state(store, options, explicit)
         session = Session(store, options)
-        session._specs[task.name] = task
+        session.use_spec(task)
         add_task(session, task.name)
 
 
@@ -150,7 +159,11 @@ def mode_evaluate():
     if FLAGS.target == "network":
         from weightsep.pipeline import Session
         from weightsep.store import Store
-        acc = evaluate_task(Session(Store(FLAGS.state_dir), _options()), name, target="network")
+        from weightsep.tasks import load_task
+        task = load_task(FLAGS.vnn_name or _need("network_path"))
+        session = Session(Store(FLAGS.state_dir), _options())
+        session.use_spec(task)
+        name, acc = task.name, evaluate_task(session, task.name, target="network")
     else:
         session = _session()
         with session.store.writer():
@@ -198,6 +211,17 @@ def _diagnostic(fn, existing=True, names=1):
     return run
 
 
+def _plot(mode):
+    def run():
+        from pathlib import Path
+        from weightsep.plots import plot_mode
+        session = _session()
+        names = [t for t in (FLAGS.vnn_name or "").split(",") if t] or [_task_name()]
+        plot = plot_mode(session, mode, names, FLAGS.plot_dir or Path(FLAGS.state_dir) / "plots")
+        print(f"saved {plot.path}")
+    return run
+
+
 def main(argv):
     from weightsep.errors import WeightSepError
     if len(argv) > 1:
@@ -211,6 +235,7 @@ def main(argv):
                   "n": _diagnostic(d.layers, existing=False), "tl": _diagnostic(d.training_loss),
                   "cl": _diagnostic(d.alpha_loss_lines, existing=False),
                   "tpr": _diagnostic(d.tpr_lines, existing=False)})
+    modes.update({mode: _plot(mode) for mode in ("pf", "pw", "pnf", "pnw", "pnfh", "pnwh", "heatmap")})
     if FLAGS.mode not in modes:
         raise app.UsageError(f"-mode must be one of {' '.join(modes)}, not {FLAGS.mode!r}")
     try:

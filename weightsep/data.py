@@ -11,7 +11,7 @@ Real data (``data="real"``) comes in the two formats the original toolkit used:
   labels one-hot [N, num_classes] or integer [N] / [N, 1].
 - "mnist_idx": the standard MNIST idx ``.gz`` files, images scaled to [0, 1].
 Validation: the task's validation files when its spec lists them; otherwise the
-last 10% of the train files (n_val = N // 10, at least 1) and "train" is then the
+last 10% of the train files (N // 10 samples, at least 1) and "train" is then the
 first 90%, so training never sees a validation sample.
 
 Every load checks that the files exist, are loadable arrays, agree in sample count,
@@ -54,9 +54,6 @@ DATA_KINDS = ("real", "synthetic")
 # Examples per split of the synthetic data: trains in seconds on a CPU.
 SYNTHETIC_SIZES = {"train": 3000, "validation": 500, "test": 1000}
 
-# Share of the train files used as validation when a task lists no validation files.
-VALIDATION_FRACTION = 0.1
-
 # Synthetic difficulty (tuned so the tasks' CNNs reach about 70-95% test accuracy
 # after a few hundred Adam steps; see the README).
 _SYN_COSINES = 6          # 2D cosines per channel of a class prototype
@@ -69,7 +66,7 @@ _SYN_DISTRACTOR = 0.5     # at most this fraction of another class's prototype
 _SYN_LABEL_NOISE = 0.07   # share of samples whose label is replaced by a random class
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """One split of a task: x float32 [N, H, W, C], y int64 [N], and where it came from."""
 
@@ -107,22 +104,22 @@ def load_split(task: TaskSpec, split: str, data: str = "real", seed: int = 0) ->
     _check_kind(task, split, data)
     if data == "synthetic":
         return _synthetic_cached(task.name, tuple(task.input_shape), task.num_classes, split, int(seed))
-    own_files = task.data.split(split)
-    if own_files is not None:
-        return _load_files(task, split, own_files)
+    if split == "test" or task.data.validation is not None:
+        return _load_files(task, split, task.data.split(split))
     # No validation files: train and validation are the two parts of the train files.
     full = _load_files(task, "train", task.data.train)
-    n_val = _fallback_validation_size(len(full), task, full.files[0])
+    n_val = _fallback_validation_size(len(full), task)
     cut = len(full) - n_val
     part = slice(0, cut) if split == "train" else slice(cut, None)
     return dataclasses.replace(full, x=full.x[part], y=full.y[part], split=split)
 
 
-def _fallback_validation_size(n: int, task: TaskSpec, filename: str) -> int:
+def _fallback_validation_size(n: int, task: TaskSpec) -> int:
+    """Size of the validation part (the last 10%) of the train files."""
     if n < 2:
-        raise DataError(f"{filename}: {n} sample(s) are too few to split off a validation set; "
-                        f"{_download_hint(task)}")
-    return max(1, int(n * VALIDATION_FRACTION))
+        raise DataError(f"{task.path(task.data.train[0])}: {n} sample(s) are too few to split off "
+                        f"a validation set; {_download_hint(task)}")
+    return max(1, n // 10)
 
 
 def num_examples(task: TaskSpec, split: str, data: str = "real") -> int:
@@ -130,11 +127,10 @@ def num_examples(task: TaskSpec, split: str, data: str = "real") -> int:
     _check_kind(task, split, data)
     if data == "synthetic":
         return SYNTHETIC_SIZES[split]
-    own_files = task.data.split(split)
-    if own_files is not None:
-        return _header_count(task, own_files[1])
+    if split == "test" or task.data.validation is not None:
+        return _header_count(task, task.data.split(split)[1])
     n = _header_count(task, task.data.train[1])
-    n_val = _fallback_validation_size(n, task, task.data.train[1])
+    n_val = _fallback_validation_size(n, task)
     return n_val if split == "validation" else n - n_val
 
 
@@ -150,7 +146,7 @@ def describe(task: TaskSpec, data: str = "real", seed: int = 0) -> str:
     if task.data.validation is not None:
         validation = "its own validation files"
     else:
-        validation = f"validation = last {int(VALIDATION_FRACTION * 100)}% of train"
+        validation = "validation = last 10% of the train files"
     return (f"{task.name}: real data ({task.data.format}) from {folder}, "
             f"{shape}, {task.num_classes} classes, {validation}")
 
@@ -225,17 +221,22 @@ def _read_npy(task: TaskSpec, path: Path) -> np.ndarray:
     return array
 
 
-def _explain_bad_file(path: Path, exc: Exception) -> str:
+def _looks_like_html(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(512).lstrip().lower()
     except OSError:
-        head = b""
-    if head.startswith(b"<") or b"<html" in head:
+        return False
+    return head.startswith(b"<") or b"<html" in head
+
+
+def _explain_bad_file(path: Path, exc: Exception) -> str:
+    if _looks_like_html(path):
         return "it is an HTML page, not an array (a failed download)"
-    if "mmap length" in str(exc) or "size" in str(exc):
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "mmap length" in text or "cannot reshape" in text or isinstance(exc, EOFError):
         return "the file is truncated (an interrupted download)"
-    return f"not a valid .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return f"not a valid .npy array ({text})"
 
 
 def _read_idx(task: TaskSpec, path: Path, magic: int) -> np.ndarray:
@@ -244,9 +245,12 @@ def _read_idx(task: TaskSpec, path: Path, magic: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        reason = _explain_bad_file(path, exc) if not isinstance(exc, EOFError) else "the file is truncated"
-        if "not a valid .npy" in reason:
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        if _looks_like_html(path):
+            reason = "it is an HTML page, not a gzip file (a failed download)"
+        elif isinstance(exc, EOFError):
+            reason = "the file is truncated (an interrupted download)"
+        else:
             reason = f"not a valid gzip file ({exc})"
         raise DataError(f"cannot read {path}: {reason}; delete it and {_download_hint(task)}") from None
     ndim = 3 if magic == 2051 else 1
@@ -265,23 +269,30 @@ def _read_idx(task: TaskSpec, path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _to_images(task: TaskSpec, x: np.ndarray, path: Path) -> np.ndarray:
-    """Flattened or shaped samples -> float32 [N, H, W, C] (copied out of the file)."""
+def _check_sample_shape(task: TaskSpec, sample: tuple, path: Path) -> None:
     h, w, c = task.input_shape
-    sample = tuple(x.shape[1:])
     if sample == (h * w * c,) or sample == (h, w, c) or (c == 1 and sample == (h, w)):
-        return np.array(x, dtype=np.float32).reshape((x.shape[0], h, w, c))
+        return
     raise DataError(f"{path}: samples have shape {sample}, but task {task.name} expects "
                     f"({h}, {w}, {c}) or flattened ({h * w * c},); wrong file for this task? "
                     f"{_download_hint(task)}")
 
 
+def _to_images(task: TaskSpec, x: np.ndarray, path: Path) -> np.ndarray:
+    """Flattened or shaped samples -> float32 [N, H, W, C] (copied out of the file)."""
+    _check_sample_shape(task, tuple(x.shape[1:]), path)
+    return np.array(x, dtype=np.float32).reshape((x.shape[0],) + tuple(task.input_shape))
+
+
 def _check_finite(task: TaskSpec, x: np.ndarray, path: Path) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
-        raise DataError(f"{path} holds {int(bad.sum())} non-finite values (NaN/inf), the first in "
-                        f"sample {first}; {_download_hint(task)}")
+    """All values finite; works in chunks, so a memory-mapped file is never read whole."""
+    chunk = max(1, 2**24 // max(1, int(np.prod(x.shape[1:]))))
+    for start in range(0, len(x), chunk):
+        bad = ~np.isfinite(np.asarray(x[start:start + chunk]))
+        if bad.any():
+            first = start + int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+            raise DataError(f"{path} holds non-finite values (NaN/inf), the first in sample {first}; "
+                            f"{_download_hint(task)}")
 
 
 def _to_class_indices(task: TaskSpec, labels: np.ndarray, path: Path) -> np.ndarray:
@@ -405,3 +416,111 @@ def _synthetic_cached(task_name: str, shape: tuple[int, int, int], num_classes: 
     y.flags.writeable = False
     return Dataset(x=x, y=y, task=task_name, split=split, data="synthetic",
                    files=(f"synthetic:{task_name}:{split}:seed={seed}",))
+
+
+# ---------------------------------------------------------------------------
+# Verification of the files on disk (used by download_dataset.sh)
+
+
+def _file_role(task: TaskSpec, filename: str) -> tuple[str, int]:
+    """(split, 0 for data / 1 for labels) of one of the task's data files."""
+    for split in SPLITS:
+        files = task.data.split(split)
+        if files is not None and filename in files:
+            return split, files.index(filename)
+    known = ", ".join(f for split in SPLITS for f in (task.data.split(split) or ()))
+    raise WeightSepError(f"{filename} is not a data file of task {task.name} (its files: {known})")
+
+
+def data_files(task: TaskSpec) -> list[str]:
+    """The task's data file names, relative to its folder: train, validation, test; data then labels."""
+    if task.data is None:
+        return []
+    return [f for split in SPLITS for f in (task.data.split(split) or ())]
+
+
+def verify_file(task: TaskSpec, filename: str, path: Optional[Path] = None) -> int:
+    """Check one data file (at ``path``, default its place in the task folder) on its own.
+
+    Returns its sample count; raises DataError when it is missing or bad.
+    Checks: loadable, sample shape (data) or label shape, range and one-hotness (labels),
+    finite values.  Data files are memory-mapped and scanned in chunks.
+    """
+    split, index = _file_role(task, filename)
+    path = Path(path) if path is not None else task.path(filename)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}; {_download_hint(task)}")
+    if task.data.format == "mnist_idx":
+        array = _read_idx(task, path, 2051 if index == 0 else 2049)
+    else:
+        array = _read_npy(task, path)
+    if index == 0:
+        _check_sample_shape(task, tuple(array.shape[1:]), path)
+        _check_finite(task, array, path)
+    else:
+        _to_class_indices(task, array, path)
+    return int(array.shape[0])
+
+
+def _task_for_root(name: str, root: Optional[str]) -> TaskSpec:
+    """The task ``name`` with its folder under ``root`` (its spec from there, else from this repository)."""
+    if root is None:
+        return load_task(name)
+    if (Path(root) / name / "task.py").is_file():
+        return load_task(name, root=root)
+    return dataclasses.replace(load_task(name), folder=Path(root).resolve() / name)
+
+
+def _verify_main(args: argparse.Namespace) -> int:
+    task = _task_for_root(args.task, args.root)
+    if task.data is None:
+        raise DataError(f"task {task.name} declares no data files in its task.py")
+    requested = args.files or data_files(task)
+    counts: dict[str, int] = {}
+    failed = 0
+    for item in requested:
+        name, _, other = item.partition("=")
+        shown = f"{task.name}/{name}"
+        try:
+            counts[name] = verify_file(task, name, Path(other) if other else None)
+            print(f"ok       {shown}  {counts[name]} samples" + (f" (checked {other})" if other else ""))
+        except DataError as exc:
+            failed += 1
+            status = "missing" if str(exc).startswith("missing data file") else "bad"
+            print(f"{status:<8} {shown}  {exc}")
+    # Data and labels of a split must agree in sample count.
+    for split in SPLITS:
+        files = task.data.split(split)
+        if files and all(f in counts for f in files) and counts[files[0]] != counts[files[1]]:
+            failed += 1
+            print(f"bad      {task.name}/{files[1]}  {counts[files[1]]} labels but {files[0]} has "
+                  f"{counts[files[0]]} samples; {_download_hint(task)}")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m weightsep.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser(
+        "verify", help="check a task's data files; one line per file: ok / missing / bad")
+    verify.add_argument("--root", default=os.environ.get("WS_ROOT"),
+                        help="folder holding the task folders (default: $WS_ROOT, else the repository)")
+    verify.add_argument("task")
+    verify.add_argument("files", nargs="*",
+                        help="file names in the task folder (default: all); NAME=PATH checks PATH as NAME")
+    listing = commands.add_parser("files", help="print a task's data file names, one per line")
+    listing.add_argument("--root", default=os.environ.get("WS_ROOT"))
+    listing.add_argument("task")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "files":
+            print("\n".join(data_files(_task_for_root(args.task, args.root))))
+            return 0
+        return _verify_main(args)
+    except WeightSepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,13 +60,18 @@ class Session:
 
     # -- caches --
     def spec(self, name: str) -> TaskSpec:
+        """The task's spec: from the folder it was added from, else by name or path."""
         if name not in self._specs:
-            path = self.store.task(name).network_path if self.store.exists() and self._registered(name) else ""
+            path = self.store.task(name).network_path if self._registered(name) else ""
             self._specs[name] = load_task(path or name)
         return self._specs[name]
 
+    def use_spec(self, task: TaskSpec) -> None:
+        """Use this spec for its task (e.g. a folder given on the command line)."""
+        self._specs[task.name] = task
+
     def _registered(self, name: str) -> bool:
-        return self.store.has_task(name)
+        return self.store.loaded and self.store.has_task(name)
 
     def network(self, name: str) -> Network:
         if name not in self._networks:
@@ -138,7 +143,7 @@ def add_task(session: Session, name: str, log: Log = print_log) -> AddResult:
                              f"remove it first with -mode=r -vnn_name={name}")
     spec = session.spec(name)
     net = load_network(spec)
-    session._networks[name] = net
+    session._networks[name] = net  # reuse the loaded network for later evaluation
     w = net.get_vector()
     n, S, P = net.num_weights, store.page_size, store.num_pages
     log(f"add {name}: {n} weights from {spec.path(spec.name + '.weights.h5')}")

@@ -265,6 +265,11 @@ class Store:
 
     # ---- reading -----------------------------------------------------------------
 
+    @property
+    def loaded(self) -> bool:
+        """Whether load() (or create()) has read the state into this object."""
+        return self._loaded
+
     def exists(self) -> bool:
         """Whether the directory holds a registry (a created state)."""
         return self.registry_path.is_file()

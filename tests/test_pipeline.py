@@ -1,0 +1,196 @@
+"""The method end to end on tiny tasks: add, train (-mode=t), optimize-all (-mode=o), remove."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from weightsep.errors import WeightSepError
+from weightsep.pages import to_pages
+from weightsep.pipeline import (Options, Session, add_task, ensure_state, evaluate_task, optimize_all,
+                                train_task)
+from weightsep.store import Store
+from weightsep.tasks import load_task
+from weightsep.training import overlap_terms
+
+quiet = lambda *_: None  # noqa: E731
+
+
+def new_session(state_dir, tiny_tasks, **opts):
+    options = Options(**{"page_size": 64, "num_pages": 16, "margin": 0.6, "data": "synthetic", **opts})
+    store = Store(state_dir)
+    session = Session(store, options, log=quiet)
+    session.added = []
+    with store.writer():
+        ensure_state(store, options, log=quiet)
+        for name, folder in tiny_tasks.items():
+            session.use_spec(load_task(folder))
+            session.added.append(add_task(session, name, log=quiet))
+    return session
+
+
+@pytest.fixture(scope="module")
+def added_state(tmp_path_factory, tiny_tasks):
+    """A state with both tiny tasks added (no training yet); copy it before changing it."""
+    state = tmp_path_factory.mktemp("added")
+    new_session(state, tiny_tasks)
+    return state
+
+
+def fresh_copy(src, dst):
+    shutil.copytree(src, dst)
+    store = Store(dst).load()
+    return Session(store, Options(page_size=64, num_pages=16, data="synthetic"), log=quiet)
+
+
+def test_add_registers_pages_consistently(added_state, tiny_tasks):
+    store = Store(added_state).load()
+    assert [t.name for t in store.tasks] == ["tiny_a", "tiny_b"]
+    for rec in store.tasks:
+        w = store.load_vector(rec.name, "network_weight")
+        shared = rec.page_table[rec.page_table < store.num_pages]
+        assert len(np.unique(shared)) == len(shared)
+        # Exclusive pages hold the network's own values exactly.
+        mat = store.materialize(rec.name)
+        pages = to_pages(w, 64)
+        for k in rec.exclusive_pages:
+            np.testing.assert_array_equal(to_pages(mat, 64)[k], pages[k])
+    # The first task maps its sharable pages to shared pages 0..m-1 in order.
+    first = store.tasks[0]
+    sharable = [i for i in range(first.num_pages) if i not in first.exclusive_pages]
+    assert list(first.page_table[sharable]) == list(range(len(sharable)))
+    assert store.occupation().sum() == sum(r.num_pages - len(r.exclusive_pages) for r in store.tasks)
+
+
+def test_adding_twice_and_contradicting_the_pool_are_errors(added_state, tiny_tasks, tmp_path):
+    session = fresh_copy(added_state, tmp_path / "s")
+    with session.store.writer():
+        with pytest.raises(WeightSepError, match="tiny_a is already in the state"):
+            add_task(session, "tiny_a", log=quiet)
+        with pytest.raises(WeightSepError, match="-page_size=512 contradicts the existing state"):
+            ensure_state(session.store, Options(page_size=512, num_pages=16), explicit={"page_size"}, log=quiet)
+
+
+def overlap_reference(store, name):
+    """Per element: the mean over contributing tasks of F_o (w - w_o)^2, as a function of w."""
+    P, S = store.num_pages, store.page_size
+    rec = store.task(name)
+    fs, ws = [], []
+    for o in store.tasks:
+        if o.name == name:
+            continue
+        f_al = np.zeros((rec.num_pages, S))
+        w_al = np.zeros((rec.num_pages, S))
+        fo = to_pages(store.load_vector(o.name, "network_fisher"), S)
+        wo = to_pages(store.load_vector(o.name, "network_weight"), S)
+        for i, q in enumerate(rec.page_table):
+            for j, q2 in enumerate(o.page_table):
+                if q < P and q == q2:
+                    f_al[i], w_al[i] = fo[j], wo[j]
+        fs.append(f_al.ravel()[:rec.num_weights])
+        ws.append(w_al.ravel()[:rec.num_weights])
+
+    def value(w):
+        costs = np.array([f * (w - wo) ** 2 for f, wo in zip(fs, ws)])
+        count = np.maximum((np.array(fs) != 0).sum(axis=0), 1)
+        return float((costs.sum(axis=0) / count).sum())
+    return value
+
+
+def test_overlap_terms_equal_the_direct_definition(added_state):
+    store = Store(added_state).load()
+    rec = store.task("tiny_b")
+    other = store.task("tiny_a")
+    terms = overlap_terms(rec.page_table, rec.num_weights, 64, 16,
+                          [(other.page_table, store.load_vector("tiny_a", "network_fisher"),
+                            store.load_vector("tiny_a", "network_weight"))])
+    reference = overlap_reference(store, "tiny_b")
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        w = rng.normal(0, 0.3, rec.num_weights)
+        assert terms.value(w) == pytest.approx(reference(w), rel=1e-5)
+    assert terms.num_tasks == 1
+
+
+def test_train_then_evaluate(added_state, tmp_path):
+    session = fresh_copy(added_state, tmp_path / "s")
+    store = session.store
+    before = store.materialize("tiny_a")
+    with store.writer():
+        result = train_task(session, "tiny_a", iters=150, log=quiet)
+        assert result.updated and result.best_accuracy > result.start_accuracy
+        after = store.materialize("tiny_a")
+        np.testing.assert_array_equal(after, store.load_vector("tiny_a", "weight"))
+        assert not np.array_equal(before, after)
+        acc = evaluate_task(session, "tiny_a")
+    net = session.network("tiny_a")
+    net.set_vector(Store(store.dir).load().materialize("tiny_a"))
+    test = session.split("tiny_a", "test")
+    assert acc == pytest.approx(np.mean(np.argmax(net.predict(test.x), 1) == test.y))
+    assert Store(store.dir).load().task("tiny_a").accuracy["separated"] == acc
+
+
+def test_no_improvement_changes_no_weights(added_state, tmp_path):
+    session = fresh_copy(added_state, tmp_path / "s")
+    session.options.lr = 0.0  # no step can beat step 0
+    pool = session.store.shared.copy()
+    with session.store.writer():
+        result = train_task(session, "tiny_b", iters=20, log=quiet)
+    assert not result.updated
+    reloaded = Store(session.store.dir).load()
+    np.testing.assert_array_equal(reloaded.shared, pool)
+    assert not reloaded.has_vector("tiny_b", "weight")
+    assert reloaded.task("tiny_b").settings["trained_steps"] == 20
+
+
+def test_optimize_all_equals_repeated_mode_t(added_state, tmp_path):
+    """-mode=o in one process gives exactly what the original loop of -mode=t / -mode=e gives."""
+    rounds, iters = 2, 12
+    looped_accs = []
+    for _ in range(rounds):
+        for name in ("tiny_a", "tiny_b"):
+            session = fresh_copy(added_state, tmp_path / "loop") if not (tmp_path / "loop").exists() else \
+                Session(Store(tmp_path / "loop").load(), Options(data="synthetic"), log=quiet)
+            with session.store.writer():
+                train_task(session, name, iters, log=quiet)
+        session = Session(Store(tmp_path / "loop").load(), Options(data="synthetic"), log=quiet)
+        with session.store.writer():
+            looped_accs.append({n: evaluate_task(session, n) for n in ("tiny_a", "tiny_b")})
+    inproc = fresh_copy(added_state, tmp_path / "inproc")
+    with inproc.store.writer():
+        history = optimize_all(inproc, rounds, iters, log=quiet)
+    assert history == looped_accs
+    a, b = Store(tmp_path / "loop").load(), Store(tmp_path / "inproc").load()
+    np.testing.assert_array_equal(a.shared, b.shared)
+    np.testing.assert_array_equal(a.exclusive, b.exclusive)
+
+
+def test_remove_frees_pages_and_keeps_the_rest(added_state, tmp_path):
+    session = fresh_copy(added_state, tmp_path / "s")
+    store = session.store
+    kept = store.materialize("tiny_b")
+    with store.writer():
+        store.remove_task("tiny_a")
+    reloaded = Store(store.dir).load()
+    assert [t.name for t in reloaded.tasks] == ["tiny_b"]
+    np.testing.assert_array_equal(reloaded.materialize("tiny_b"), kept)
+    rec = reloaded.task("tiny_b")
+    assert reloaded.exclusive.shape[0] == len(rec.exclusive_pages)
+    assert reloaded.occupation().sum() == rec.num_pages - len(rec.exclusive_pages)
+
+
+def test_without_exclusive_pages_only_forced_ones_remain(tmp_path, tiny_tasks):
+    session = new_session(tmp_path / "s", tiny_tasks, use_exclusive_page=False)
+    for rec in session.store.tasks:
+        # Forced exclusive pages: only what does not fit into the 16-page pool.
+        assert len(rec.exclusive_pages) == max(0, rec.num_pages - 16)
+
+
+def test_optimal_matching_never_costs_more_than_greedy(tmp_path, tiny_tasks):
+    greedy = new_session(tmp_path / "greedy", tiny_tasks, matching="greedy").added
+    optimal = new_session(tmp_path / "optimal", tiny_tasks, matching="optimal").added
+    # Same separation and the same problem for the second task (same pool, same first task).
+    assert [r.record.exclusive_pages for r in greedy] == [r.record.exclusive_pages for r in optimal]
+    assert greedy[0].matching_cost == optimal[0].matching_cost == 0.0
+    assert optimal[1].matching_cost <= greedy[1].matching_cost + 1e-12
+    assert greedy[1].matching_cost > 0

@@ -1,0 +1,383 @@
+"""Plots of a separated state, saved as PNG files (matplotlib's Agg canvas, never a window).
+
+Each ``plot_*`` function takes the store (or a session, where it must run a
+network) and an output path, draws one figure and returns a ``Plot``: the path
+written and the arrays it drew, so tests can check the data against an
+independent computation.  The data behind each figure comes from a small pure
+function (``occupation_by_task``, ``exclusive_by_task``, ``page_contribution``,
+``sharing_cost``, ...) that tests call directly too.
+
+``plot_mode`` serves the original's plot modes of WeightSeparation.py:
+
+    pf       Fisher per page of the separated task, recomputed on its materialized
+             weights (same K examples and seed as at add), exclusive pages highlighted
+    pw       mean |w| per page of the separated task's materialized weights
+    pnf      Fisher per page of the task's network (the Fisher stored at add)
+    pnw      mean |w| per page of the task's network weights (stored at add)
+    pnfh     histogram of the network Fisher values (log10, nonzero values)
+    pnwh     histogram of the network weight values
+    heatmap  overlapping cost of every page of task a against every page of task b
+             (network weights and Fisher, as -mode=c), pairs that share a page marked
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, ever: figures are only saved
+
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from weightsep import matching, separation  # noqa: E402
+from weightsep.errors import WeightSepError  # noqa: E402
+from weightsep.pages import to_pages  # noqa: E402
+from weightsep.store import Store  # noqa: E402
+
+DPI = 100
+WIDE = (11.0, 4.8)       # inches: 1100 x 480 pixels at DPI
+SQUARE = (8.0, 7.0)      # the heatmap
+SHARED_COLOR = "#8c8c8c"
+EXCLUSIVE_COLOR = "#e6550d"
+NETWORK_COLOR = "#3182bd"
+SEPARATED_COLOR = "#e6550d"
+
+
+@dataclasses.dataclass
+class Plot:
+    """A written figure and the arrays it shows."""
+
+    path: Path
+    data: dict
+
+
+def _figure(size=WIDE) -> Figure:
+    return Figure(figsize=size, dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _tasks(store: Store) -> list:
+    if not store.tasks:
+        raise WeightSepError(f"the state in {store.dir} holds no tasks; add some with -mode=a -network_path=<task>")
+    return store.tasks
+
+
+def _tick_step(count: int, most: int = 32) -> int:
+    """Label every k-th page so that at most ``most`` labels fit on an axis."""
+    return max(1, int(np.ceil(count / most)))
+
+
+# --- data ---------------------------------------------------------------------------
+
+def accuracy_by_task(store: Store) -> dict:
+    """Per task: network and separated test accuracy (NaN where not measured yet)."""
+    records = _tasks(store)
+    get = lambda rec, key: float(rec.accuracy[key]) if isinstance(rec.accuracy.get(key), float) else np.nan  # noqa: E731
+    return {"tasks": [r.name for r in records],
+            "network": np.array([get(r, "network") for r in records]),
+            "separated": np.array([get(r, "separated") for r in records])}
+
+
+def occupation_by_task(store: Store) -> dict:
+    """int64 [tasks, P]: 1 where a task has a page on shared page q (a task uses a page at most once)."""
+    records = _tasks(store)
+    P = store.num_pages
+    counts = np.zeros((len(records), P), np.int64)
+    for row, rec in enumerate(records):
+        table = rec.page_table
+        np.add.at(counts[row], table[table < P], 1)
+    return {"tasks": [r.name for r in records], "counts": counts}
+
+
+def exclusive_by_task(store: Store) -> dict:
+    records = _tasks(store)
+    exclusive = np.array([len(r.exclusive_pages) for r in records], np.int64)
+    pages = np.array([r.num_pages for r in records], np.int64)
+    return {"tasks": [r.name for r in records], "exclusive": exclusive, "sharable": pages - exclusive}
+
+
+def page_contribution(fisher: np.ndarray, page_size: int) -> np.ndarray:
+    """Contribution density per page (the separation's ranking), float64 [n_p]."""
+    return separation.contribution_density(fisher, page_size)
+
+
+def page_mean_abs(weights: np.ndarray, page_size: int, num_weights: int) -> np.ndarray:
+    """Mean |w| over the real weights of each page (the last page's padding excluded)."""
+    pages = np.abs(to_pages(weights, page_size).astype(np.float64))
+    real = np.full(len(pages), page_size, np.float64)
+    real[-1] = num_weights - page_size * (len(pages) - 1)
+    return pages.sum(axis=1) / real
+
+
+def sharing_cost(store: Store, a: str, b: str) -> dict:
+    """Overlapping cost of every page of a (rows) against every page of b (columns).
+
+    Cost(i, j) = sum over elements with both Fisher values nonzero of
+    (F_a + F_b) (w_a - w_b)^2, with the tasks' network weights and network Fisher:
+    the cost of overlapping a's page i and b's page j on one shared page.  ``pairs``
+    lists the (i, j) that do share a shared page in the state.
+    """
+    if a == b:
+        raise WeightSepError(f"the heatmap needs two different tasks, got {a},{b}")
+    S, P = store.page_size, store.num_pages
+    ra, rb = store.task(a), store.task(b)
+    wa, fa = (to_pages(store.load_vector(a, k), S) for k in ("network_weight", "network_fisher"))
+    wb, fb = (to_pages(store.load_vector(b, k), S) for k in ("network_weight", "network_fisher"))
+    cost = matching.overlapping_cost_matrix(wa, fa, wb, fb)
+    where_b = {int(q): j for j, q in enumerate(rb.page_table) if q < P}
+    pairs = np.array([(i, where_b[int(q)]) for i, q in enumerate(ra.page_table) if q < P and int(q) in where_b],
+                     np.int64).reshape(-1, 2)
+    return {"cost": cost, "pairs": pairs, "exclusive_a": list(ra.exclusive_pages),
+            "exclusive_b": list(rb.exclusive_pages)}
+
+
+# --- figures ------------------------------------------------------------------------
+
+def plot_accuracy(store: Store, path) -> Plot:
+    """Grouped bars per task: network vs separated test accuracy, the difference written above."""
+    data = accuracy_by_task(store)
+    names, net, sep = data["tasks"], 100 * data["network"], 100 * data["separated"]
+    x = np.arange(len(names))
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.bar(x - 0.2, net, 0.4, label="network (before separation)", color=NETWORK_COLOR)
+    ax.bar(x + 0.2, sep, 0.4, label="separated (after)", color=SEPARATED_COLOR)
+    for i in range(len(names)):
+        if np.isfinite(net[i]) and np.isfinite(sep[i]):
+            diff = sep[i] - net[i]
+            ax.annotate(f"{diff:+.1f}", (x[i], max(net[i], sep[i])), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=9, color="#b30000" if diff < 0 else "#006d2c")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("task")
+    diffs = sep - net
+    mean = np.nanmean(diffs) if np.isfinite(diffs).any() else np.nan
+    ax.set_title(f"Accuracy before and after weight separation (difference in points above the bars; "
+                 f"mean {mean:+.2f})")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return Plot(_save(fig, path), data)
+
+
+def plot_occupation(store: Store, path) -> Plot:
+    """Per shared page, how many tasks sit on it, stacked by task; plus a histogram of the counts."""
+    data = occupation_by_task(store)
+    counts = data["counts"]
+    total = counts.sum(axis=0)
+    data["total"] = total
+    P = store.num_pages
+    fig = _figure((12.0, 5.0))
+    grid = fig.add_gridspec(1, 2, width_ratios=[4, 1])
+    ax = fig.add_subplot(grid[0])
+    colors = matplotlib.colormaps["tab10" if len(counts) <= 10 else "tab20"]
+    bottom = np.zeros(P)
+    for row, name in enumerate(data["tasks"]):
+        ax.bar(np.arange(P), counts[row], 1.0, bottom=bottom, label=name, color=colors(row % colors.N),
+               edgecolor="none")
+        bottom += counts[row]
+    ax.set_xlim(-0.5, P - 0.5)
+    ax.set_xlabel("shared page")
+    ax.set_ylabel("tasks on the page")
+    ax.set_title(f"Occupation of the shared pool ({P} pages x {store.page_size} weights)")
+    ax.legend(ncols=min(5, len(counts)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    ax.set_ylim(0, max(1, total.max()) * 1.05)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    hist = fig.add_subplot(grid[1])
+    levels = np.arange(int(total.max()) + 1)
+    hist_counts = np.bincount(total, minlength=len(levels))
+    data["histogram"] = hist_counts
+    hist.barh(levels, hist_counts, color=SHARED_COLOR)
+    for level, num in zip(levels, hist_counts):
+        if num:
+            hist.annotate(str(num), (num, level), xytext=(2, 0), textcoords="offset points", va="center", fontsize=8)
+    hist.set_xlabel("shared pages")
+    hist.set_ylabel("tasks on the page")
+    hist.set_title("pages by occupants")
+    hist.set_ylim(-0.5, levels[-1] + 0.5)
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return Plot(_save(fig, path), data)
+
+
+def plot_exclusive(store: Store, path) -> Plot:
+    """Per task: its pages split into sharable (on the pool) and exclusive (level-2)."""
+    data = exclusive_by_task(store)
+    x = np.arange(len(data["tasks"]))
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.bar(x, data["sharable"], 0.6, label="sharable pages (on the shared pool)", color=SHARED_COLOR)
+    ax.bar(x, data["exclusive"], 0.6, bottom=data["sharable"], label="exclusive pages", color=EXCLUSIVE_COLOR)
+    for i, (s, e) in enumerate(zip(data["sharable"], data["exclusive"])):
+        ax.annotate(str(e), (x[i], s + e), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=9)
+    ax.set_xticks(x, data["tasks"])
+    ax.set_xlabel("task")
+    ax.set_ylabel("weight-pages")
+    ax.set_ylim(0, (data["sharable"] + data["exclusive"]).max() * 1.15)
+    ax.set_title(f"Exclusive pages per task (number above the bar; {int(data['exclusive'].sum())} in all, "
+                 f"pages of {store.page_size} weights)")
+    ax.legend(loc="lower right")
+    return Plot(_save(fig, path), data)
+
+
+def _page_bars(path, values, exclusive, title, ylabel, log=False) -> Figure:
+    values = np.asarray(values, np.float64)
+    colors = np.full(len(values), SHARED_COLOR, dtype=object)
+    colors[list(exclusive)] = EXCLUSIVE_COLOR
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(values)), values, 1.0, color=list(colors), edgecolor="none")
+    handles = [Patch(color=SHARED_COLOR, label="sharable page"),
+               Patch(color=EXCLUSIVE_COLOR, label=f"exclusive page ({len(exclusive)})")]
+    if log:
+        positive = values[values > 0]
+        ax.set_yscale("log")
+        if len(positive):
+            ax.set_ylim(positive.min() / 2, positive.max() * 2)
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_xlabel("page of the task")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(handles=handles, loc="upper right")
+    _save(fig, path)
+    return fig
+
+
+def plot_page_fisher(store: Store, name: str, path, fisher: np.ndarray | None = None, label: str = "network") -> Plot:
+    """Contribution density per page of a task (log scale); exclusive pages in another colour.
+
+    ``fisher`` defaults to the network Fisher stored at add; pass another vector (e.g.
+    recomputed on the separated weights) with a ``label`` saying what it is.
+    """
+    rec = store.task(name)
+    if fisher is None:
+        fisher = store.load_vector(name, "network_fisher")
+    cd = page_contribution(fisher, store.page_size)
+    on_exclusive = float(cd[rec.exclusive_pages].sum())
+    _page_bars(path, cd, rec.exclusive_pages,
+               f"{name}: Fisher per page ({label}); exclusive pages hold {100 * on_exclusive:.1f}% of it",
+               "contribution density (share of Fisher)", log=True)
+    return Plot(Path(path), {"contribution": cd, "exclusive": list(rec.exclusive_pages)})
+
+
+def plot_page_weights(store: Store, name: str, path, weights: np.ndarray | None = None,
+                      label: str = "network") -> Plot:
+    """Mean |w| per page of a task; exclusive pages in another colour."""
+    rec = store.task(name)
+    if weights is None:
+        weights = store.load_vector(name, "network_weight")
+    values = page_mean_abs(weights, store.page_size, rec.num_weights)
+    _page_bars(path, values, rec.exclusive_pages, f"{name}: mean |w| per page ({label} weights)",
+               "mean |w| over the page")
+    return Plot(Path(path), {"mean_abs": values, "exclusive": list(rec.exclusive_pages)})
+
+
+def plot_histogram(store: Store, name: str, path, kind: str = "fisher", bins: int = 60) -> Plot:
+    """Histogram of a task's network Fisher (log10 of the nonzero values) or network weights."""
+    if kind not in ("fisher", "weight"):
+        raise ValueError(f"kind must be 'fisher' or 'weight', not {kind!r}")
+    values = store.load_vector(name, f"network_{kind}").astype(np.float64)
+    if kind == "fisher":
+        nonzero = values[values > 0]
+        shown, xlabel = np.log10(nonzero), "log10 Fisher information (min-max normalized; nonzero values)"
+        note = f"{len(values) - len(nonzero)} zero values not shown"
+    else:
+        shown, xlabel, note = values, "weight value", f"mean {values.mean():+.4f}, std {values.std():.4f}"
+    counts, edges = np.histogram(shown, bins=bins)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.bar(edges[:-1], counts, np.diff(edges), align="edge", color=NETWORK_COLOR, edgecolor="white", linewidth=0.3)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("weights (log scale)")
+    ax.set_title(f"{name}: network {kind} histogram, {len(values)} weights ({note})")
+    _save(fig, path)
+    return Plot(Path(path), {"counts": counts, "edges": edges})
+
+
+def plot_sharing_cost(store: Store, a: str, b: str, path) -> Plot:
+    """Heatmap of the overlapping cost between a's pages and b's pages; shared pairs marked."""
+    data = sharing_cost(store, a, b)
+    cost = data["cost"]
+    positive = cost[cost > 0]
+    fig = _figure(SQUARE)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("#f0f0f0")
+    masked = np.ma.masked_less_equal(cost, 0)
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
+    image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", origin="upper")
+    bar = fig.colorbar(image, ax=ax, shrink=0.85)
+    bar.set_label("overlapping cost, log scale: sum (F_a + F_b)(w_a - w_b)^2")
+    pairs = data["pairs"]
+    if len(pairs):
+        ax.scatter(pairs[:, 1], pairs[:, 0], s=6, c="red", marker="s", linewidths=0,
+                   label=f"pages on the same shared page ({len(pairs)})")
+    ax.set_xlabel(f"page of {b} ({cost.shape[1]} pages)")
+    ax.set_ylabel(f"page of {a} ({cost.shape[0]} pages)")
+    total = float(cost[pairs[:, 0], pairs[:, 1]].sum()) if len(pairs) else 0.0
+    ax.set_title(f"Sharing cost {a} x {b} (network weights and Fisher)\n"
+                 f"cost of the pairs sharing a page: {total:.4g}; grey: zero cost (a Fisher is zero)")
+    if len(pairs):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=9)
+    data["shared_cost"] = total
+    return Plot(_save(fig, path), data)
+
+
+# --- the CLI plot modes -------------------------------------------------------------
+
+PLOT_MODES = {
+    "pf": "Fisher per page of the separated task, recomputed on its materialized weights",
+    "pw": "mean |w| per page of the separated task (materialized weights)",
+    "pnf": "Fisher per page of the task's network (stored at add)",
+    "pnw": "mean |w| per page of the task's network weights",
+    "pnfh": "histogram of the network Fisher (log10 of nonzero values)",
+    "pnwh": "histogram of the network weights",
+    "heatmap": "overlapping cost of task a's pages against task b's pages (-vnn_name=a,b)",
+}
+
+
+def separated_fisher(session, name: str) -> np.ndarray:
+    """The Fisher of the separated task's materialized weights (same K and seed as at add)."""
+    from weightsep import fisher as fisher_lib
+    opt = session.options
+    train = session.split(name, "train")
+    return fisher_lib.compute_fisher(session.network(name), session.store.materialize(name), train.x,
+                                     k=opt.fisher_samples, seed=opt.seed)
+
+
+def plot_mode(session, mode: str, names: list[str], plot_dir) -> Plot:
+    """Draw one of PLOT_MODES into <plot_dir>/<mode>_<task>.png (heatmap: heatmap_<a>_<b>.png)."""
+    store = session.store
+    if mode not in PLOT_MODES:
+        raise WeightSepError(f"unknown plot mode {mode!r}; expected one of {', '.join(PLOT_MODES)}")
+    want = 2 if mode == "heatmap" else 1
+    if len(names) != want:
+        example = "-vnn_name=a,b" if want == 2 else "-vnn_name=<task>"
+        raise WeightSepError(f"-mode={mode} needs {want} task name{'s' if want == 2 else ''}: {example}")
+    path = Path(plot_dir) / f"{mode}_{'_'.join(names)}.png"
+    name = names[0]
+    if mode == "pf":
+        return plot_page_fisher(store, name, path, separated_fisher(session, name), label="separated weights")
+    if mode == "pw":
+        return plot_page_weights(store, name, path, store.materialize(name), label="separated")
+    if mode == "pnf":
+        return plot_page_fisher(store, name, path)
+    if mode == "pnw":
+        return plot_page_weights(store, name, path)
+    if mode == "pnfh":
+        return plot_histogram(store, name, path, "fisher")
+    if mode == "pnwh":
+        return plot_histogram(store, name, path, "weight")
+    return plot_sharing_cost(store, names[0], names[1], path)
