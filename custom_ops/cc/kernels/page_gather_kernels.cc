@@ -18,6 +18,8 @@
 #include <limits>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/util/work_sharder.h"
@@ -31,12 +33,21 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::TensorShapeUtils;
-namespace errors = ::tensorflow::errors;
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 #if GOOGLE_CUDA
 using GPUDevice = Eigen::GpuDevice;
 #endif
+
+// "PageGather: " + the message, as the error the user sees.
+template <typename... Args>
+absl::Status Invalid(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat("PageGather: ", args...));
+}
+template <typename... Args>
+absl::Status Internal(const Args&... args) {
+  return absl::InternalError(absl::StrCat("PageGather: ", args...));
+}
 
 namespace functor {
 
@@ -116,22 +127,20 @@ struct PageGather<GPUDevice> {
     cudaError_t err = cudaMemcpyAsync(dev, host, words * sizeof(float),
                                       cudaMemcpyHostToDevice, stream);
     OP_REQUIRES(ctx, err == cudaSuccess,
-                errors::Internal("PageGather: copying the exclusive pages to the GPU failed: ",
-                                 cudaGetErrorString(err)));
+                Internal("copying the exclusive pages to the GPU failed: ",
+                         cudaGetErrorString(err)));
     // The pinned buffer must outlive the asynchronous copy: a reference to it
     // is released by a host function queued behind the copy on the same stream.
     err = cudaLaunchHostFunc(
         stream, [](void* tensor) { delete static_cast<Tensor*>(tensor); }, new Tensor(staging));
     OP_REQUIRES(ctx, err == cudaSuccess,
-                errors::Internal("PageGather: queueing the staging release failed: ",
-                                 cudaGetErrorString(err)));
+                Internal("queueing the staging release failed: ", cudaGetErrorString(err)));
     err = LaunchPageGather(args.shared->flat<float>().data(), used ? dev + table_words : nullptr,
                            reinterpret_cast<const int32_t*>(dev), static_cast<int>(num_shared),
                            static_cast<int>(page_size), num_pages, args.num_weights,
                            out->flat<float>().data(), stream);
     OP_REQUIRES(ctx, err == cudaSuccess,
-                errors::Internal("PageGather: the CUDA kernel failed to launch: ",
-                                 cudaGetErrorString(err)));
+                Internal("the CUDA kernel failed to launch: ", cudaGetErrorString(err)));
   }
 };
 #endif  // GOOGLE_CUDA
@@ -150,46 +159,39 @@ class PageGatherOp : public OpKernel {
     const Tensor& exclusive = ctx->input(1);
     const Tensor& table = ctx->input(2);
     OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(shared.shape()),
-                errors::InvalidArgument("PageGather: shared must be a matrix [P, S] of "
-                                        "weight-pages, but its shape is ",
-                                        shared.shape().DebugString(), "."));
+                Invalid("shared must be a matrix [P, S] of weight-pages, but its shape is ",
+                        shared.shape().DebugString(), "."));
     OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(exclusive.shape()),
-                errors::InvalidArgument("PageGather: exclusive must be a matrix [E, S] of "
-                                        "weight-pages (E may be 0), but its shape is ",
-                                        exclusive.shape().DebugString(), "."));
+                Invalid("exclusive must be a matrix [E, S] of weight-pages (E may be 0), but its "
+                        "shape is ", exclusive.shape().DebugString(), "."));
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(table.shape()),
-                errors::InvalidArgument("PageGather: page_table must be a vector, but its "
-                                        "shape is ",
-                                        table.shape().DebugString(), "."));
+                Invalid("page_table must be a vector, but its shape is ",
+                        table.shape().DebugString(), "."));
     const int64_t num_shared = shared.dim_size(0);
     const int64_t page_size = shared.dim_size(1);
     const int64_t num_exclusive = exclusive.dim_size(0);
     OP_REQUIRES(ctx, page_size > 0,
-                errors::InvalidArgument("PageGather: the page size (shared.shape[1]) must be "
-                                        "positive, but it is 0."));
+                Invalid("the page size (shared.shape[1]) must be positive, but it is 0."));
     OP_REQUIRES(ctx, exclusive.dim_size(1) == page_size,
-                errors::InvalidArgument("PageGather: exclusive pages hold ",
-                                        exclusive.dim_size(1), " weights but shared pages hold ",
-                                        page_size, "; both stores must use the same page size."));
+                Invalid("exclusive pages hold ", exclusive.dim_size(1),
+                        " weights but shared pages hold ", page_size,
+                        "; both stores must use the same page size."));
     OP_REQUIRES(ctx, num_shared + num_exclusive <= std::numeric_limits<int32_t>::max(),
-                errors::InvalidArgument("PageGather: ", num_shared, " shared + ", num_exclusive,
-                                        " exclusive pages do not fit int32 page-table entries."));
+                Invalid(num_shared, " shared + ", num_exclusive,
+                        " exclusive pages do not fit int32 page-table entries."));
     const int64_t num_pages = table.dim_size(0);
     const int64_t needed = (num_weights_ + page_size - 1) / page_size;
     OP_REQUIRES(ctx, num_pages == needed,
-                errors::InvalidArgument("PageGather: page_table has ", num_pages,
-                                        " entries but num_weights = ", num_weights_,
-                                        " with page size ", page_size, " needs ceil(",
-                                        num_weights_, " / ", page_size, ") = ", needed,
-                                        " pages."));
+                Invalid("page_table has ", num_pages, " entries but num_weights = ", num_weights_,
+                        " with page size ", page_size, " needs ceil(", num_weights_, " / ",
+                        page_size, ") = ", needed, " pages."));
     const int32_t* entries = table.flat<int32_t>().data();
     const int64_t num_rows = num_shared + num_exclusive;
     for (int64_t i = 0; i < num_pages; ++i) {
       OP_REQUIRES(ctx, entries[i] >= 0 && entries[i] < num_rows,
-                  errors::InvalidArgument("PageGather: page_table[", i, "] = ", entries[i],
-                                          " is out of range [0, ", num_rows, "): there are ",
-                                          num_shared, " shared and ", num_exclusive,
-                                          " exclusive pages."));
+                  Invalid("page_table[", i, "] = ", entries[i], " is out of range [0, ", num_rows,
+                          "): there are ", num_shared, " shared and ", num_exclusive,
+                          " exclusive pages."));
     }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_weights_}), &out));

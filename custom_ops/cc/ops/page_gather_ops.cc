@@ -6,6 +6,8 @@
 // rather than an input so that the output shape is known when the graph is
 // built (a task's size never changes while its model exists).
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -35,10 +37,10 @@ REGISTER_OP("PageGather")
         const int64_t s = c->Value(page_size);
         const int64_t pages = c->Value(c->Dim(table, 0));
         if (s > 0 && pages != (num_weights + s - 1) / s) {
-          return ::tensorflow::errors::InvalidArgument(
+          return absl::InvalidArgumentError(absl::StrCat(
               "PageGather: page_table has ", pages, " entries but num_weights = ",
               num_weights, " with page size ", s, " needs ceil(", num_weights, " / ", s,
-              ") = ", (num_weights + s - 1) / s, " pages.");
+              ") = ", (num_weights + s - 1) / s, " pages."));
         }
       }
       c->set_output(0, c->Vector(num_weights));
