@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Task switching on the CPU: weight separation vs the full-reload baselines.
+
+On a separated state of all ten tasks (synthetic data; built in -state_dir with
+short pretraining when missing), runs the same -num_execution random switches
+(same -seed) with:
+
+  ws        WSRuntime, exclusive pages read from exclusive_weight_page.npy (pread)
+  ws host   WSRuntime, exclusive pages in host RAM
+  file      BaselineRuntime(file): model.load_weights of <task>/<task>.weights.h5 (the paper's baseline)
+  raw       BaselineRuntime(raw): one raw float32 read + one compiled split-and-assign
+
+and, in the same run, the WS floor of each switch: reading the task's exclusive
+bytes from the file + one bare PageGather call.  The whole sequence is repeated
+-repeats times with the runtimes interleaved (so load from other processes hits
+all of them alike); the table reports medians over the repeats.
+
+  .venv/bin/python benchmarks/bench_switch.py -state_dir=out/bench_switch/state
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from weightsep.tasks import PAPER_TASKS, REPO_ROOT  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("state_dir", "out/bench_switch/state", "the 10-task state (built here when missing)")
+flags.DEFINE_string("tasks_dir", None, "copies of the task folders with their networks (default: next to the state)")
+flags.DEFINE_integer("pretrain_iter", 100, "pretraining steps per task when building the state")
+flags.DEFINE_integer("num_execution", 50, "switches per run")
+flags.DEFINE_integer("seed", 0, "seed of the task sequence")
+flags.DEFINE_integer("repeats", 5, "runs of the whole sequence per runtime")
+flags.DEFINE_enum("device", "cpu", ["auto", "cpu", "gpu"], "device of the runtimes")
+flags.DEFINE_string("markdown", None, "also write the result table to this file")
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {usable} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
+
+
+def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:
+    """Pretrain the ten tasks briefly on synthetic data and add them (the paper's defaults otherwise)."""
+    from weightsep import data
+    from weightsep.networks import Network, network_file, save_network
+    from weightsep.pipeline import Options, Session, add_task, ensure_state
+    from weightsep.store import Store
+    from weightsep.tasks import load_task
+    from weightsep.training import pretrain
+
+    quiet = lambda *_: None  # noqa: E731
+    store = Store(state_dir)
+    session = Session(store, Options(data="synthetic"), log=quiet)
+    with store.writer():
+        ensure_state(store, session.options, log=quiet)
+        for name in PAPER_TASKS:
+            if store.has_task(name):
+                continue
+            folder = tasks_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_ROOT / name / "task.py", folder / "task.py")
+            task = load_task(folder)
+            if not network_file(task).is_file():
+                start = time.perf_counter()
+                net = Network(task)
+                train = data.load_split(task, "train", "synthetic")
+                val = data.load_split(task, "validation", "synthetic")
+                pretrain(net, train.x, train.y, val.x, val.y, iters, verbose=0)
+                save_network(net)
+                print(f"pretrained {name} ({iters} steps) in {time.perf_counter() - start:.1f} s", flush=True)
+            session._specs[name] = task
+            result = add_task(session, name, log=quiet)
+            print(f"added {name}: {len(result.record.exclusive_pages)} exclusive pages", flush=True)
+
+
+def med(values) -> float:
+    return statistics.median(values)
+
+
+def main(argv):
+    del argv
+    state_dir = Path(FLAGS.state_dir)
+    tasks_dir = Path(FLAGS.tasks_dir) if FLAGS.tasks_dir else state_dir.parent / "tasks"
+    build_state(state_dir, tasks_dir, FLAGS.pretrain_iter)
+
+    from weightsep.runtime import BaselineRuntime, WSRuntime, run_executions, task_sequence
+    from weightsep.store import Store
+    from weightsep.tf import tf
+
+    store = Store(state_dir).load()
+    num_weights = sum(r.num_weights for r in store.tasks)
+    exclusive_rows = store.exclusive.shape[0]
+    del store
+    quiet = None
+    runtimes = {
+        "ws (disk)": WSRuntime(state_dir, device=FLAGS.device, secondary="disk", log=quiet),
+        "ws (host)": WSRuntime(state_dir, device=FLAGS.device, secondary="host", log=quiet),
+        "baseline file": BaselineRuntime(state_dir, baseline="file", device=FLAGS.device, log=quiet),
+        "baseline raw": BaselineRuntime(state_dir, baseline="raw", device=FLAGS.device, log=quiet),
+    }
+    ws = runtimes["ws (disk)"]
+    sequence = task_sequence(ws.task_names, FLAGS.num_execution, FLAGS.seed)
+    load_before = os.getloadavg()
+    runs = {name: [] for name in runtimes}
+    floors = []
+    for repeat in range(FLAGS.repeats):
+        for name, runtime in runtimes.items():
+            runs[name].append(run_executions(runtime, FLAGS.num_execution, FLAGS.seed, log=None))
+        floors.append([ws.gather_floor(task) for task in sequence])
+        print(f"repeat {repeat + 1}/{FLAGS.repeats} done", flush=True)
+    load_after = os.getloadavg()
+
+    def totals(results):  # per repeat: (total switch, median switch, total execution) in ms
+        return ([sum(r.load_seconds for r in run) * 1e3 for run in results],
+                [med(r.load_seconds for r in run) * 1e3 for run in results],
+                [sum(r.run_seconds for r in run) * 1e3 for run in results])
+
+    table = {name: totals(results) for name, results in runs.items()}
+    floor_total = [sum(read + gather for read, gather in run) * 1e3 for run in floors]
+    floor_median = [med(read + gather for read, gather in run) * 1e3 for run in floors]
+    read_median = [med(read for read, _ in run) * 1e3 for run in floors]
+    gather_median = [med(gather for _, gather in run) * 1e3 for run in floors]
+    ws_total = med(table["ws (disk)"][0])
+    ws_median = med(table["ws (disk)"][1])
+
+    lines = [
+        f"Machine: {machine()}; TensorFlow {tf.__version__}; device {ws.device}; gather: {ws.gather_kind}.",
+        f"State: {len(ws.task_names)} tasks, {num_weights} weights, 128 shared pages + {exclusive_rows} "
+        f"exclusive pages of 512. Sequence: {FLAGS.num_execution} switches, seed {FLAGS.seed}; "
+        f"medians over {FLAGS.repeats} repeats. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        "",
+        "| runtime | total switch (ms) | median switch (ms) | total / ws | median / ws | total execution (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, (total, median, execution) in table.items():
+        lines.append(f"| {name} | {med(total):.3f} | {med(median):.4f} | {med(total) / ws_total:.1f}x | "
+                     f"{med(median) / ws_median:.1f}x | {med(execution):.1f} |")
+    lines.append(f"| ws floor (read + 1 PageGather) | {med(floor_total):.3f} | {med(floor_median):.4f} | "
+                 f"{med(floor_total) / ws_total:.2f}x | {med(floor_median) / ws_median:.2f}x | - |")
+    lines += [
+        "",
+        f"WS floor parts (median per switch): read of the exclusive rows {med(read_median) * 1e3:.1f} us, "
+        f"PageGather {med(gather_median) * 1e3:.1f} us. WS switch / floor: total "
+        f"{ws_total / med(floor_total):.2f}x, median {ws_median / med(floor_median):.2f}x.",
+        f"Speed-up of the switch over the paper's baseline (file): total "
+        f"{med(table['baseline file'][0]) / ws_total:.1f}x, median "
+        f"{med(table['baseline file'][1]) / ws_median:.1f}x (target >= 50x); over raw: total "
+        f"{med(table['baseline raw'][0]) / ws_total:.1f}x.",
+    ]
+    for runtime in runtimes.values():
+        runtime.close()
+    text = "\n".join(lines)
+    print(text)
+    if FLAGS.markdown:
+        Path(FLAGS.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
