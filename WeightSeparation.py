@@ -10,6 +10,7 @@
   -mode=l                                  list tasks, pool occupation, packing report
   -mode=r        -vnn_name=<task>          remove a task
   -mode=f / c / n / tl / cl / tpr          diagnostics (see README)
+  -mode=w / p    [-Q=15]                   binary export of pages (int16 Q-format) / page tables
   -mode=pf pw pnf pnw pnfh pnwh -vnn_name=<task>, -mode=heatmap -vnn_name=a,b
                                            plots, saved as <-plot_dir>/<mode>_<task>.png
 Every mode accepts -data=synthetic to run offline on built-in synthetic data.
@@ -32,7 +33,8 @@ flags.DEFINE_float("alpha", 0.5, "alpha of the alpha-loss used for the target pe
 flags.DEFINE_float("margin", 0.1, "margin of the exclusive-page walk")
 flags.DEFINE_float("target_accuracy", None, "target accuracy; without it the TPR is 1.0")
 flags.DEFINE_integer("use_exclusive_page", 1, "0: no exclusive pages unless the pool is too small")
-flags.DEFINE_integer("Q", 15, "fraction bits of the Q-format for binary export (not implemented yet)")
+flags.DEFINE_integer("Q", 15, "fraction bits of the int16 Q-format of the binary export (-mode=w)")
+flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p write (default: <state_dir>/export)")
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
 flags.DEFINE_integer("page_size", 512, "weights per page")
 flags.DEFINE_integer("num_pages", 128, "pages in the shared pool")
@@ -196,6 +198,22 @@ def mode_remove():
     print(f"removed {name}; {len(session.store.tasks)} tasks remain")
 
 
+def mode_export_weights():
+    from pathlib import Path
+    from weightsep.export import export_weights
+    session = _session()
+    print("\n".join(export_weights(session.store, Path(FLAGS.export_dir or Path(FLAGS.state_dir) / "export"), FLAGS.Q)))
+
+
+def mode_export_page_tables():
+    from pathlib import Path
+    from weightsep.export import export_page_tables
+    session = _session()
+    names = [t for t in (FLAGS.vnn_name or "").split(",") if t] or None
+    out = Path(FLAGS.export_dir or Path(FLAGS.state_dir) / "export")
+    print("\n".join(export_page_tables(session.store, out, names)))
+
+
 def _diagnostic(fn, existing=True, names=1):
     def run():
         session = _session(existing)
@@ -229,6 +247,7 @@ def main(argv):
     modes = {
         "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
         "e": mode_evaluate, "l": mode_list, "r": mode_remove,
+        "w": mode_export_weights, "p": mode_export_page_tables,
     }
     from weightsep import diagnostics as d
     modes.update({"f": _diagnostic(d.fisher_of_separated), "c": _diagnostic(d.pair_cost, names=2),

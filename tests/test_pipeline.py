@@ -194,3 +194,52 @@ def test_optimal_matching_never_costs_more_than_greedy(tmp_path, tiny_tasks):
     assert greedy[0].matching_cost == optimal[0].matching_cost == 0.0
     assert optimal[1].matching_cost <= greedy[1].matching_cost + 1e-12
     assert greedy[1].matching_cost > 0
+
+
+def test_pair_cost_diagnostic_equals_the_matching_cost_formula(added_state):
+    from weightsep import diagnostics
+    from weightsep.matching import overlapping_cost_matrix
+    session = fresh_copy(added_state, added_state.parent / "diag")
+    store = session.store
+    lines = diagnostics.pair_cost(session, "tiny_a", "tiny_b")
+    ra, rb = store.task("tiny_a"), store.task("tiny_b")
+    pairs = [(i, int(np.nonzero(rb.page_table == q)[0][0])) for i, q in enumerate(ra.page_table)
+             if q < 16 and q in rb.page_table]
+    fa, fb = (to_pages(store.load_vector(t, "network_fisher"), 64) for t in ("tiny_a", "tiny_b"))
+    wa, wb = (to_pages(store.load_vector(t, "network_weight"), 64) for t in ("tiny_a", "tiny_b"))
+    # The pair cost of pages i (of a) and j (of b) is the matching cost of a's page i on a pool
+    # page holding b's page j.
+    expected = sum(overlapping_cost_matrix(wa[[i]], fa[[i]], wb[[j]], fb[[j]])[0, 0] for i, j in pairs)
+    assert lines[0] == f"tiny_a and tiny_b share {len(pairs)} shared pages"
+    assert float(lines[1].split(": ")[1].split()[0]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_layers_diagnostic_lists_every_variable(added_state):
+    from weightsep import diagnostics
+    session = fresh_copy(added_state, added_state.parent / "diag2")
+    lines = diagnostics.layers(session, "tiny_a")
+    assert lines[-1] == "total 1724 weights"
+    assert "(3, 3, 1, 4)" in lines[1] and lines[1].split()[-1] == "36"
+
+
+def test_binary_export_round_trips(added_state, tmp_path):
+    import json
+    from weightsep.export import export_page_tables, export_weights
+    store = Store(added_state).load()
+    q = 12
+    export_weights(store, tmp_path, q)
+    export_page_tables(store, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["q"] == q and manifest["num_shared_pages"] == 16 and manifest["page_size"] == 64
+    pool = np.fromfile(tmp_path / "shared_weight_page.bin", "<i2").reshape(16, 64)
+    unsaturated = np.abs(store.shared) < 32767 / 2 ** q
+    assert np.all(np.abs(pool / 2 ** q - store.shared)[unsaturated] <= 0.5 / 2 ** q + 1e-9)
+    exclusive = np.fromfile(tmp_path / "exclusive_weight_page.bin", "<i2")
+    assert exclusive.size == store.exclusive.size
+    for rec in store.tasks:
+        table = np.fromfile(tmp_path / f"{rec.name}_page_table.bin", "<u2")
+        np.testing.assert_array_equal(table, rec.page_table)
+    big = np.array([200.0, -200.0, 0.25])
+    from weightsep.export import quantize
+    qz = quantize(big, 8)
+    assert qz.saturated == 2 and list(qz.values) == [32767, -32768, 64]

@@ -44,10 +44,8 @@ def pair_cost(session: Session, a: str, b: str) -> list[str]:
     pairs = [(i, where_b[int(q)]) for i, q in enumerate(ra.page_table) if q < P and int(q) in where_b]
     if not pairs:
         return [f"{a} and {b} share no page: overlapping cost 0"]
-    fa = to_pages(store.load_vector(a, "network_fisher"), S)
-    fb = to_pages(store.load_vector(b, "network_fisher"), S)
-    wa = to_pages(store.load_vector(a, "network_weight"), S)
-    wb = to_pages(store.load_vector(b, "network_weight"), S)
+    fa, fb, wa, wb = (to_pages(store.load_vector(task, kind), S).astype(np.float64)
+                      for kind in ("network_fisher", "network_weight") for task in (a, b))
     i, j = np.array(pairs).T
     both = (fa[i] != 0) & (fb[j] != 0)
     cost = np.where(both, (fa[i] + fb[j]) * (wa[i] - wb[j]) ** 2, 0.0).sum(axis=1)

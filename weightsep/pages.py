@@ -168,8 +168,20 @@ def materialize(shared, exclusive, page_table, n: int) -> np.ndarray:
         raise WeightSepError(f"page table has {table.shape[0]} entries but {n} weights in pages of {S} need {expected}")
     P, E = shared.shape[0], exclusive.shape[0]
     _check_bounds(table, P + E, P, E)
-    stacked = np.concatenate([shared, exclusive], axis=0).astype(np.float32, copy=False)
-    return stacked[table].reshape(-1)[:n].copy()
+    return gather_pages(shared, exclusive, table).reshape(-1)[:n]
+
+
+def gather_pages(shared: np.ndarray, exclusive: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """A task's pages, float32 [n_p, S]: shared[e] where e < P, else exclusive[e - P].
+
+    No validation (callers check the table); copies only the task's rows.
+    """
+    num_shared = shared.shape[0]
+    pages = np.empty((len(table), shared.shape[1]), dtype=np.float32)
+    on_pool = table < num_shared
+    pages[on_pool] = shared[table[on_pool]]
+    pages[~on_pool] = exclusive[table[~on_pool] - num_shared]
+    return pages
 
 
 def occupation(page_tables: Mapping[str, np.ndarray], num_shared_pages: int) -> list[list[tuple[str, int]]]:

@@ -63,6 +63,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from weightsep.errors import StateError, StateLockedError
+from weightsep.pages import gather_pages
 
 SCHEMA_VERSION = 1
 SHARED_FILE = "shared_weight_page.npy"
@@ -161,16 +162,6 @@ def _atomic_write(path: Path, write: Callable) -> None:
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
-def _gather(shared: np.ndarray, exclusive: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Pages [n_p, S] of a task: shared[e] or exclusive[e - P] per table entry."""
-    num_shared = shared.shape[0]
-    pages = np.empty((len(table), shared.shape[1]), dtype=np.float32)
-    on_pool = table < num_shared
-    pages[on_pool] = shared[table[on_pool]]
-    pages[~on_pool] = exclusive[table[~on_pool] - num_shared]
-    return pages
 
 
 def _is_int(value) -> bool:
@@ -488,7 +479,7 @@ class Store:
     def materialize(self, name: str) -> np.ndarray:
         """The task's weight vector, float32[n]: its pages gathered from pool and store, cut to n."""
         record = self._tasks[self._index(name)]
-        pages = _gather(self._shared, self._exclusive, record.page_table)
+        pages = gather_pages(self._shared, self._exclusive, record.page_table)
         return pages.reshape(-1)[:record.num_weights].copy()
 
     def occupation(self) -> np.ndarray:
@@ -801,7 +792,7 @@ class Store:
         if vector.shape != (record.num_weights,):
             raise ValueError(f"weights of task '{name}' have shape {vector.shape}, "
                              f"expected ({record.num_weights},)")
-        pages = _gather(self._shared, self._exclusive, record.page_table)
+        pages = gather_pages(self._shared, self._exclusive, record.page_table)
         pages.reshape(-1)[:record.num_weights] = vector
         table = record.page_table
         on_pool = table < self._num_pages
