@@ -11,9 +11,11 @@ short pretraining when missing), runs the same -num_execution random switches
   raw       BaselineRuntime(raw): one raw float32 read + one compiled split-and-assign
 
 and, in the same run, the WS floor of each switch: reading the task's exclusive
-bytes from the file + one bare PageGather call.  The whole sequence is repeated
--repeats times with the runtimes interleaved (so load from other processes hits
-all of them alike); the table reports medians over the repeats.
+bytes from the file + one bare PageGather call, taken at the switch's place in the
+sequence (after the previous task's execution).  The whole sequence is repeated
+-repeats times with the runtimes interleaved and their order rotated (so load
+from other processes hits all of them alike); the table reports medians over the
+repeats.
 
   .venv/bin/python benchmarks/bench_switch.py -state_dir=out/bench_switch/state
 """
@@ -92,6 +94,38 @@ def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:
             print(f"added {name}: {len(result.record.exclusive_pages)} exclusive pages", flush=True)
 
 
+def floor_run(ws, sequence) -> list[tuple[float, float]]:
+    """The WS floor at each switch of the sequence, in the switch's own conditions.
+
+    Each floor is taken where the switch would be, right after the previous task's
+    execution (which leaves the caches and TensorFlow's threads in the state the
+    switch meets); the real switch and execution then follow, untimed.
+    """
+    parts = []
+    for task in sequence:
+        parts.append(ws.gather_floor(task))
+        ws.switch(task)
+        ws.execute(task)
+    return parts
+
+
+def read_methods(ws, sequence, reps: int = 20) -> tuple[float, float]:
+    """Median seconds to bring in a task's exclusive rows: (pread as the runtime does, memory-map + take)."""
+    import numpy as np
+    mapped = np.load(ws._reader.path, mmap_mode="r")
+    pread, mmap = [], []
+    for _ in range(reps):
+        for task in sequence:
+            slot = ws._slots[task]
+            start = time.perf_counter()
+            ws._reader.read(slot.runs, slot.buffer)
+            pread.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            np.take(mapped, slot.rows, axis=0, out=slot.buffer)
+            mmap.append(time.perf_counter() - start)
+    return med(pread), med(mmap)
+
+
 def med(values) -> float:
     return statistics.median(values)
 
@@ -121,13 +155,18 @@ def main(argv):
     sequence = task_sequence(ws.task_names, FLAGS.num_execution, FLAGS.seed)
     load_before = os.getloadavg()
     runs = {name: [] for name in runtimes}
-    floors = []
+    floors, hot_floors = [], []
+    order = list(runtimes) + ["floor"]
     for repeat in range(FLAGS.repeats):
-        for name, runtime in runtimes.items():
-            runs[name].append(run_executions(runtime, FLAGS.num_execution, FLAGS.seed, log=None))
-        floors.append([ws.gather_floor(task) for task in sequence])
+        for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # rotate: no runtime always first
+            if name == "floor":
+                floors.append(floor_run(ws, sequence))
+            else:
+                runs[name].append(run_executions(runtimes[name], FLAGS.num_execution, FLAGS.seed, log=None))
+        hot_floors.append([ws.gather_floor(task) for task in sequence])
         print(f"repeat {repeat + 1}/{FLAGS.repeats} done", flush=True)
     load_after = os.getloadavg()
+    pread_s, mmap_s = read_methods(ws, sequence)
 
     def totals(results):  # per repeat: (total switch, median switch, total execution) in ms
         return ([sum(r.load_seconds for r in run) * 1e3 for run in results],
@@ -139,13 +178,14 @@ def main(argv):
     floor_median = [med(read + gather for read, gather in run) * 1e3 for run in floors]
     read_median = [med(read for read, _ in run) * 1e3 for run in floors]
     gather_median = [med(gather for _, gather in run) * 1e3 for run in floors]
+    hot_median = [med(read + gather for read, gather in run) * 1e3 for run in hot_floors]
     ws_total = med(table["ws (disk)"][0])
     ws_median = med(table["ws (disk)"][1])
 
     lines = [
         f"Machine: {machine()}; TensorFlow {tf.__version__}; device {ws.device}; gather: {ws.gather_kind}.",
-        f"State: {len(ws.task_names)} tasks, {num_weights} weights, 128 shared pages + {exclusive_rows} "
-        f"exclusive pages of 512. Sequence: {FLAGS.num_execution} switches, seed {FLAGS.seed}; "
+        f"State: {len(ws.task_names)} tasks, {num_weights} weights, {ws.num_shared} shared pages + "
+        f"{exclusive_rows} exclusive pages of {ws.page_size}. Sequence: {FLAGS.num_execution} switches, seed {FLAGS.seed}; "
         f"medians over {FLAGS.repeats} repeats. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
         "",
         "| runtime | total switch (ms) | median switch (ms) | total / ws | median / ws | total execution (ms) |",
@@ -160,11 +200,17 @@ def main(argv):
         "",
         f"WS floor parts (median per switch): read of the exclusive rows {med(read_median) * 1e3:.1f} us, "
         f"PageGather {med(gather_median) * 1e3:.1f} us. WS switch / floor: total "
-        f"{ws_total / med(floor_total):.2f}x, median {ws_median / med(floor_median):.2f}x.",
+        f"{ws_total / med(floor_total):.2f}x, median {ws_median / med(floor_median):.2f}x. "
+        f"The same floor taken back to back (caches hot, no execution in between): "
+        f"{med(hot_median) * 1e3:.1f} us median. Bringing in a task's rows (median over the sequence, "
+        f"back to back): os.preadv {pread_s * 1e6:.1f} us, memory map + np.take {mmap_s * 1e6:.1f} us.",
         f"Speed-up of the switch over the paper's baseline (file): total "
         f"{med(table['baseline file'][0]) / ws_total:.1f}x, median "
         f"{med(table['baseline file'][1]) / ws_median:.1f}x (target >= 50x); over raw: total "
         f"{med(table['baseline raw'][0]) / ws_total:.1f}x.",
+        f"Execution (inference) time, ws (disk) / baseline raw (same weights): "
+        f"{med(table['ws (disk)'][2]) / med(table['baseline raw'][2]):.2f}; / baseline file: "
+        f"{med(table['ws (disk)'][2]) / med(table['baseline file'][2]):.2f}.",
     ]
     for runtime in runtimes.values():
         runtime.close()

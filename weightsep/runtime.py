@@ -116,11 +116,6 @@ def _test_split(spec: TaskSpec, record: TaskRecord, data: Optional[str], seed: i
     return datasets.load_split(spec, "test", data=data or record.settings.get("data", "real"), seed=seed)
 
 
-def _counter(correct_fn) -> Callable:
-    """Compiled (inputs..., x, y) -> number of correct predictions, one trace for all batch sizes."""
-    return tf.function(correct_fn, reduce_retracing=True)
-
-
 def _count_correct(probs, y):
     predicted = tf.argmax(probs, axis=1, output_type=tf.int64)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.int64))

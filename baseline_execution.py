@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Multitask DNN execution without weight separation: the baseline of the switch benchmark.
+
+Runs the same random task sequence as ws_execution.py (same -seed); every switch
+reloads the task's whole weights:
+  -baseline=file  (the paper's) restore the task's own network file
+                  <task>/<task>.weights.h5: the networks before separation, so
+                  accuracies differ from ws_execution.py's;
+  -baseline=raw   read the task's separated weights as one raw float32 file and
+                  assign them in one compiled call: same weights as ws_execution.py.
+
+  python baseline_execution.py -state_dir=. -num_execution=50 -seed=0 -baseline=file
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("state_dir", ".", "where the separated state lives")
+flags.DEFINE_integer("num_execution", 50, "how many random tasks to switch to and run")
+flags.DEFINE_integer("seed", 0, "seed of the random task sequence (same sequence as ws_execution.py)")
+flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "where the networks run")
+flags.DEFINE_enum("baseline", "file", ["file", "raw"],
+                  "file: restore each task's network file (paper); raw: read its separated weights as raw float32")
+flags.DEFINE_enum("data", None, ["real", "synthetic"], "test data (default: what each task was added with)")
+flags.DEFINE_integer("data_seed", 0, "seed of the synthetic data (the -seed the state was built with)")
+flags.DEFINE_integer("batch_size", 1000, "inference batch size")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from weightsep.errors import WeightSepError
+    from weightsep.runtime import BaselineRuntime, run_executions
+    try:
+        with BaselineRuntime(FLAGS.state_dir, baseline=FLAGS.baseline, device=FLAGS.device, data=FLAGS.data,
+                             data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size) as runtime:
+            run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
+    except WeightSepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
