@@ -167,7 +167,7 @@ def plot_accuracy(store: Store, path) -> Plot:
     mean = np.nanmean(diffs) if np.isfinite(diffs).any() else np.nan
     ax.set_title(f"Accuracy before and after weight separation (difference in points above the bars; "
                  f"mean {mean:+.2f})")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
     ax.grid(axis="y", alpha=0.3)
     return Plot(_save(fig, path), data)
 
@@ -227,7 +227,7 @@ def plot_exclusive(store: Store, path) -> Plot:
     ax.set_ylim(0, (data["sharable"] + data["exclusive"]).max() * 1.15)
     ax.set_title(f"Exclusive pages per task (number above the bar; {int(data['exclusive'].sum())} in all, "
                  f"pages of {store.page_size} weights)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
     return Plot(_save(fig, path), data)
 
 
@@ -313,8 +313,7 @@ def plot_sharing_cost(store: Store, a: str, b: str, path) -> Plot:
     positive = cost[cost > 0]
     fig = _figure(SQUARE)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#f0f0f0")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#f0f0f0")
     masked = np.ma.masked_less_equal(cost, 0)
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
     image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", origin="upper")

@@ -1,0 +1,149 @@
+"""Tests of weightsep.plots: every figure is a real PNG of the expected size, and the
+data behind it equals the same quantity computed another way from the state."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import copy_task_folder
+
+from weightsep import plots
+from weightsep.errors import WeightSepError
+
+TASKS = ("hhar", "mnist")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the signature."""
+    raw = Path(path).read_bytes()
+    assert raw[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert raw[12:16] == b"IHDR"
+    return struct.unpack(">II", raw[16:24])
+
+
+def inches_to_pixels(size) -> tuple[int, int]:
+    return round(size[0] * plots.DPI), round(size[1] * plots.DPI)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A state with two real task networks (hhar, mnist), pretrained briefly on synthetic data."""
+    from weightsep import data
+    from weightsep.networks import Network, save_network
+    from weightsep.pipeline import Options, Session, add_task, ensure_state, evaluate_task
+    from weightsep.store import Store
+    from weightsep.tasks import load_task
+
+    root = tmp_path_factory.mktemp("plots")
+    options = Options(data="synthetic", fisher_samples=10)
+    store = Store(root / "state")
+    quiet = lambda entry: None  # noqa: E731
+    with store.writer():
+        ensure_state(store, options, log=quiet)
+        session = Session(store, options, log=quiet)
+        for name in TASKS:
+            task = load_task(copy_task_folder(root / "networks", name))
+            train = data.load_split(task, "train", "synthetic")
+            val = data.load_split(task, "validation", "synthetic")
+            net = Network(task)
+            from weightsep.training import pretrain
+            pretrain(net, train.x[:500], train.y[:500], val.x, val.y, iters=10, verbose=0)
+            save_network(net)
+            session._specs[name] = task
+            add_task(session, name, log=quiet)
+            evaluate_task(session, name)
+    return session
+
+
+def test_accuracy_plot(session, tmp_path):
+    store = session.store
+    plot = plots.plot_accuracy(store, tmp_path / "acc.png")
+    assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
+    assert plot.data["tasks"] == list(TASKS)
+    for i, name in enumerate(TASKS):
+        rec = store.task(name)
+        assert plot.data["network"][i] == rec.accuracy["network"]
+        assert plot.data["separated"][i] == rec.accuracy["separated"]
+
+
+def test_occupation_plot_counts_match_page_tables(session, tmp_path):
+    store = session.store
+    plot = plots.plot_occupation(store, tmp_path / "occ.png")
+    assert png_size(plot.path) == (1200, 500)
+    P = store.num_pages
+    expected = np.zeros((len(TASKS), P), int)
+    for row, name in enumerate(TASKS):
+        for entry in store.task(name).page_table:
+            if entry < P:
+                expected[row, entry] += 1
+    np.testing.assert_array_equal(plot.data["counts"], expected)
+    np.testing.assert_array_equal(plot.data["total"], store.occupation())
+    hist = plot.data["histogram"]
+    assert [int(np.sum(expected.sum(axis=0) == k)) for k in range(len(hist))] == hist.tolist()
+
+
+def test_exclusive_plot_matches_registry(session, tmp_path):
+    store = session.store
+    plot = plots.plot_exclusive(store, tmp_path / "excl.png")
+    assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
+    for i, name in enumerate(TASKS):
+        rec = store.task(name)
+        assert plot.data["exclusive"][i] == len(rec.exclusive_pages)
+        assert plot.data["sharable"][i] + plot.data["exclusive"][i] == rec.num_pages
+
+
+def test_page_fisher_plot_is_contribution_density(session, tmp_path):
+    store = session.store
+    plot = plots.plot_page_fisher(store, "mnist", tmp_path / "pnf.png")
+    assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
+    fisher = store.load_vector("mnist", "network_fisher").astype(np.float64)
+    S = store.page_size
+    sums = np.array([fisher[i:i + S].sum() for i in range(0, len(fisher), S)])
+    np.testing.assert_allclose(plot.data["contribution"], sums / fisher.sum(), rtol=1e-9)
+    assert plot.data["exclusive"] == store.task("mnist").exclusive_pages
+
+
+def test_sharing_cost_heatmap_equals_cost_matrix(session, tmp_path):
+    store = session.store
+    plot = plots.plot_sharing_cost(store, "hhar", "mnist", tmp_path / "heat.png")
+    assert png_size(plot.path) == inches_to_pixels(plots.SQUARE)
+    S, P = store.page_size, store.num_pages
+    wa, fa = store.load_vector("hhar", "network_weight"), store.load_vector("hhar", "network_fisher")
+    wb, fb = store.load_vector("mnist", "network_weight"), store.load_vector("mnist", "network_fisher")
+    na, nb = store.task("hhar").num_pages, store.task("mnist").num_pages
+    pad = lambda v, n: np.pad(v.astype(np.float64), (0, n * S - len(v))).reshape(n, S)  # noqa: E731
+    wa, fa, wb, fb = pad(wa, na), pad(fa, na), pad(wb, nb), pad(fb, nb)
+    # A few entries by the definition, element by element.
+    for i, j in [(0, 0), (3, 7), (na - 1, nb - 1), (10, 100)]:
+        both = (fa[i] != 0) & (fb[j] != 0)
+        expected = np.sum(((fa[i] + fb[j]) * (wa[i] - wb[j]) ** 2)[both])
+        assert plot.data["cost"][i, j] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    # The marked pairs are exactly the pages that sit on one shared page.
+    ta, tb = store.task("hhar").page_table, store.task("mnist").page_table
+    expected_pairs = sorted((i, j) for i in range(na) for j in range(nb) if ta[i] < P and ta[i] == tb[j])
+    assert sorted(map(tuple, plot.data["pairs"].tolist())) == expected_pairs
+
+
+def test_plot_modes_write_named_files(session, tmp_path):
+    store = session.store
+    for mode in ("pw", "pnw", "pnfh", "pnwh", "pf"):
+        plot = plots.plot_mode(session, mode, ["hhar"], tmp_path)
+        assert plot.path == tmp_path / f"{mode}_hhar.png"
+        assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
+    rec = store.task("hhar")
+    w = store.materialize("hhar")
+    pw = plots.plot_mode(session, "pw", ["hhar"], tmp_path).data["mean_abs"]
+    assert pw[0] == pytest.approx(np.abs(w[:store.page_size]).mean(), rel=1e-6)
+    last = rec.num_weights - store.page_size * (rec.num_pages - 1)
+    assert pw[-1] == pytest.approx(np.abs(w[-last:]).mean(), rel=1e-6)
+    hist = plots.plot_mode(session, "pnwh", ["hhar"], tmp_path).data
+    assert hist["counts"].sum() == rec.num_weights
+    heat = plots.plot_mode(session, "heatmap", ["hhar", "mnist"], tmp_path)
+    assert heat.path == tmp_path / "heatmap_hhar_mnist.png"
+    with pytest.raises(WeightSepError, match="needs 2 task names"):
+        plots.plot_mode(session, "heatmap", ["hhar"], tmp_path)
+    with pytest.raises(WeightSepError, match="unknown plot mode"):
+        plots.plot_mode(session, "px", ["hhar"], tmp_path)
