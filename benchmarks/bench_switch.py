@@ -34,6 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import machine  # noqa: E402
 from weightsep.tasks import PAPER_TASKS, REPO_ROOT  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -45,19 +46,6 @@ flags.DEFINE_integer("seed", 0, "seed of the task sequence")
 flags.DEFINE_integer("repeats", 5, "runs of the whole sequence per runtime")
 flags.DEFINE_enum("device", "cpu", ["auto", "cpu", "gpu"], "device of the runtimes")
 flags.DEFINE_string("markdown", None, "also write the result table to this file")
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {usable} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
 
 
 def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:

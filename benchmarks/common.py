@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
-    """CPU model and core count (Linux), or the platform string."""
+    """CPU model, usable cores and kernel (Linux), for the benchmark tables."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -21,7 +21,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {usable} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
 
 
 def pretrained_tasks(root: Path, tasks, iters: int = 300, log=print) -> dict[str, Path]:

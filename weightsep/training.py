@@ -191,6 +191,11 @@ class SeparatedTrainer:
         accuracy = tf.reduce_mean(tf.cast(tf.argmax(probs, axis=1) == y, tf.float32))
         return accuracy, ce, self._overlap()
 
+    def evaluate(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy of the weights ``w`` (they become the trainer's current weights)."""
+        self.w.assign(np.asarray(w, np.float32))
+        return self.accuracy(x, y)
+
     def accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
         hits = 0
         for i in range(0, len(x), batch_size):
