@@ -18,9 +18,10 @@ Every mode accepts -data=synthetic to run offline on built-in synthetic data.
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
+
+from weightsep.cli import main_of
 
 FLAGS = flags.FLAGS
 
@@ -240,10 +241,7 @@ def _plot(mode):
     return run
 
 
-def main(argv):
-    from weightsep.errors import WeightSepError
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def run():
     modes = {
         "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
         "e": mode_evaluate, "l": mode_list, "r": mode_remove,
@@ -257,13 +255,8 @@ def main(argv):
     modes.update({mode: _plot(mode) for mode in ("pf", "pw", "pnf", "pnw", "pnfh", "pnwh", "heatmap")})
     if FLAGS.mode not in modes:
         raise app.UsageError(f"-mode must be one of {' '.join(modes)}, not {FLAGS.mode!r}")
-    try:
-        modes[FLAGS.mode]()
-    except WeightSepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    modes[FLAGS.mode]()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_of(run))

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from weightsep.cli import main_of
 
 REPO = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -133,7 +134,7 @@ def run_formation(session, specs: dict, timings: dict) -> None:
     names = list(specs)
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        session._specs[name] = specs[name]
+        session.use_spec(specs[name])
         added = add_task(session, name, log=quiet)
         before = evaluate_task(session, name, record=False)
         if FLAGS.formation_iter:
@@ -283,46 +284,38 @@ def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: P
     return lines
 
 
-def main(argv):
-    from weightsep.errors import WeightSepError
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def run():
     wall = time.perf_counter()
     out = Path(FLAGS.out).resolve()
     names = [n.strip() for n in FLAGS.tasks if n.strip()]
-    try:
-        say(f"Weight Separation demo: {len(names)} tasks on synthetic data; output in {out} "
-            f"(wiped at start{', networks kept' if FLAGS.reuse_networks else ''})")
-        prepare_out(out, FLAGS.reuse_networks)
-        t0 = time.perf_counter()
-        from weightsep.pipeline import Options, Session, ensure_state  # imports TensorFlow once
-        from weightsep.store import Store
-        timings = {"start-up (TensorFlow import)": time.perf_counter() - t0}
-        specs = run_pretrain(out, names, timings)
-        store = Store(out / "state")
-        options = Options(data="synthetic", margin=FLAGS.margin, matching=FLAGS.matching, init=FLAGS.init,
-                          seed=FLAGS.seed)
-        with store.writer():
-            ensure_state(store, options, log=quiet)
-            session = Session(store, options, log=quiet)
-            run_formation(session, specs, timings)
-            history = run_optimization(session, timings)
-            run_evaluation(session, timings)
-        execution = run_execution(out / "state", timings)
-        start = stage(6, "report and plots")
-        plots_made = run_plots(session, out, names)
-        timings["report and plots"] = time.perf_counter() - start
-        lines = report_lines(store, execution, timings, plots_made, out, history)
-        report_path = out / "report.md"
-        report_path.write_text("\n".join(lines) + "\n")
-        say("")
-        say("\n".join(lines))
-        say(f"\nwrote {report_path}; demo finished in {time.perf_counter() - wall:.1f} s")
-    except WeightSepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    say(f"Weight Separation demo: {len(names)} tasks on synthetic data; output in {out} "
+        f"(wiped at start{', networks kept' if FLAGS.reuse_networks else ''})")
+    prepare_out(out, FLAGS.reuse_networks)
+    t0 = time.perf_counter()
+    from weightsep.pipeline import Options, Session, ensure_state  # imports TensorFlow once
+    from weightsep.store import Store
+    timings = {"start-up (TensorFlow import)": time.perf_counter() - t0}
+    specs = run_pretrain(out, names, timings)
+    store = Store(out / "state")
+    options = Options(data="synthetic", margin=FLAGS.margin, matching=FLAGS.matching, init=FLAGS.init,
+                      seed=FLAGS.seed)
+    with store.writer():
+        ensure_state(store, options, log=quiet)
+        session = Session(store, options, log=quiet)
+        run_formation(session, specs, timings)
+        history = run_optimization(session, timings)
+        run_evaluation(session, timings)
+    execution = run_execution(out / "state", timings)
+    start = stage(6, "report and plots")
+    plots_made = run_plots(session, out, names)
+    timings["report and plots"] = time.perf_counter() - start
+    lines = report_lines(store, execution, timings, plots_made, out, history)
+    report_path = out / "report.md"
+    report_path.write_text("\n".join(lines) + "\n")
+    say("")
+    say("\n".join(lines))
+    say(f"\nwrote {report_path}; demo finished in {time.perf_counter() - wall:.1f} s")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_of(run))

@@ -12,9 +12,9 @@ load and execution times in the original's format.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
+
+from weightsep.cli import main_of
 
 FLAGS = flags.FLAGS
 
@@ -29,20 +29,12 @@ flags.DEFINE_integer("data_seed", 0, "seed of the synthetic data (the -seed the 
 flags.DEFINE_integer("batch_size", 1000, "inference batch size")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from weightsep.errors import WeightSepError
+def run():
     from weightsep.runtime import WSRuntime, run_executions
-    try:
-        with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, data=FLAGS.data,
-                       data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size) as runtime:
-            run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
-    except WeightSepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, data=FLAGS.data,
+                   data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size) as runtime:
+        run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_of(run))

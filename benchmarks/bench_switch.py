@@ -23,7 +23,6 @@ repeats.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -77,7 +76,7 @@ def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:
                 pretrain(net, train.x, train.y, val.x, val.y, iters, verbose=0)
                 save_network(net)
                 print(f"pretrained {name} ({iters} steps) in {time.perf_counter() - start:.1f} s", flush=True)
-            session._specs[name] = task
+            session.use_spec(task)
             result = add_task(session, name, log=quiet)
             print(f"added {name}: {len(result.record.exclusive_pages)} exclusive pages", flush=True)
 

@@ -34,7 +34,7 @@ def state(tmp_path_factory, tiny_tasks):
         ensure_state(store, session.options, log=quiet)
         for name, folder in tiny_tasks.items():
             own = shutil.copytree(folder, root / "tasks" / name)
-            session._specs[name] = load_task(own)
+            session.use_spec(load_task(own))
             add_task(session, name, log=quiet)
         train_task(session, "tiny_a", 5, log=quiet)
     store.load()

@@ -52,7 +52,7 @@ def session(tmp_path_factory):
             from weightsep.training import pretrain
             pretrain(net, train.x[:500], train.y[:500], val.x, val.y, iters=10, verbose=0)
             save_network(net)
-            session._specs[name] = task
+            session.use_spec(task)
             add_task(session, name, log=quiet)
             evaluate_task(session, name)
     return session

@@ -256,7 +256,6 @@ class WSRuntime:
         store = _load_state(state_dir)
         self.state_dir = store.dir
         self.page_size, self.num_shared = store.page_size, store.num_pages
-        S, P = self.page_size, self.num_shared
 
         op, why_not = _custom_op() if gather != "tf" else (None, "gather=tf was asked for")
         if gather == "op" and op is None:
