@@ -240,7 +240,37 @@ class _Slot:
     batches: list
 
 
-class WSRuntime:
+class _Runtime:
+    """What both runtimes share: the running task, timed execution, closing."""
+
+    device: str
+    current: Optional[str] = None
+
+    def _inference(self, name: str) -> tuple[Callable, list]:
+        """(call(x, y) -> correct count, test batches) of the running task."""
+        raise NotImplementedError
+
+    def execute(self, name: str) -> tuple[float, float]:
+        """(test accuracy, seconds) of the running task, which must be ``name``."""
+        if self.current != name:
+            raise WeightSepError(f"execute({name!r}) but the running task is {self.current!r}: switch first")
+        call, batches = self._inference(name)
+        start = time.perf_counter()
+        with tf.device(self.device):
+            accuracy = _run_batches(call, batches, self.device)
+        return accuracy, time.perf_counter() - start
+
+    def close(self) -> None:
+        """Release files and caches (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class WSRuntime(_Runtime):
     """Task switching with weight separation; see the module docstring."""
 
     def __init__(self, state_dir=".", device: str = "auto", secondary: Optional[str] = None,
@@ -353,15 +383,9 @@ class WSRuntime:
         self.current = name
         return seconds
 
-    def execute(self, name: str) -> tuple[float, float]:
-        """(test accuracy, seconds) of the running task, which must be ``name``."""
-        if self.current != name:
-            raise WeightSepError(f"execute({name!r}) but the running task is {self.current!r}: switch first")
+    def _inference(self, name: str) -> tuple[Callable, list]:
         slot = self._slots[name]
-        start = time.perf_counter()
-        with tf.device(self.device):
-            accuracy = _run_batches(lambda x, y: slot.infer(self.weights, x, y), slot.batches, self.device)
-        return accuracy, time.perf_counter() - start
+        return (lambda x, y: slot.infer(self.weights, x, y)), slot.batches
 
     def current_weights(self) -> np.ndarray:
         """The running task's weight vector, as the model runs it."""
@@ -388,12 +412,6 @@ class WSRuntime:
         if self._reader is not None:
             self._reader.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 # --- the baseline -------------------------------------------------------------------
 
@@ -408,7 +426,7 @@ class _BaselineTask:
     fd: int = -1
 
 
-class BaselineRuntime:
+class BaselineRuntime(_Runtime):
     """Task switching without weight separation: a full reload of the task's weights per switch."""
 
     def __init__(self, state_dir=".", baseline: str = "file", device: str = "auto",
@@ -494,14 +512,9 @@ class BaselineRuntime:
         self.current = name
         return seconds
 
-    def execute(self, name: str) -> tuple[float, float]:
-        if self.current != name:
-            raise WeightSepError(f"execute({name!r}) but the running task is {self.current!r}: switch first")
+    def _inference(self, name: str) -> tuple[Callable, list]:
         task = self._tasks[name]
-        start = time.perf_counter()
-        with tf.device(self.device):
-            accuracy = _run_batches(task.infer, task.batches, self.device)
-        return accuracy, time.perf_counter() - start
+        return task.infer, task.batches
 
     def current_weights(self) -> np.ndarray:
         return self._tasks[self.current].net.get_vector()
@@ -519,12 +532,6 @@ class BaselineRuntime:
         if self._own_cache:
             shutil.rmtree(self._own_cache, ignore_errors=True)
             self._own_cache = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # --- the execution loop -------------------------------------------------------------
