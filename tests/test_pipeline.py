@@ -243,3 +243,59 @@ def test_binary_export_round_trips(added_state, tmp_path):
     from weightsep.export import quantize
     qz = quantize(big, 8)
     assert qz.saturated == 2 and list(qz.values) == [32767, -32768, 64]
+
+
+def test_init_merge_writes_the_fisher_weighted_mean(tmp_path, tiny_tasks):
+    session = new_session(tmp_path / "s", tiny_tasks, init="merge")
+    store = session.store
+    a, b = store.task("tiny_a"), store.task("tiny_b")
+    fa, fb = (to_pages(store.load_vector(t, "network_fisher"), 64).astype(np.float64) for t in ("tiny_a", "tiny_b"))
+    wa, wb = (to_pages(store.load_vector(t, "network_weight"), 64).astype(np.float64) for t in ("tiny_a", "tiny_b"))
+    checked = 0
+    for j, q in enumerate(b.page_table):
+        if q >= 16:
+            continue
+        on_a = np.nonzero(a.page_table == q)[0]
+        num, den = fb[j] * wb[j], fb[j].copy()
+        if len(on_a):
+            num, den = num + fa[on_a[0]] * wa[on_a[0]], den + fa[on_a[0]]
+        expected = np.where(den > 0, num / np.where(den > 0, den, 1), wb[j])
+        np.testing.assert_allclose(store.shared[q], expected, rtol=1e-5, atol=1e-7)
+        checked += len(on_a)
+    assert checked > 0  # some pages really were merged with tiny_a's
+
+
+def test_target_accuracy_sets_the_tpr_from_the_alpha_loss(tmp_path, tiny_tasks):
+    from weightsep import separation
+    from weightsep.networks import load_network
+    session = new_session(tmp_path / "s", tiny_tasks, target_accuracy=0.5)
+    rec = session.store.task("tiny_a")
+    net = load_network(load_task(tiny_tasks["tiny_a"]))
+    train = session.split("tiny_a", "train")
+    expected = separation.target_performance_rate(net.predict(train.x), train.y, 0.5, 0.5)
+    assert rec.settings["tpr"] == pytest.approx(expected, rel=1e-6)
+    assert expected != 1.0
+    sep = separation.separate(session.store.load_vector("tiny_a", "network_fisher"), rec.num_weights, 64, expected,
+                              0.6, 16)
+    assert rec.exclusive_pages == sep.exclusive_pages.tolist()
+
+
+def test_loss_diagnostics_report_real_values(added_state, tiny_tasks):
+    from weightsep import diagnostics, separation
+    from weightsep.networks import load_network
+    session = fresh_copy(added_state, added_state.parent / "diag3")
+    net = load_network(load_task(tiny_tasks["tiny_b"]))
+    train = session.split("tiny_b", "train")
+    loss, acc = separation.alpha_loss(net.predict(train.x), train.y, 0.5)
+    assert diagnostics.alpha_loss_lines(session, "tiny_b") == [
+        f"tiny_b: alpha 0.5 alpha-loss {loss:.6f} alpha-accuracy {acc:.6f}"]
+    line = diagnostics.training_loss(session, "tiny_b")[0]
+    w = session.store.materialize("tiny_b")
+    expected_overlap = overlap_reference(session.store, "tiny_b")(w.astype(np.float64))
+    assert float(line.split("overlapping loss ")[1].split()[0]) == pytest.approx(expected_overlap, rel=1e-4, abs=1e-6)
+    session.options.target_accuracy = 0.5
+    tpr_line = diagnostics.tpr_lines(session, "tiny_b")[1]
+    expected_tpr = separation.target_performance_rate(net.predict(train.x), train.y, 0.5, 0.5)
+    assert tpr_line.startswith(f"tiny_b: TPR {expected_tpr:.6f} -> ")
+    lines = diagnostics.fisher_of_separated(session, "tiny_b")
+    assert lines[2] == f"exclusive pages (chosen from the network Fisher): {session.store.task('tiny_b').exclusive_pages}"
