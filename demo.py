@@ -301,7 +301,7 @@ def run():
                       seed=FLAGS.seed)
     with store.writer():
         ensure_state(store, options, log=quiet)
-        session = Session(store, options, log=quiet)
+        session = Session(store, options)
         run_formation(session, specs, timings)
         history = run_optimization(session, timings)
         run_evaluation(session, timings)

@@ -44,7 +44,7 @@ def formation(state_dir: Path, folders, matching: str):
     shutil.rmtree(state_dir, ignore_errors=True)
     store = Store(state_dir)
     options = Options(data="synthetic", matching=matching)
-    session = Session(store, options, log=lambda *_: None)
+    session = Session(store, options)
     seconds = {"fisher": 0.0, "separation": 0.0, "matching": 0.0}
     cost = 0.0
     with store.writer():

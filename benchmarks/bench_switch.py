@@ -58,7 +58,7 @@ def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:
 
     quiet = lambda *_: None  # noqa: E731
     store = Store(state_dir)
-    session = Session(store, Options(data="synthetic"), log=quiet)
+    session = Session(store, Options(data="synthetic"))
     with store.writer():
         ensure_state(store, session.options, log=quiet)
         for name in PAPER_TASKS:

@@ -29,7 +29,7 @@ def state(tmp_path_factory, tiny_tasks):
     root = tmp_path_factory.mktemp("execution")
     state_dir = root / "state"
     store = Store(state_dir)
-    session = Session(store, Options(**OPTIONS), log=quiet)
+    session = Session(store, Options(**OPTIONS))
     with store.writer():
         ensure_state(store, session.options, log=quiet)
         for name, folder in tiny_tasks.items():
@@ -45,7 +45,7 @@ def state(tmp_path_factory, tiny_tasks):
 @pytest.fixture(scope="module")
 def expected_accuracy(state):
     """-mode=e's accuracy of each separated task."""
-    session = Session(Store(state).load(), Options(**OPTIONS), log=quiet)
+    session = Session(Store(state).load(), Options(**OPTIONS))
     return {name: evaluate_task(session, name, record=False) for name in ("tiny_a", "tiny_b")}
 
 

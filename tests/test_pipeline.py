@@ -19,7 +19,7 @@ quiet = lambda *_: None  # noqa: E731
 def new_session(state_dir, tiny_tasks, **opts):
     options = Options(**{"page_size": 64, "num_pages": 16, "margin": 0.6, "data": "synthetic", **opts})
     store = Store(state_dir)
-    session = Session(store, options, log=quiet)
+    session = Session(store, options)
     session.added = []
     with store.writer():
         ensure_state(store, options, log=quiet)
@@ -40,7 +40,7 @@ def added_state(tmp_path_factory, tiny_tasks):
 def fresh_copy(src, dst):
     shutil.copytree(src, dst)
     store = Store(dst).load()
-    return Session(store, Options(page_size=64, num_pages=16, data="synthetic"), log=quiet)
+    return Session(store, Options(page_size=64, num_pages=16, data="synthetic"))
 
 
 def test_add_registers_pages_consistently(added_state, tiny_tasks):
@@ -150,10 +150,10 @@ def test_optimize_all_equals_repeated_mode_t(added_state, tmp_path):
     for _ in range(rounds):
         for name in ("tiny_a", "tiny_b"):
             session = fresh_copy(added_state, tmp_path / "loop") if not (tmp_path / "loop").exists() else \
-                Session(Store(tmp_path / "loop").load(), Options(data="synthetic"), log=quiet)
+                Session(Store(tmp_path / "loop").load(), Options(data="synthetic"))
             with session.store.writer():
                 train_task(session, name, iters, log=quiet)
-        session = Session(Store(tmp_path / "loop").load(), Options(data="synthetic"), log=quiet)
+        session = Session(Store(tmp_path / "loop").load(), Options(data="synthetic"))
         with session.store.writer():
             looped_accs.append({n: evaluate_task(session, n) for n in ("tiny_a", "tiny_b")})
     inproc = fresh_copy(added_state, tmp_path / "inproc")

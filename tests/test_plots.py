@@ -43,7 +43,7 @@ def session(tmp_path_factory):
     quiet = lambda entry: None  # noqa: E731
     with store.writer():
         ensure_state(store, options, log=quiet)
-        session = Session(store, options, log=quiet)
+        session = Session(store, options)
         for name in TASKS:
             task = load_task(copy_task_folder(root / "networks", name))
             train = data.load_split(task, "train", "synthetic")

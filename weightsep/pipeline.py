@@ -50,10 +50,9 @@ class Options:
 class Session:
     """A store plus the per-process caches of specs, networks and datasets."""
 
-    def __init__(self, store: Store, options: Options | None = None, log: Log = print_log):
+    def __init__(self, store: Store, options: Options | None = None):
         self.store = store
         self.options = options or Options()
-        self.log = log
         self._specs: dict[str, TaskSpec] = {}
         self._networks: dict[str, Network] = {}
         self._trainers: dict[str, SeparatedTrainer] = {}

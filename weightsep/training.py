@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 
 import numpy as np
 
@@ -240,8 +239,3 @@ def print_log(entry) -> None:
         print(entry)
     sys.stdout.flush()
 
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
