@@ -16,19 +16,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from weightsep.cli import main_of
+from weightsep.cli import define_execution_flags, main_of
 
 FLAGS = flags.FLAGS
+define_execution_flags()
 
-flags.DEFINE_string("state_dir", ".", "where the separated state lives")
-flags.DEFINE_integer("num_execution", 50, "how many random tasks to switch to and run")
-flags.DEFINE_integer("seed", 0, "seed of the random task sequence (same sequence as ws_execution.py)")
-flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "where the networks run")
 flags.DEFINE_enum("baseline", "file", ["file", "raw"],
                   "file: restore each task's network file (paper); raw: read its separated weights as raw float32")
-flags.DEFINE_enum("data", None, ["real", "synthetic"], "test data (default: what each task was added with)")
-flags.DEFINE_integer("data_seed", 0, "seed of the synthetic data (the -seed the state was built with)")
-flags.DEFINE_integer("batch_size", 1000, "inference batch size")
 
 
 def run():

@@ -246,9 +246,23 @@ class _Runtime:
     device: str
     current: Optional[str] = None
 
+    def _loader(self, name: str) -> Callable[[], None]:
+        """The work of a switch to ``name``, as a call (lookups are done before timing)."""
+        raise NotImplementedError
+
     def _inference(self, name: str) -> tuple[Callable, list]:
         """(call(x, y) -> correct count, test batches) of the running task."""
         raise NotImplementedError
+
+    def switch(self, name: str) -> float:
+        """Make ``name`` the running task; returns the seconds it took (the weight load time)."""
+        load = self._loader(name)
+        start = time.perf_counter()
+        load()
+        _sync(self.device)
+        seconds = time.perf_counter() - start
+        self.current = name
+        return seconds
 
     def execute(self, name: str) -> tuple[float, float]:
         """(test accuracy, seconds) of the running task, which must be ``name``."""
@@ -371,17 +385,14 @@ class WSRuntime(_Runtime):
             np.take(self._host, slot.rows, axis=0, out=slot.buffer)
         return slot.buffer
 
-    def switch(self, name: str) -> float:
-        """Make ``name`` the running task; returns the seconds it took (the weight load time)."""
+    def _loader(self, name: str) -> Callable[[], None]:
         slot = self._slot(name)
-        start = time.perf_counter()
-        rows = self.bring_in(name)
-        with tf.device(self.device):
-            self.weights = slot.gather(self.shared, rows)
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        self.current = name
-        return seconds
+
+        def load():
+            rows = self.bring_in(name)
+            with tf.device(self.device):
+                self.weights = slot.gather(self.shared, rows)
+        return load
 
     def _inference(self, name: str) -> tuple[Callable, list]:
         slot = self._slots[name]
@@ -495,22 +506,20 @@ class BaselineRuntime(_Runtime):
                 variable.assign(part)
         return assign
 
-    def switch(self, name: str) -> float:
-        """Reload the task's whole weights; returns the seconds it took."""
+    def _loader(self, name: str) -> Callable[[], None]:
+        """A switch reloads the task's whole weights."""
         task = self._task(name)
-        start = time.perf_counter()
-        if self.baseline == "file":
-            task.net.model.load_weights(str(task.source))
-        else:
+
+        def load():
+            if self.baseline == "file":
+                task.net.model.load_weights(str(task.source))
+                return
             size = task.buffer.nbytes
             if os.preadv(task.fd, [memoryview(task.buffer).cast("B")], 0) != size:
                 raise WeightSepError(f"short read of {task.source}: the cache file changed while running")
             with tf.device(self.device):
                 task.assign(task.buffer)
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        self.current = name
-        return seconds
+        return load
 
     def _inference(self, name: str) -> tuple[Callable, list]:
         task = self._tasks[name]
