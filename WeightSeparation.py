@@ -1,110 +1,143 @@
 #!/usr/bin/env python3
-"""Weight Separation: one command line for the whole method (original single-dash flags).
+"""Weight Separation: one command line for the whole method (the original's single-dash flags).
 
-  -mode=pretrain -network_path=<task>      train a task's own network
-  -mode=import   -network_path=<dir>       import an original TF1 checkpoint
-  -mode=a        -network_path=<task>      add: Fisher, separation, overlapping
-  -mode=t        -vnn_name=<task> -iter=N  optimize one task with the overlapping loss
-  -mode=o        -rounds=R -iter=N         optimize all tasks in one process (optimization.sh)
-  -mode=e        -vnn_name=<task>          test accuracy (-target=network: before separation)
-  -mode=l                                  list tasks, pool occupation, packing report
-  -mode=r        -vnn_name=<task>          remove a task
-  -mode=f / c / n / tl / cl / tpr          diagnostics (see README)
-  -mode=w / p    [-Q=15]                   binary export of pages (int16 Q-format) / page tables
-  -mode=pf pw pnf pnw pnfh pnwh -vnn_name=<task>, -mode=heatmap -vnn_name=a,b
-                                           plots, saved as <-plot_dir>/<mode>_<task>.png
+The original's modes (no -mode means -mode=l, as in the original):
+  -mode=a   -network_path=<task>       add: Fisher, separation, overlapping (prints total_network_cost)
+  -mode=t   -vnn_name=<task> [-iter=N] train one task with the overlapping loss (default 2000 steps)
+  -mode=e   -vnn_name=<task>           test accuracy (-target=network: the network before separation)
+  -mode=l                              list tasks, pool occupation, packing in weights and bytes
+  -mode=r   -vnn_name=<task>           remove a task
+  -mode=f   -vnn_name=<task>           Fisher of the separated task, saved as <task>/<task>_fisher.npy
+  -mode=c   -vnn_name=a,b[,c...]       overlapping cost summed over every pair of the tasks
+  -mode=n / v -vnn_name=<task>         layers / variables of the task's network
+  -mode=tl / cl / tpr -vnn_name=<task> target loss (-target_accuracy) / alpha-loss / target performance rate
+  -mode=w / p [-Q=8]                   the original's binary files: pool and exclusive pages (float32 and
+                                       int16 Q-format), page tables (uint16)
+  -mode=pf pw pnf pnw pnfh pnwh heatmap   plots, saved as PNG files (-plot_dir)
+Ours:
+  -mode=pretrain -network_path=<task>  train a task's own network
+  -mode=import   -network_path=<dir>   import an original TF1 checkpoint
+  -mode=o   [-rounds=100 -passes=10 -iter=32]   optimization.sh in one process
+  -mode=quantize -state_dir=S -out_dir=D [-page_dtype=int8]   a quantized copy of a float32 state
+  -mode=loss -vnn_name=<task>          cross-entropy, overlapping loss and accuracies now
 Every mode accepts -data=synthetic to run offline on built-in synthetic data.
 """
 
 from __future__ import annotations
 
+import sys
 
 from absl import app, flags
 
-from weightsep.cli import main_of
+from weightsep.cli import SEED_MAX, FlagError, check_flags, main_of
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("mode", None, "what to do: pretrain import a r t o e l f c n tl cl tpr, plots: pf pw pnf pnw pnfh pnwh heatmap")
-flags.DEFINE_string("network_path", None, "task folder (pretrain, a, n) or checkpoint folder (import)")
-flags.DEFINE_string("vnn_name", None, "task name (t, e, r, f, tl, tpr); two names a,b for -mode=c")
-flags.DEFINE_integer("iter", None, "training steps (pretrain: 2000, t: 2000, o: 32 per task per round)")
-flags.DEFINE_integer("rounds", 100, "optimize-all rounds (-mode=o)")
+flags.DEFINE_string("mode", "l", "what to do (see the list at the top of this file)")
+flags.DEFINE_string("network_path", None, "task folder (pretrain, a, and any mode of a task with a custom "
+                    "build_model) or checkpoint folder (import)")
+flags.DEFINE_string("vnn_name", None, "task name; a comma list for -mode=c and heatmap")
+flags.DEFINE_integer("iter", None, "training steps (pretrain: 2000, t: 2000, o: 32 per task per pass)")
+flags.DEFINE_integer("rounds", 100, "-mode=o: rounds (each: -passes passes, then every task evaluated)")
+flags.DEFINE_integer("passes", 10, "-mode=o: passes per round (each: every task trains -iter steps)")
+flags.DEFINE_integer("transpose", 0, "1: the network vector in microcontroller layout (conv [out, in, kh, kw], "
+                     "dense [out, in]); chosen when the state is created")
 flags.DEFINE_float("alpha", 0.5, "alpha of the alpha-loss used for the target performance rate")
 flags.DEFINE_float("margin", 0.1, "margin of the exclusive-page walk")
 flags.DEFINE_float("target_accuracy", None, "target accuracy; without it the TPR is 1.0")
 flags.DEFINE_integer("use_exclusive_page", 1, "0: no exclusive pages unless the pool is too small")
-flags.DEFINE_integer("Q", 15, "fraction bits of the int16 Q-format of the binary export (-mode=w)")
-flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p write (default: <state_dir>/export)")
+flags.DEFINE_integer("Q", 8, "fraction bits of the int16 Q-format files of -mode=w")
+flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p write (default: the state directory, as the "
+                    "original wrote into its working directory)")
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
-flags.DEFINE_integer("page_size", 512, "weights per page")
-flags.DEFINE_integer("num_pages", 128, "pages in the shared pool")
-flags.DEFINE_enum("matching", "greedy", ["greedy", "optimal"], "page matching: greedy (paper) or optimal")
-flags.DEFINE_enum("init", "none", ["none", "merge"], "pool values at add: none (paper) or Fisher-weighted merge")
+flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (must not exist or be empty)")
+flags.DEFINE_integer("page_size", 512, "weights per page (state-wide, chosen at the first -mode=a)")
+flags.DEFINE_integer("num_pages", 128, "pages in the shared pool (state-wide)")
+flags.DEFINE_enum("page_dtype", "float32", ["float32", "int8", "int4"],
+                  "storage of weight-pages (state-wide): float32 (the paper) or quantized with one scale per page")
+flags.DEFINE_enum("matching", "greedy", ["greedy", "optimal"],
+                  "page matching: greedy (the original's PageAlloc) or optimal (exact per level)")
+flags.DEFINE_enum("init", "none", ["none", "merge"], "pool values at add: none (original) or Fisher-weighted merge")
+flags.DEFINE_enum("loss", "batch_softmax", ["batch_softmax", "per_example"],
+                  "training cross-entropy: the original graphs' batch-normalized softmax, or per example")
+flags.DEFINE_enum("select_on", "test", ["test", "validation"],
+                  "-mode=t/o model selection: the original's test split (before each evaluated step's update), "
+                  "or a validation split")
 flags.DEFINE_float("lamb", 0.1, "weight of the overlapping loss")
 flags.DEFINE_integer("batch_size", 100, "batch size")
 flags.DEFINE_float("lr", 1e-3, "Adam learning rate")
-flags.DEFINE_integer("fisher_samples", 50, "examples for the Fisher information")
-flags.DEFINE_integer("seed", 0, "random seed (data sampling, synthetic data, pool init)")
+flags.DEFINE_integer("fisher_samples", 50, "examples drawn for the Fisher information")
+flags.DEFINE_integer("seed", 0, "random seed (batches, Fisher samples, pool init; synthetic data at -mode=a)")
 flags.DEFINE_enum("data", None, ["real", "synthetic"], "dataset kind (default: real, or what the task was added with)")
 flags.DEFINE_enum("target", "vnn", ["vnn", "network"], "-mode=e: the separated task (vnn) or its own network")
-flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots). "
-                    "pf: Fisher per page of the separated task (recomputed on its materialized weights); "
-                    "pw: mean |w| per page of the separated task; pnf: network Fisher per page (stored at add); "
-                    "pnw: mean |w| per page of the network; pnfh / pnwh: histograms of the network Fisher "
-                    "(log10) / weights; heatmap: overlapping cost of a's pages x b's pages (-vnn_name=a,b)")
+flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots)")
 flags.DEFINE_integer("verbose", 1, "Keras progress output for pretrain: 0 silent, 1 bar, 2 one line per epoch")
+
+# Ranges of the numeric flags, checked before any work.  Sizes are bounded so that no flag can
+# ask for more memory than a machine has (P x S float32 weights <= 512 MiB).
+BOUNDS = {
+    "iter": (1, 10_000_000), "rounds": (1, 1_000_000), "passes": (1, 1_000_000), "transpose": (0, 1),
+    "alpha": (0.0, 1.0), "margin": (0.0, 1.0), "target_accuracy": (0.0, 1.0), "use_exclusive_page": (0, 1),
+    "Q": (0, 15), "page_size": (1, 1 << 16), "num_pages": (1, 1 << 16), "lamb": (0.0, 1e6),
+    "batch_size": (1, 100_000), "lr": (1e-12, 1e6), "fisher_samples": (1, 100_000), "seed": (0, SEED_MAX),
+    "verbose": (0, 2),
+}
+MAX_POOL_WEIGHTS = 1 << 27
 
 
 def _options():
     from weightsep.pipeline import Options
-    return Options(page_size=FLAGS.page_size, num_pages=FLAGS.num_pages, alpha=FLAGS.alpha, margin=FLAGS.margin,
+    explicit = frozenset(name for name in ("page_size", "num_pages", "page_dtype", "transpose") if FLAGS[name].present)
+    return Options(page_size=FLAGS.page_size, num_pages=FLAGS.num_pages, page_dtype=FLAGS.page_dtype,
+                   transpose=bool(FLAGS.transpose), alpha=FLAGS.alpha, margin=FLAGS.margin,
                    target_accuracy=FLAGS.target_accuracy, use_exclusive_page=bool(FLAGS.use_exclusive_page),
                    matching=FLAGS.matching, init=FLAGS.init, lamb=FLAGS.lamb, batch_size=FLAGS.batch_size,
-                   lr=FLAGS.lr, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed, data=FLAGS.data)
+                   lr=FLAGS.lr, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed, data=FLAGS.data,
+                   loss=FLAGS.loss, select_on=FLAGS.select_on, explicit=explicit)
 
 
 def _need(flag: str) -> str:
-    from weightsep.errors import WeightSepError
     value = getattr(FLAGS, flag)
     if not value:
-        raise WeightSepError(f"-mode={FLAGS.mode} needs -{flag}=...")
+        raise FlagError(f"-mode={FLAGS.mode} needs -{flag}=...")
     return value
 
 
+def _names() -> list[str]:
+    """The task names of -vnn_name (a comma list) or, failing that, of -network_path."""
+    text = FLAGS.vnn_name or FLAGS.network_path or _need("vnn_name")
+    return [part.rstrip("/").split("/")[-1] for part in text.split(",") if part.strip()]
+
+
 def _task_name() -> str:
-    return (FLAGS.vnn_name or FLAGS.network_path or _need("vnn_name")).rstrip("/").split("/")[-1]
+    names = _names()
+    if len(names) != 1:
+        raise FlagError(f"-mode={FLAGS.mode} takes one task, got -vnn_name={FLAGS.vnn_name}")
+    return names[0]
 
 
-def _session(existing: bool = True):
-    from weightsep.errors import StateError
-    from weightsep.pipeline import Session
+def _session():
+    """A session on the existing state; a folder named by -network_path supplies its task's spec."""
+    from weightsep.pipeline import Session, require_state
     from weightsep.store import Store
-    store = Store(FLAGS.state_dir)
-    if existing:
-        if not store.exists():
-            raise StateError(f"no separated state in {store.dir}: add tasks first with "
-                             f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh)")
-        store.load()
-    return Session(store, _options())
+    from weightsep.tasks import load_task
+    session = Session(require_state(Store(FLAGS.state_dir)), _options())
+    if FLAGS.network_path:
+        session.use_spec(load_task(FLAGS.network_path))
+    return session
 
 
 def mode_pretrain():
     from weightsep import data as datasets
-    from weightsep.networks import Network, save_network
     from weightsep.tasks import load_task
-    from weightsep.training import pretrain
+    from weightsep.training import pretrain_task
     task = load_task(_need("network_path"))
     kind, iters = FLAGS.data or "real", FLAGS.iter or 2000
-    train = datasets.load_split(task, "train", kind, FLAGS.seed)
-    val = datasets.load_split(task, "validation", kind, FLAGS.seed)
-    test = datasets.load_split(task, "test", kind, FLAGS.seed)
-    print(f"pretrain {task.name}: {iters} steps, batch {FLAGS.batch_size}, {datasets.describe(task, kind, FLAGS.seed)}")
-    net = Network(task)
-    best = pretrain(net, train.x, train.y, val.x, val.y, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.seed, FLAGS.verbose)
-    path = save_network(net)
-    print(f"best validation accuracy {best:.6f}; saved {path}")
-    print(f"{task.name} inference accuracy: {net.accuracy(test.x, test.y):.6f}")
+    print(f"pretrain {task.name}: {iters} steps, batch {FLAGS.batch_size}, loss {FLAGS.loss}, "
+          f"{datasets.describe(task, kind, FLAGS.seed)}")
+    result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss, FLAGS.verbose)
+    print(f"best validation accuracy {result.best_validation:.6f}; saved {result.path}")
+    print(f"{task.name} inference accuracy: {result.test_accuracy:.6f}")
 
 
 def mode_import():
@@ -122,18 +155,13 @@ def mode_import():
 
 
 def mode_add():
-    from weightsep.pipeline import Session, add_task, ensure_state
+    from weightsep.pipeline import Session, add_task
     from weightsep.store import Store
     from weightsep.tasks import load_task
     task = load_task(_need("network_path"))
     store = Store(FLAGS.state_dir)
-    explicit = {name for name in ("page_size", "num_pages") if FLAGS[name].present}
     with store.writer():
-        options = _options()
-        ensure_state(store, options, explicit)
-        session = Session(store, options)
-        session.use_spec(task)
-        add_task(session, task.name)
+        add_task(Session(store, _options()), task)
 
 
 def mode_train():
@@ -142,53 +170,51 @@ def mode_train():
     name = _task_name()
     with session.store.writer():
         result = train_task(session, name, FLAGS.iter or 2000)
-    if result.updated:
-        print(f"{name}: validation accuracy {result.start_accuracy:.6f} -> {result.best_accuracy:.6f}; "
-              f"weights written to {session.store.vector_path(name, 'weight')}")
-    else:
-        print(f"{name}: no step beat the starting validation accuracy {result.start_accuracy:.6f}; state unchanged")
+    kept = (f"kept the weights of {result.best_accuracy:.6f} ({result.selected_on} accuracy; "
+            f"{result.start_accuracy:.6f} at step 0)" if result.updated else
+            f"no evaluation beat step 0 ({result.start_accuracy:.6f} {result.selected_on} accuracy): pages unchanged")
+    print(f"{name}: {kept}; {session.store.vector_path(name, 'weight')} rewritten")
 
 
 def mode_optimize():
     from weightsep.pipeline import optimize_all
     session = _session()
     with session.store.writer():
-        optimize_all(session, FLAGS.rounds, FLAGS.iter or 32)
+        optimize_all(session, FLAGS.rounds, FLAGS.iter or 32, FLAGS.passes)
 
 
 def mode_evaluate():
-    from weightsep.pipeline import evaluate_task
-    name = _task_name()
+    from weightsep.pipeline import evaluate_network
+    from weightsep.tasks import load_task
     if FLAGS.target == "network":
         from weightsep.pipeline import Session
         from weightsep.store import Store
-        from weightsep.tasks import load_task
-        task = load_task(FLAGS.vnn_name or _need("network_path"))
-        session = Session(Store(FLAGS.state_dir), _options())
-        session.use_spec(task)
-        name, acc = task.name, evaluate_task(session, task.name, target="network")
-    else:
-        session = _session()
-        with session.store.writer():
+        task = load_task(FLAGS.network_path or _task_name())
+        acc = evaluate_network(Session(Store(FLAGS.state_dir), _options()), task)
+        print(f"{task.name} inference accuracy: {acc:.6f}")
+        return
+    from weightsep.errors import StateLockedError, StateReadOnlyError
+    from weightsep.pipeline import evaluate_task, record_accuracy
+    session, name = _session(), _task_name()
+    try:
+        with session.store.writer():  # record the accuracy when nobody else writes the state
             acc = evaluate_task(session, name)
+            record_accuracy(session.store, name, acc)
+    except (StateLockedError, StateReadOnlyError) as why:
+        acc = evaluate_task(session, name)
+        print(f"note: accuracy not recorded in the registry ({why})", file=sys.stderr)
     print(f"{name} inference accuracy: {acc:.6f}")
 
 
 def mode_list():
     from weightsep import report
-    session = _session()
-    store = session.store
-    print(f"state {store.dir}: {len(store.tasks)} tasks, pool {store.num_pages} pages x {store.page_size} weights, "
-          f"{store.exclusive.shape[0]} exclusive pages")
-    for rec in store.tasks:
-        print(f"[{rec.id}] {rec.name}: {rec.num_weights} weights, {rec.num_pages} pages, "
-              f"{rec.num_pages - len(rec.exclusive_pages)} sharable, {len(rec.exclusive_pages)} exclusive "
-              f"{rec.exclusive_pages}, trained {rec.settings.get('trained_steps', 0)} steps")
-    for line in report.occupation_histogram(store):
-        print(line)
-    print()
-    for line in report.markdown_table(store):
-        print(line)
+    from weightsep.store import Store
+    store = Store(FLAGS.state_dir)
+    if not store.exists():
+        from weightsep.errors import StateError
+        raise StateError(f"no separated state in {store.dir}: add tasks first with "
+                         f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh)")
+    print("\n".join(report.listing(store.load())))
 
 
 def mode_remove():
@@ -203,29 +229,39 @@ def mode_export_weights():
     from pathlib import Path
     from weightsep.export import export_weights
     session = _session()
-    print("\n".join(export_weights(session.store, Path(FLAGS.export_dir or Path(FLAGS.state_dir) / "export"), FLAGS.Q)))
+    print("\n".join(export_weights(session.store, Path(FLAGS.export_dir or FLAGS.state_dir), FLAGS.Q)))
 
 
 def mode_export_page_tables():
     from pathlib import Path
     from weightsep.export import export_page_tables
     session = _session()
-    names = [t for t in (FLAGS.vnn_name or "").split(",") if t] or None
-    out = Path(FLAGS.export_dir or Path(FLAGS.state_dir) / "export")
-    print("\n".join(export_page_tables(session.store, out, names)))
+    print("\n".join(export_page_tables(session.store, Path(FLAGS.export_dir or FLAGS.state_dir))))
 
 
-def _diagnostic(fn, existing=True, names=1):
+def mode_quantize():
+    from weightsep.pipeline import quantize_state
+    if FLAGS.page_dtype == "float32":
+        raise FlagError("-mode=quantize needs -page_dtype=int8 or -page_dtype=int4")
+    for line in quantize_state(FLAGS.state_dir, _need("out_dir"), FLAGS.page_dtype, _options()):
+        print(line)
+
+
+def _diagnostic(name: str, existing: bool = True, many: bool = False):
     def run():
-        session = _session(existing)
-        if names == 2:
-            pair = [t for t in (FLAGS.vnn_name or "").split(",") if t]
-            if len(pair) != 2:
-                from weightsep.errors import WeightSepError
-                raise WeightSepError("-mode=c needs two tasks: -vnn_name=a,b")
-            lines = fn(session, *pair)
+        from weightsep import diagnostics
+        if existing:
+            session = _session()
         else:
-            lines = fn(session, _task_name())
+            from weightsep.pipeline import Session
+            from weightsep.store import Store
+            from weightsep.tasks import load_task
+            store = Store(FLAGS.state_dir)
+            session = Session(store.load() if store.exists() else store, _options())
+            if FLAGS.network_path:
+                session.use_spec(load_task(FLAGS.network_path))
+        function = getattr(diagnostics, name)
+        lines = function(session, _names()) if many else function(session, _task_name())
         print("\n".join(lines))
     return run
 
@@ -235,27 +271,31 @@ def _plot(mode):
         from pathlib import Path
         from weightsep.plots import plot_mode
         session = _session()
-        names = [t for t in (FLAGS.vnn_name or "").split(",") if t] or [_task_name()]
-        plot = plot_mode(session, mode, names, FLAGS.plot_dir or Path(FLAGS.state_dir) / "plots")
+        plot = plot_mode(session, mode, _names(), FLAGS.plot_dir or Path(FLAGS.state_dir) / "plots")
         print(f"saved {plot.path}")
     return run
 
 
+MODES = {
+    "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
+    "e": mode_evaluate, "l": mode_list, "r": mode_remove, "w": mode_export_weights, "p": mode_export_page_tables,
+    "quantize": mode_quantize,
+    "f": _diagnostic("fisher_of_separated"), "c": _diagnostic("network_cost_lines", many=True),
+    "n": _diagnostic("layers", existing=False), "v": _diagnostic("variables", existing=False),
+    "tl": _diagnostic("target_loss_lines", existing=False), "cl": _diagnostic("alpha_loss_lines", existing=False),
+    "tpr": _diagnostic("tpr_lines", existing=False), "loss": _diagnostic("training_loss"),
+    **{mode: _plot(mode) for mode in ("pf", "pw", "pnf", "pnw", "pnfh", "pnwh", "heatmap")},
+}
+
+
 def run():
-    modes = {
-        "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
-        "e": mode_evaluate, "l": mode_list, "r": mode_remove,
-        "w": mode_export_weights, "p": mode_export_page_tables,
-    }
-    from weightsep import diagnostics as d
-    modes.update({"f": _diagnostic(d.fisher_of_separated), "c": _diagnostic(d.pair_cost, names=2),
-                  "n": _diagnostic(d.layers, existing=False), "tl": _diagnostic(d.training_loss),
-                  "cl": _diagnostic(d.alpha_loss_lines, existing=False),
-                  "tpr": _diagnostic(d.tpr_lines, existing=False)})
-    modes.update({mode: _plot(mode) for mode in ("pf", "pw", "pnf", "pnw", "pnfh", "pnwh", "heatmap")})
-    if FLAGS.mode not in modes:
-        raise app.UsageError(f"-mode must be one of {' '.join(modes)}, not {FLAGS.mode!r}")
-    modes[FLAGS.mode]()
+    if FLAGS.mode not in MODES:
+        raise FlagError(f"-mode must be one of {' '.join(MODES)}, not {FLAGS.mode!r}")
+    check_flags(FLAGS, BOUNDS)
+    if FLAGS.page_size * FLAGS.num_pages > MAX_POOL_WEIGHTS:
+        raise FlagError(f"-page_size={FLAGS.page_size} x -num_pages={FLAGS.num_pages} = "
+                        f"{FLAGS.page_size * FLAGS.num_pages} weights exceeds the {MAX_POOL_WEIGHTS} a pool may hold")
+    MODES[FLAGS.mode]()
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """Multitask DNN execution without weight separation: the baseline of the switch benchmark.
 
-Runs the same random task sequence as ws_execution.py (same -seed); every switch
-reloads the task's whole weights:
-  -baseline=file  (the paper's) restore the task's own network file
-                  <task>/<task>.weights.h5: the networks before separation, so
-                  accuracies differ from ws_execution.py's;
-  -baseline=raw   read the task's separated weights as one raw float32 file and
-                  assign them in one compiled call: same weights as ws_execution.py.
+Runs the same random task sequence as ws_execution.py (same -seed); every switch reloads the
+task's whole weights:
+  -baseline=file  (the paper's) restore the task's own network file <task>/<task>.weights.h5:
+                  the networks before separation, so accuracies differ from ws_execution.py's;
+  -baseline=raw   read the task's separated weights as one raw float32 file and assign them in
+                  one compiled call: same weights as ws_execution.py.
 
   python baseline_execution.py -state_dir=. -num_execution=50 -seed=0 -baseline=file
 """
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from weightsep.cli import define_execution_flags, main_of
+from weightsep.cli import EXECUTION_BOUNDS, check_flags, define_execution_flags, execution_specs, main_of
 
 FLAGS = flags.FLAGS
 define_execution_flags()
@@ -26,9 +25,12 @@ flags.DEFINE_enum("baseline", "file", ["file", "raw"],
 
 
 def run():
-    from weightsep.runtime import BaselineRuntime, run_executions
+    check_flags(FLAGS, EXECUTION_BOUNDS)
+    from weightsep.baseline import BaselineRuntime
+    from weightsep.runtime import run_executions
     with BaselineRuntime(FLAGS.state_dir, baseline=FLAGS.baseline, device=FLAGS.device, data=FLAGS.data,
-                         data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size) as runtime:
+                         data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size,
+                         specs=execution_specs()) as runtime:
         run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
 
 

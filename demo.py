@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The whole method on built-in synthetic data, in one process: `make demo`.
 
-Stages: pretrain every task's own network, formation (add each task: Fisher,
-separation, overlapping; then retrain it), optimization (round robin with the
-overlapping loss), evaluation, multitask execution (switch time with weight
-separation vs the baseline's full reload), then the report and plots.
+Stages: pretrain every task's own network, formation (add each task: Fisher, separation,
+overlapping; then retrain it), optimization (rounds of passes of every task with the
+overlapping loss), evaluation, multitask execution (switch time with weight separation vs the
+baseline's full reload), then the report and plots.  Every stage calls the library's one
+workflow function (training.pretrain_task, pipeline.form_all, pipeline.optimize_all, ...);
+numbers come back through return values and callbacks, never by reading printed lines.
 
 Everything is written under -out (default demo_out/), which is WIPED at the start:
     demo_out/networks/<task>/   the task's spec (copied) and its pretrained network
@@ -13,16 +15,14 @@ Everything is written under -out (default demo_out/), which is WIPED at the star
     demo_out/report.md          the tables, settings, stage times and links to the plots
 The task folders of the repository are only read (their task.py), never written.
 
-The schedule is short so that the demo runs in under ten minutes on two CPU cores:
-500 pretraining steps, 200 formation steps, 20 optimization rounds of 32 steps (the
-paper: 2000 / 2000 / 100 x 32).  The method is the paper's (greedy matching, pool
-written only by training, lamb 0.1) except one setting: margin 0.15 instead of 0.1,
-because the briefly trained synthetic networks spread their Fisher information over
-more pages, and margin 0.1 keeps about 206 exclusive pages (3.9x packing, below the
-4x of the demo's goal).  -margin=0.1 gives the paper's exact settings.
-Each flag takes its default from an environment variable, so either works:
-    DEMO_PRETRAIN_ITER=2000 DEMO_FORMATION_ITER=2000 DEMO_ROUNDS=100 make demo
-    make demo DEMO_ARGS="-pretrain_iter=2000 -formation_iter=2000 -rounds=100"
+The method is the original's (its loss, model selection, matching, pool writes, schedule
+shape) with one setting changed, margin 0.15 instead of 0.1 (see README "The demo"), and a
+SHORTENED schedule so that it runs in minutes on two CPU cores: 500 pretraining steps, 200
+formation steps, 2 optimization rounds of 10 passes x 32 steps (the original: 2000 formation
+steps and 100 rounds of 10 passes x 32 steps).  It prints its expected duration at the start,
+calibrated on this CPU.  Each flag takes its default from an environment variable:
+    DEMO_ROUNDS=10 make demo
+    make demo DEMO_ARGS="-page_dtype=int8 -rounds=3"
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from weightsep.cli import main_of
+from weightsep.cli import SEED_MAX, check_flags, main_of
 
 REPO = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
+TEN = "cifar10,mnist,fmnist,gtsrb,svhn,obs,gsc,esc10,us8k,hhar"
 
 
 def _env(name: str, default):
@@ -45,25 +46,33 @@ def _env(name: str, default):
 
 
 flags.DEFINE_string("out", _env("DEMO_OUT", "demo_out"), "output folder, wiped at start (env DEMO_OUT)")
-flags.DEFINE_list("tasks", _env("DEMO_TASKS", "cifar10,mnist,fmnist,gtsrb,svhn,obs,gsc,esc10,us8k,hhar"),
-                  "tasks, comma list, in formation order (env DEMO_TASKS)")
-flags.DEFINE_integer("pretrain_iter", _env("DEMO_PRETRAIN_ITER", 500), "pretraining steps per task (env DEMO_PRETRAIN_ITER)")
+flags.DEFINE_list("tasks", _env("DEMO_TASKS", TEN), "tasks, comma list, in formation order (env DEMO_TASKS)")
+flags.DEFINE_integer("pretrain_iter", _env("DEMO_PRETRAIN_ITER", 500),
+                     "pretraining steps per task (env DEMO_PRETRAIN_ITER)")
 flags.DEFINE_integer("formation_iter", _env("DEMO_FORMATION_ITER", 200),
-                     "training steps right after adding a task (paper: 2000; env DEMO_FORMATION_ITER)")
-flags.DEFINE_integer("rounds", _env("DEMO_ROUNDS", 20), "optimization rounds (paper: 100; env DEMO_ROUNDS)")
-flags.DEFINE_integer("iter", _env("DEMO_ITER", 32), "steps per task per optimization round (paper: 32; env DEMO_ITER)")
+                     "training steps right after adding a task (original: 2000; env DEMO_FORMATION_ITER)")
+flags.DEFINE_integer("rounds", _env("DEMO_ROUNDS", 2), "optimization rounds (original: 100; env DEMO_ROUNDS)")
+flags.DEFINE_integer("passes", _env("DEMO_PASSES", 10), "passes per round (original: 10; env DEMO_PASSES)")
+flags.DEFINE_integer("iter", _env("DEMO_ITER", 32), "steps per task per pass (original: 32; env DEMO_ITER)")
 flags.DEFINE_integer("switches", _env("DEMO_SWITCHES", 20),
-                     "random task executions for each runtime (paper: 50; env DEMO_SWITCHES)")
-flags.DEFINE_float("margin", _env("DEMO_MARGIN", 0.15), "margin of the exclusive-page walk (paper default 0.1; env DEMO_MARGIN)")
-flags.DEFINE_enum("matching", _env("DEMO_MATCHING", "greedy"), ["greedy", "optimal"],
-                  "page matching (paper: greedy; env DEMO_MATCHING)")
-flags.DEFINE_enum("init", _env("DEMO_INIT", "none"), ["none", "merge"],
-                  "pool values at add (paper: none; env DEMO_INIT)")
+                     "random task executions for each runtime (original: 50; env DEMO_SWITCHES)")
+flags.DEFINE_float("margin", _env("DEMO_MARGIN", 0.15), "margin of the exclusive-page walk (original 0.1; env DEMO_MARGIN)")
+flags.DEFINE_enum("matching", _env("DEMO_MATCHING", "greedy"), ["greedy", "optimal"], "page matching (env DEMO_MATCHING)")
+flags.DEFINE_enum("init", _env("DEMO_INIT", "none"), ["none", "merge"], "pool values at add (env DEMO_INIT)")
+flags.DEFINE_enum("loss", _env("DEMO_LOSS", "batch_softmax"), ["batch_softmax", "per_example"],
+                  "training cross-entropy (env DEMO_LOSS)")
+flags.DEFINE_enum("select_on", _env("DEMO_SELECT_ON", "test"), ["test", "validation"],
+                  "model selection of -mode=t (env DEMO_SELECT_ON)")
+flags.DEFINE_enum("page_dtype", _env("DEMO_PAGE_DTYPE", "float32"), ["float32", "int8", "int4"],
+                  "storage of the weight-pages (env DEMO_PAGE_DTYPE)")
 flags.DEFINE_integer("seed", _env("DEMO_SEED", 0), "seed of the synthetic data, sampling and the pool (env DEMO_SEED)")
 flags.DEFINE_bool("reuse_networks", bool(_env("DEMO_REUSE_NETWORKS", 0)),
                   "keep <out>/networks/ and skip pretraining tasks that already have a network there "
                   "(env DEMO_REUSE_NETWORKS=1)")
 
+BOUNDS = {"pretrain_iter": (1, 10_000_000), "formation_iter": (0, 10_000_000), "rounds": (0, 100_000),
+          "passes": (1, 1000), "iter": (1, 100_000), "switches": (1, 100_000), "margin": (0.0, 1.0),
+          "seed": (0, SEED_MAX)}
 STAGES = 6
 
 
@@ -90,96 +99,97 @@ def prepare_out(out: Path, reuse_networks: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def task_folder(out: Path, name: str) -> Path:
-    """<out>/networks/<task>/ with a copy of the repository's task.py: the network is saved there."""
-    from weightsep.errors import WeightSepError
-    source = REPO / name / "task.py"
-    if not source.is_file():
-        raise WeightSepError(f"unknown task {name!r}: {source} is missing")
-    folder = out / "networks" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source, folder / "task.py")
-    return folder
+def expected_seconds(specs: dict) -> tuple[float, float]:
+    """(expected duration of the demo, measured seconds per obs-sized training step).
+
+    Times a few compiled training steps of the most expensive network here, then scales by each
+    task's multiply-adds and the schedule's step counts (evaluations and Fisher included as
+    step equivalents).  A rough guide (+-30%), not a promise.
+    """
+    from weightsep.training import time_training_step
+    costliest = max(specs.values(), key=forward_macs)
+    per_step = time_training_step(costliest)
+    steps = FLAGS.pretrain_iter + FLAGS.formation_iter + FLAGS.rounds * FLAGS.passes * FLAGS.iter
+    calls = 1 + FLAGS.rounds * FLAGS.passes  # -mode=t calls per task; each evaluates the test split twice
+    steps += calls * 2 * 10 / 3 + 60  # 1000 test examples ~ 10 forward batches; Fisher ~ 60 steps
+    total = sum(per_step * forward_macs(spec) / forward_macs(costliest) * steps for spec in specs.values())
+    return total + 15 * len(specs) + 20, per_step  # compiles, start-up, execution and plots
+
+
+def forward_macs(spec) -> int:
+    """Multiply-adds of one example through the spec's layer list."""
+    h, w, c = spec.input_shape
+    macs = 0
+    for kh, kw, filters in spec.conv:
+        ho, wo = h - kh + 1, w - kw + 1
+        macs += ho * wo * kh * kw * c * filters
+        h, w, c = ho // 2, wo // 2, filters
+    width = h * w * c
+    for units in (*spec.dense, spec.num_classes):
+        macs += width * units
+        width = units
+    return macs
 
 
 def run_pretrain(out: Path, names: list[str], timings: dict) -> dict:
-    from weightsep import data as datasets
-    from weightsep.networks import Network, network_file, save_network
-    from weightsep.tasks import load_task
-    from weightsep.training import pretrain
+    from weightsep.networks import network_file
+    from weightsep.tasks import copy_spec, load_task
+    from weightsep.training import pretrain_task
+    specs = {name: load_task(copy_spec(REPO / name, out / "networks")) for name in names}
+    estimate, per_step = expected_seconds(specs)
+    say(f"expected duration: about {estimate / 60:.0f} min on this CPU (a training step of the costliest network "
+        f"took {per_step * 1e3:.0f} ms here)")
     start = stage(1, f"pretrain: each task's own network, {FLAGS.pretrain_iter} steps, synthetic data")
-    specs = {}
-    for i, name in enumerate(names, 1):
+    for i, (name, spec) in enumerate(specs.items(), 1):
         t0 = time.perf_counter()
-        spec = load_task(task_folder(out, name))
-        specs[name] = spec
         if FLAGS.reuse_networks and network_file(spec).is_file():
             say(f"  [{i}/{len(names)}] {name}: kept {network_file(spec)}")
             continue
-        split = {s: datasets.load_split(spec, s, "synthetic", FLAGS.seed) for s in ("train", "validation", "test")}
-        net = Network(spec)
-        best = pretrain(net, split["train"].x, split["train"].y, split["validation"].x, split["validation"].y,
-                        FLAGS.pretrain_iter, seed=FLAGS.seed, verbose=0)
-        save_network(net)
-        acc = net.accuracy(split["test"].x, split["test"].y)
-        say(f"  [{i}/{len(names)}] {name}: {net.num_weights:,} weights, validation {best:.3f}, "
-            f"test accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)")
+        result = pretrain_task(spec, "synthetic", FLAGS.seed, FLAGS.pretrain_iter, loss=FLAGS.loss, verbose=0)
+        say(f"  [{i}/{len(names)}] {name}: {result.num_weights:,} weights, validation {result.best_validation:.3f}, "
+            f"test accuracy {result.test_accuracy:.3f} ({time.perf_counter() - t0:.1f} s)")
     timings["pretrain"] = time.perf_counter() - start
     return specs
 
 
 def run_formation(session, specs: dict, timings: dict) -> None:
-    from weightsep.pipeline import add_task, evaluate_task, train_task
+    from weightsep.pipeline import form_all
     start = stage(2, f"formation: add (Fisher, separation, overlapping) + retrain {FLAGS.formation_iter} steps")
-    names = list(specs)
-    for i, name in enumerate(names, 1):
-        t0 = time.perf_counter()
-        session.use_spec(specs[name])
-        added = add_task(session, name, log=quiet)
-        before = evaluate_task(session, name, record=False)
-        if FLAGS.formation_iter:
-            train_task(session, name, FLAGS.formation_iter, log=quiet)
-        after = evaluate_task(session, name)
-        rec = added.record
-        say(f"  [{i}/{len(names)}] {name}: {rec.num_pages} pages, {len(rec.exclusive_pages)} exclusive; "
-            f"accuracy network {rec.accuracy['network']:.3f}, separated {before:.3f} -> {after:.3f} "
-            f"({time.perf_counter() - t0:.1f} s)")
+
+    def progress(i, total, step):
+        rec = step.added.record
+        say(f"  [{i}/{total}] {rec.name}: {rec.num_pages} pages, {len(rec.exclusive_pages)} exclusive; "
+            f"accuracy network {step.added.network_accuracy:.3f}, separated {step.separated_before:.3f} -> "
+            f"{step.separated_after:.3f} ({step.seconds:.1f} s)")
+
+    form_all(session, list(specs.values()), FLAGS.formation_iter, log=quiet, progress=progress)
     timings["formation"] = time.perf_counter() - start
 
 
 def run_optimization(session, timings: dict) -> list:
     from weightsep.pipeline import optimize_all
-    start = stage(3, f"optimization: {FLAGS.rounds} rounds x {FLAGS.iter} steps per task, overlapping loss")
-    history = []
+    start = stage(3, f"optimization: {FLAGS.rounds} rounds x {FLAGS.passes} passes x {FLAGS.iter} steps per task, "
+                     f"overlapping loss")
     last = [start]
 
-    def progress(r, rounds):
-        accs = history[-1] if history else {}
-        mean = sum(accs.values()) / max(len(accs), 1)
+    def progress(r, rounds, accuracies):
         now = time.perf_counter()
-        say(f"  round {r}/{rounds}: mean separated accuracy {mean:.4f} ({now - last[0]:.1f} s)")
+        say(f"  round {r}/{rounds}: mean separated accuracy {sum(accuracies.values()) / len(accuracies):.4f} "
+            f"({now - last[0]:.1f} s)")
         last[0] = now
 
-    def record(entry):
-        # optimize_all logs "<task> inference accuracy: x" after each round; keep them for progress.
-        if isinstance(entry, str) and " inference accuracy: " in entry:
-            name, value = entry.split(" inference accuracy: ")
-            if not history or name in history[-1]:
-                history.append({})
-            history[-1][name] = float(value)
-
-    if FLAGS.rounds:
-        optimize_all(session, FLAGS.rounds, FLAGS.iter, log=record, progress=progress)
+    history = optimize_all(session, FLAGS.rounds, FLAGS.iter, FLAGS.passes, log=quiet, progress=progress)
     timings["optimization"] = time.perf_counter() - start
     return history
 
 
 def run_evaluation(session, timings: dict) -> None:
-    from weightsep.pipeline import evaluate_task
+    from weightsep.pipeline import evaluate_task, record_accuracy
     start = stage(4, "evaluation: test accuracy of every separated task (materialized from pool + exclusive pages)")
     names = [rec.name for rec in session.store.tasks]
     for i, name in enumerate(names, 1):
         acc = evaluate_task(session, name)
+        record_accuracy(session.store, name, acc)
         net = session.store.task(name).accuracy["network"]
         say(f"  [{i}/{len(names)}] {name}: network {net:.4f}, separated {acc:.4f}, "
             f"difference {100 * (acc - net):+.2f} points")
@@ -187,27 +197,25 @@ def run_evaluation(session, timings: dict) -> None:
 
 
 def run_execution(state_dir: Path, timings: dict) -> dict:
-    from weightsep.runtime import BaselineRuntime, WSRuntime, run_executions
+    from weightsep.baseline import BaselineRuntime
+    from weightsep.runtime import WSRuntime, run_executions
     start = stage(5, f"execution: {FLAGS.switches} random task switches with weight separation, then the baseline")
     results = {}
     every = max(1, FLAGS.switches // 4)
 
     def counter(label):
-        def log(line):
-            if line.startswith("[") and "/" in line.split("]")[0]:
-                i = int(line[1:].split("/")[0])
-                if i and i % every == 0:
-                    say(f"  {label}: {line}")
-        return log
+        def on_switch(i, execution, totals):
+            if (i + 1) % every == 0 and i + 1 < FLAGS.switches:
+                say(f"  {label}: [{i + 1}/{FLAGS.switches}] total weight-load time {totals[0] * 1e3:.3f} ms, "
+                    f"total execution time {totals[1] * 1e3:.3f} ms")
+        return on_switch
 
-    for label, make in (("weight-separated", lambda: WSRuntime(state_dir, device="cpu", data="synthetic",
-                                                                 data_seed=FLAGS.seed, log=None)),
-                        ("baseline", lambda: BaselineRuntime(state_dir, baseline="file", device="cpu",
-                                                             data="synthetic", data_seed=FLAGS.seed, log=None))):
+    for label, make in (("weight-separated", lambda: WSRuntime(state_dir, device="cpu", log=None)),
+                        ("baseline", lambda: BaselineRuntime(state_dir, baseline="file", device="cpu", log=None))):
         t0 = time.perf_counter()
         with make() as runtime:
-            detail = getattr(runtime, "gather_kind", "full reload of <task>.weights.h5 per switch")
-            runs = run_executions(runtime, FLAGS.switches, FLAGS.seed, log=counter(label))
+            runs = run_executions(runtime, FLAGS.switches, FLAGS.seed, log=None, on_switch=counter(label))
+            detail = runtime.description
         load = sum(r.load_seconds for r in runs) * 1e3
         run = sum(r.run_seconds for r in runs) * 1e3
         results[label] = {"load_ms": load, "run_ms": run, "detail": detail}
@@ -240,19 +248,20 @@ def run_plots(session, out: Path, names: list[str]) -> dict:
 
 
 def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: Path, history: list) -> list[str]:
-    from weightsep import data as datasets
-    from weightsep import report
+    from weightsep import report, synthetic
     rows = report.task_rows(store)
     packing = report.packing(store)
     diffs = [r["difference"] for r in rows if r["difference"] is not None]
     mean_diff = 100 * sum(diffs) / len(diffs) if diffs else float("nan")
+    worst = 100 * min(diffs) if diffs else float("nan")
     goal = packing.ratio >= 4.0 and mean_diff >= -1.0
+    sizes = " / ".join(f"{v} {k}" for k, v in synthetic.SYNTHETIC_SIZES.items())
     lines = ["# Weight Separation demo (synthetic data)", "",
-             f"{len(rows)} tasks, synthetic data ({' / '.join(f'{v} {k}' for k, v in datasets.SYNTHETIC_SIZES.items())} "
-             f"examples per task, seed {FLAGS.seed}); accuracies are test accuracies.", "",
+             f"{len(rows)} tasks, synthetic data ({sizes} examples per task, seed {FLAGS.seed}); "
+             f"accuracies are test accuracies.", "",
              "## Weights, memory and accuracy", ""]
     lines += report.markdown_table(store)
-    lines += ["", f"mean accuracy difference (separated - network): {mean_diff:+.2f} points; "
+    lines += ["", f"mean accuracy difference (separated - network): {mean_diff:+.2f} points (worst {worst:+.2f}); "
               f"goal (packing >= 4x and mean drop <= 1 point): {'met' if goal else 'NOT met'}"]
     ws, base = execution.get("weight-separated"), execution.get("baseline")
     if ws and base:
@@ -261,17 +270,19 @@ def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: P
                   f"| Weight-Separated Execution | {ws['load_ms']:.3f} | {ws['run_ms']:.3f} |",
                   f"| Non-Separated Execution | {base['load_ms']:.3f} | {base['run_ms']:.3f} |", "",
                   f"switching time: {base['load_ms'] / ws['load_ms']:.1f}x faster with weight separation "
-                  f"({ws['detail']}; the baseline restores each task's whole network file); "
+                  f"({ws['detail']}; the baseline: {base['detail']}); "
                   f"execution time ratio (baseline / separated) {base['run_ms'] / ws['run_ms']:.2f}"]
     total = sum(timings.values())
     lines += ["", "## Settings and time per stage", "",
               f"- tasks: {', '.join(r['task'] for r in rows)}",
-              f"- pretrain: {FLAGS.pretrain_iter} steps per task (Adam, lr 1e-3, batch 100)",
+              f"- pretrain: {FLAGS.pretrain_iter} steps per task (Adam, lr 1e-3, batch 100, loss {FLAGS.loss})",
               f"- formation: add (Fisher on 50 examples, separation with TPR 1.0 and margin {FLAGS.margin}, "
               f"{FLAGS.matching} matching, init {FLAGS.init}) then {FLAGS.formation_iter} steps per task",
-              f"- optimization: {FLAGS.rounds} rounds x {FLAGS.iter} steps per task, lamb 0.1, "
-              f"weights kept on validation accuracy",
-              f"- pool {store.num_pages} pages x {store.page_size} weights; switches: {FLAGS.switches}", "",
+              f"- optimization: {FLAGS.rounds} rounds x {FLAGS.passes} passes x {FLAGS.iter} steps per task "
+              f"(the original: 100 x 10 x 32), lamb 0.1, loss {FLAGS.loss}, model selection on the "
+              f"{FLAGS.select_on} split",
+              f"- pool {store.num_pages} pages x {store.page_size} weights, {store.page_dtype} pages; "
+              f"switches: {FLAGS.switches}", "",
               "| stage | wall time (s) |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
     lines += [f"| total | {total:.1f} |"]
@@ -285,23 +296,23 @@ def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: P
 
 
 def run():
+    check_flags(FLAGS, BOUNDS)
     wall = time.perf_counter()
     out = Path(FLAGS.out).resolve()
     names = [n.strip() for n in FLAGS.tasks if n.strip()]
-    say(f"Weight Separation demo: {len(names)} tasks on synthetic data; output in {out} "
+    say(f"Weight Separation demo: {len(names)} tasks on synthetic data, {FLAGS.page_dtype} pages; output in {out} "
         f"(wiped at start{', networks kept' if FLAGS.reuse_networks else ''})")
     prepare_out(out, FLAGS.reuse_networks)
     t0 = time.perf_counter()
-    from weightsep.pipeline import Options, Session, ensure_state  # imports TensorFlow once
+    from weightsep.pipeline import Options, Session  # imports TensorFlow once
     from weightsep.store import Store
     timings = {"start-up (TensorFlow import)": time.perf_counter() - t0}
     specs = run_pretrain(out, names, timings)
     store = Store(out / "state")
     options = Options(data="synthetic", margin=FLAGS.margin, matching=FLAGS.matching, init=FLAGS.init,
-                      seed=FLAGS.seed)
+                      seed=FLAGS.seed, loss=FLAGS.loss, select_on=FLAGS.select_on, page_dtype=FLAGS.page_dtype)
+    session = Session(store, options)
     with store.writer():
-        ensure_state(store, options, log=quiet)
-        session = Session(store, options)
         run_formation(session, specs, timings)
         history = run_optimization(session, timings)
         run_evaluation(session, timings)

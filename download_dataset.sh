@@ -1,25 +1,55 @@
 #!/usr/bin/env bash
 # Download the tasks' datasets into their task folders and verify them.
 #
-#   ./download_dataset.sh [--dry-run | --verify] [task ...]     (no task: all ten)
+#   ./download_dataset.sh [--dry-run | --verify] [--checksums FILE] [task ...]   (no task: all ten)
 #
 # The authors' preprocessed .npy arrays come from Google Drive, MNIST from its public
-# mirrors.  Each file is fetched into <file>.part (resumable: an interrupted run goes
-# on where it stopped), checked with `python -m weightsep.data verify` (a loadable
-# array of the task's shape, labels in range, finite values) and only then renamed to
-# its final name.  Files already present and valid are skipped.
-#   --dry-run  print, per file, the URL and the destination; fetch nothing
-#   --verify   only check the local files: ok / missing / bad per file
-# WS_ROOT=<dir> puts the task folders under <dir> instead of next to this script.
+# mirrors, over https only (redirects included).  Each file is fetched into <file>.part
+# (resumable: an interrupted run goes on where it stopped), checked by tools/verify_data.py
+# (a loadable array of the task's shape with at least one sample, labels in range, finite
+# values, and its SHA-256, see below) and only then renamed to its final name.  Files
+# already present and valid are skipped.
+#   --dry-run          print, per file, the URL and the destination; fetch nothing
+#   --verify           only check the local files: ok / missing / bad per file
+#   --checksums FILE   expected SHA-256 sums in sha256sum format, one "<hex>  <task>/<file>"
+#                      line per file (paths relative to the folder holding the task folders);
+#                      they take precedence over the manifest.  Also -checksums FILE.
+# SHA-256 manifest: the first verified download of a file (or the first run that finds it
+# present and valid) records its SHA-256 in <task folder>/SHA256SUMS, in the same format
+# (check it with: cd <root> && sha256sum -c <task>/SHA256SUMS).  Every later run checks
+# every file, present or downloaded, against --checksums, else against the manifest:
+# - a download that does not match is deleted, with the expected and the actual sum;
+# - a present file that does not match is reported as bad and kept untouched (it may be
+#   your own copy, or the source changed): delete it to download it again, or delete its
+#   line from the manifest to accept it.
+# A present file that does not load (an HTML page, a truncated download) is deleted and
+# downloaded again, with the reason.
+# WS_ROOT=<dir> puts the task folders under <dir> instead of next to this script (a relative
+# path is relative to the current directory); WS_GDRIVE_URL and WS_MNIST_MIRRORS
+# (space-separated) override the sources.
 set -euo pipefail
 
+# A path given by the caller, made absolute against the caller's directory.
+abspath() {
+  if [[ "$1" == /* ]]; then printf '%s\n' "$1"; else printf '%s\n' "$PWD/$1"; fi
+}
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="${WS_ROOT:-$HERE}"
+ROOT="$(abspath "${WS_ROOT:-$HERE}")"
+VERIFIER="$HERE/tools/verify_data.py"
 if [[ -x "$HERE/.venv/bin/python" ]]; then PYTHON="$HERE/.venv/bin/python"; else PYTHON="python3"; fi
 
-# WS_GDRIVE_URL and WS_MNIST_MIRRORS (space-separated) override the sources (a local mirror, tests).
 GDRIVE="${WS_GDRIVE_URL:-https://drive.usercontent.google.com/download?export=download&confirm=t&id=}"
 read -r -a MNIST_MIRRORS <<<"${WS_MNIST_MIRRORS:-https://ossci-datasets.s3.amazonaws.com/mnist/ https://storage.googleapis.com/cvdf-datasets/mnist/}"
+
+# https only, redirects included; WS_TEST_ALLOW_HTTP=1 also allows http, for the tests'
+# local server and for nothing else.  -g: no URL globbing ([..] and {..} are literal).
+PROTOCOLS="=https"
+if [[ "${WS_TEST_ALLOW_HTTP:-}" == "1" ]]; then PROTOCOLS="=http,https"; fi
+CURL=(curl -g -fL --proto "$PROTOCOLS" --proto-redir "$PROTOCOLS" --retry 3 --retry-delay 2)
+
+# What Google Drive's confirm form may hand us to put into the next URL.
+TOKEN_RE='^[A-Za-z0-9_-]{1,128}$'
 
 TASKS=(cifar10 mnist fmnist gtsrb svhn obs gsc esc10 us8k hhar)
 
@@ -78,13 +108,27 @@ usage() {
 }
 
 MODE="download"
+CHECKSUMS=""
 SELECTED=()
-for arg in "$@"; do
+while [[ $# -gt 0 ]]; do
+  arg="$1"
   case "$arg" in
     --dry-run) MODE="dry-run" ;;
     --verify) MODE="verify" ;;
+    -checksums|--checksums)
+      if [[ $# -lt 2 || -z "$2" ]]; then
+        echo "error: $arg needs a file: a list of SHA-256 sums in sha256sum format" >&2
+        exit 2
+      fi
+      CHECKSUMS="$2"; shift ;;
+    -checksums=*|--checksums=*)
+      CHECKSUMS="${arg#*=}"
+      if [[ -z "$CHECKSUMS" ]]; then
+        echo "error: ${arg%%=*} needs a file: a list of SHA-256 sums in sha256sum format" >&2
+        exit 2
+      fi ;;
     -h|--help) usage; exit 0 ;;
-    -*) echo "error: unknown option $arg (use --dry-run, --verify or --help)" >&2; exit 2 ;;
+    -*) echo "error: unknown option $arg (use --dry-run, --verify, --checksums FILE or --help)" >&2; exit 2 ;;
     *)
       if [[ " ${TASKS[*]} " != *" $arg "* ]]; then
         echo "error: unknown task '$arg'; known tasks: ${TASKS[*]}" >&2
@@ -92,8 +136,16 @@ for arg in "$@"; do
       fi
       SELECTED+=("$arg") ;;
   esac
+  shift
 done
 if [[ ${#SELECTED[@]} -eq 0 ]]; then SELECTED=("${TASKS[@]}"); fi
+if [[ -n "$CHECKSUMS" ]]; then
+  CHECKSUMS="$(abspath "$CHECKSUMS")"
+  if [[ ! -f "$CHECKSUMS" || ! -r "$CHECKSUMS" ]]; then
+    echo "error: the checksum list $CHECKSUMS is not a readable file" >&2
+    exit 2
+  fi
+fi
 
 # The URLs of one file, best first, one per line.
 urls_of() {
@@ -119,35 +171,54 @@ fetch() {
   [[ -t 2 ]] && progress="--progress-bar"
   # A partial web page is no start of the real file: begin again.
   if is_html "$part"; then rm -f "$part"; fi
-  curl -fL --retry 3 --retry-delay 2 "$progress" -C - -o "$part" "$url" || rc=$?
+  "${CURL[@]}" "$progress" -C - -o "$part" "$url" || rc=$?
   if [[ $rc -eq 33 ]]; then  # the server cannot resume: fetch the whole file again
     rm -f "$part"; rc=0
-    curl -fL --retry 3 --retry-delay 2 "$progress" -o "$part" "$url" || rc=$?
+    "${CURL[@]}" "$progress" -o "$part" "$url" || rc=$?
   fi
   return $rc
 }
 
-# Google Drive answers large files with a "can't scan for viruses" form; submit it once.
+# The value of the named field of an HTML form (empty when there is none).
+form_value() {
+  grep -o "name=\"$1\" value=\"[^\"]*\"" "$2" | head -n1 | sed 's/.*value="//; s/"$//' || true
+}
+
+# Google Drive answers large files with a "can't scan for viruses" form; submit it once,
+# with its tokens only when they look like tokens (they go into a URL).
 fetch_gdrive() {
   local url="$1" part="$2" uuid confirm
   fetch "$url" "$part" || return $?
   if is_html "$part"; then
-    uuid="$(grep -o 'name="uuid" value="[^"]*"' "$part" | head -n1 | sed 's/.*value="//; s/"$//' || true)"
-    confirm="$(grep -o 'name="confirm" value="[^"]*"' "$part" | head -n1 | sed 's/.*value="//; s/"$//' || true)"
+    uuid="$(form_value uuid "$part")"
+    confirm="$(form_value confirm "$part")"
     if [[ -n "$uuid" ]]; then
       rm -f "$part"
+      if [[ ! "$uuid" =~ $TOKEN_RE || ( -n "$confirm" && ! "$confirm" =~ $TOKEN_RE ) ]]; then
+        echo "$tag: the confirm page for $(basename "$part" .part) holds a malformed token (expected" \
+             "letters, digits, _ or -); not following it"
+        return 1
+      fi
       fetch "${url}&confirm=${confirm:-t}&uuid=${uuid}" "$part" || return $?
     fi
   fi
 }
 
-# Run the verifier; prints its lines, fails only when the verifier itself could not run.
-verify() {
-  local rc=0
-  PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m weightsep.data verify --root "$ROOT" "$@" || rc=$?
-  if [[ $rc -gt 1 ]]; then
-    echo "error: the verifier failed (exit $rc): $PYTHON -m weightsep.data verify --root $ROOT $*" >&2
-    return $rc
+ERRORS="$(mktemp)"
+trap 'rm -f "$ERRORS"' EXIT
+
+# Run the verifier (its arguments: --task=..., --file=... per file, options); its lines,
+# one per file, go to REPORT.  Stops the script when it could not check every file (an
+# unreadable checksum list or manifest, a broken installation).
+run_verifier() {
+  local expected=0 arg rc=0 args=(--root="$ROOT")
+  if [[ -n "$CHECKSUMS" ]]; then args+=(--checksums="$CHECKSUMS"); fi
+  for arg in "$@"; do [[ "$arg" == --file=* ]] && expected=$((expected + 1)); done
+  REPORT="$("$PYTHON" "$VERIFIER" "${args[@]}" "$@" 2>"$ERRORS")" || rc=$?
+  if [[ "$(grep -cE '^(ok|missing|bad) ' <<<"$REPORT")" -ne $expected ]]; then
+    echo "error: $VERIFIER could not check the files (exit $rc):" >&2
+    cat "$ERRORS" >&2
+    exit 2
   fi
 }
 
@@ -159,11 +230,18 @@ for task in "${SELECTED[@]}"; do
   i=$((i + 1))
   tag="[$i/$num_tasks] $task"
   mapfile -t entries < <(awk -v t="$task" '$1 == t {print $2 " " $3}' <<<"$SOURCES")
-  files=()
-  for entry in "${entries[@]}"; do files+=("${entry%% *}"); done
+  files=(); file_args=()
+  for entry in "${entries[@]}"; do files+=("${entry%% *}"); file_args+=(--file="${entry%% *}"); done
+  manifest="$ROOT/$task/SHA256SUMS"
 
-  # One verifier run per task tells which files are present and valid.
-  report="$(verify "$task" "${files[@]}")"
+  # One verifier run per task tells which files are present and valid; a real run records
+  # the SHA-256 of the valid ones the manifest lacks.
+  if [[ "$MODE" == "download" ]]; then
+    run_verifier --task="$task" "${file_args[@]}" --record
+  else
+    run_verifier --task="$task" "${file_args[@]}"
+  fi
+  task_report="$REPORT"
   if [[ "$MODE" == "verify" ]]; then
     echo "$tag: verifying ${#files[@]} files in $ROOT/$task"
     while IFS= read -r line; do
@@ -174,17 +252,33 @@ for task in "${SELECTED[@]}"; do
         missing) missing=$((missing + 1)); FAILURES+=("$name: missing") ;;
         *) bad=$((bad + 1)); FAILURES+=("$name: bad") ;;
       esac
-    done <<<"$report"
+    done <<<"$task_report"
     continue
   fi
 
   for entry in "${entries[@]}"; do
     file="${entry%% *}"; source="${entry#* }"
     dest="$ROOT/$task/$file"
-    status="$(awk -v f="$task/$file" '$2 == f {print $1}' <<<"$report" | tail -n1)"
+    read -r status _ detail <<<"$(awk -v f="$task/$file" '$2 == f' <<<"$task_report" | tail -n1)"
     if [[ "$status" == "ok" ]]; then
-      echo "$tag: $file present and valid, skipping"
+      echo "$tag: $file present and valid, skipping ($detail)"
       skipped=$((skipped + 1))
+      continue
+    fi
+    if [[ "$status" == "bad" && "$detail" == "SHA-256 mismatch"* ]]; then
+      # Not ours to delete: the file loads as the task's data, only its sum differs.
+      if [[ -n "$CHECKSUMS" ]] && grep -qF "$CHECKSUMS expects" <<<"$detail"; then
+        accept="correct its line in $CHECKSUMS"
+      else
+        accept="delete its line from $manifest"
+      fi
+      echo "$tag: $detail"
+      echo "$tag: keeping $file untouched: it loads as $task data, so it may be your own copy or the" \
+           "source may have changed; delete it to download it again, or $accept to accept it"
+      if [[ "$MODE" == "download" ]]; then
+        FAILURES+=("$task/$file: SHA-256 mismatch, kept untouched")
+        failed=$((failed + 1))
+      fi
       continue
     fi
     mapfile -t urls < <(urls_of "$file" "$source")
@@ -196,7 +290,7 @@ for task in "${SELECTED[@]}"; do
     fi
 
     if [[ "$status" == "bad" ]]; then
-      echo "$tag: $file is bad, removing it: $(awk -v f="$task/$file" '$2 == f' <<<"$report" | cut -c 10-)"
+      echo "$tag: $file is bad, removing it to download it again: $detail"
       rm -f "$dest"
     fi
     echo "$tag: downloading $file"
@@ -210,23 +304,34 @@ for task in "${SELECTED[@]}"; do
       echo "$tag: could not fetch $url"
     done
     if [[ $fetched -ne 0 ]]; then
-      FAILURES+=("$task/$file: download failed (partial data kept in $part; run again to resume)")
+      if [[ -s "$part" ]]; then
+        FAILURES+=("$task/$file: download failed (partial data kept in $part; run again to resume)")
+      else
+        rm -f "$part"
+        FAILURES+=("$task/$file: download failed (nothing received)")
+      fi
       failed=$((failed + 1))
       continue
     fi
-    check="$(verify "$task" "$file=$part")"
-    if [[ "$check" == ok* ]]; then
+    run_verifier --task="$task" --file="$file=$part" --record
+    read -r status _ detail <<<"$REPORT"
+    if [[ "$status" == "ok" ]]; then
       mv -f "$part" "$dest"
-      echo "$tag: $file ok"
+      echo "$tag: $file ok (${detail% (checked *})"
       downloaded=$((downloaded + 1))
     else
-      echo "$tag: $check"
-      if is_html "$part"; then
-        echo "$tag: the server sent a web page instead of $file (quota exceeded or access denied?);" \
-             "try again later, or open ${urls[0]} in a browser and save it as $dest"
+      echo "$tag: $REPORT"
+      if [[ "$detail" == "SHA-256 mismatch"* ]]; then
+        echo "$tag: deleting the download of $file: its SHA-256 is not the expected one"
+        FAILURES+=("$task/$file: downloaded file does not match the expected SHA-256, deleted it")
+      else
+        if is_html "$part"; then
+          echo "$tag: the server sent a web page instead of $file (quota exceeded or access denied?);" \
+               "try again later, or open ${urls[0]} in a browser and save it as $dest"
+        fi
+        FAILURES+=("$task/$file: downloaded file is bad, deleted it")
       fi
       rm -f "$part"
-      FAILURES+=("$task/$file: downloaded file is bad, deleted it")
       failed=$((failed + 1))
     fi
   done

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Multitask DNN execution with weight separation: the switch benchmark of the original.
 
-Runs -num_execution random tasks of the separated state in -state_dir.  A switch
-brings in the task's exclusive pages from level 2 (-secondary=disk: read from
-exclusive_weight_page.npy; host: kept in RAM) and builds its weights with one
-PageGather call over the resident shared pool.  Prints per-switch and total weight
-load and execution times in the original's format.
+Runs -num_execution random tasks of the separated state in -state_dir.  A switch brings in the
+task's exclusive pages from level 2 (-secondary=disk: read from the store's exclusive file(s);
+host: kept in RAM) and builds its weights with one gather call (PageGather; PageGatherQuantized
+for int8/int4 states) over the resident shared pool.  Prints per-switch and total weight load
+and execution times in the original's format.
 
   python ws_execution.py -state_dir=. -num_execution=50 -seed=0
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from weightsep.cli import define_execution_flags, main_of
+from weightsep.cli import EXECUTION_BOUNDS, check_flags, define_execution_flags, execution_specs, main_of
 
 FLAGS = flags.FLAGS
 define_execution_flags()
@@ -24,9 +24,10 @@ flags.DEFINE_enum("secondary", None, ["disk", "host"],
 
 
 def run():
+    check_flags(FLAGS, EXECUTION_BOUNDS)
     from weightsep.runtime import WSRuntime, run_executions
     with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, data=FLAGS.data,
-                   data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size) as runtime:
+                   data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size, specs=execution_specs()) as runtime:
         run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
 
 

@@ -1,16 +1,20 @@
-"""Loaders of weightsep.data on small files written here in each original format, and synthetic data."""
+"""weightsep.data on small files written here: each original format, every check of bad data
+(empty splits, label types, huge values, idx bombs), checksums, and synthetic data through it."""
 
 import dataclasses
 import gzip
+import hashlib
+import re
 import struct
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from weightsep import data
-from weightsep.errors import DataError
+from weightsep.errors import DataError, WeightSepError
 from weightsep.tasks import PAPER_TASKS, REPO_ROOT, load_task
 
 
@@ -260,7 +264,195 @@ def test_unknown_split_and_kind(tmp_path):
         data.load_split(task, "test", data="fake")
 
 
-# --- verification (used by download_dataset.sh) ----------------------------------------
+# --- empty splits --------------------------------------------------------------------------
+
+
+def test_empty_test_split_names_both_files(tmp_path):
+    task = task_in(tmp_path)
+    write_split(task, "test", np.zeros((0, 3072)), np.zeros((0,), dtype=np.int64))
+    with pytest.raises(DataError, match=r"svhn_test_data.npy and .*svhn_test_label.npy hold 0 samples") as info:
+        data.load_split(task, "test")
+    assert "./download_dataset.sh svhn" in str(info.value)
+    with pytest.raises(DataError, match="hold 0 samples"):
+        data.num_examples(task, "test")
+
+
+def test_empty_validation_files(tmp_path):
+    task = task_in(tmp_path)  # svhn lists validation files
+    write_split(task, "validation", np.zeros((0, 32, 32, 3)), np.zeros((0, 10)))
+    with pytest.raises(DataError, match="svhn_validation_data.npy and .*svhn_validation_label.npy hold 0"):
+        data.load_split(task, "validation")
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_empty_train_files_fail_both_fallback_parts(tmp_path, split):
+    task = task_in(tmp_path, "cifar10")  # validation = the last 10% of train
+    write_split(task, "train", np.zeros((0, 3072)), np.zeros((0, 10)))
+    with pytest.raises(DataError, match="cifar10_train_data.npy and .*cifar10_train_label.npy hold 0 samples"):
+        data.load_split(task, split)
+    with pytest.raises(DataError, match="cifar10_train_data.npy"):
+        data.num_examples(task, split)
+
+
+def test_one_train_sample_is_too_few_to_split(tmp_path):
+    task = task_in(tmp_path, "cifar10")
+    write_split(task, "train", images(1, (3072,)), np.array([3]))
+    with pytest.raises(DataError, match=r"cifar10_train_data.npy: 1 sample\(s\) are too few"):
+        data.load_split(task, "validation")
+
+
+# --- label and data types ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels, what", [
+    (np.array([1, 2, 3], dtype="timedelta64[s]"), r"time spans \(timedelta64\[s\]\)"),
+    (np.array([1, 2, 3], dtype="datetime64[D]"), r"dates \(datetime64\[D\]\)"),
+    (np.array([1, 2, 3], dtype=np.complex128), r"complex numbers \(complex128\)"),
+    (np.array(["1", "2", "3"]), r"text \(<U1\)"),
+    (np.array([b"1", b"2", b"3"]), r"bytes \(\|S1\)"),
+    (np.zeros(3, dtype=[("a", "<i4")]), r"records \(\[\('a', '<i4'\)\]\)"),
+])
+def test_labels_that_are_not_real_numbers(tmp_path, labels, what):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)), labels)
+    with pytest.raises(DataError, match=rf"svhn_test_label.npy holds {what}, not real numbers"):
+        data.load_split(task, "test")
+
+
+def test_pickled_object_labels_are_never_loaded(tmp_path):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)), np.array([1, "2", None], dtype=object))
+    with pytest.raises(DataError, match=r"svhn_test_label.npy: it holds Python objects \(pickled data\)"):
+        data.load_split(task, "test")
+
+
+def test_complex_data_is_refused(tmp_path):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)) + 1j, np.arange(3))
+    with pytest.raises(DataError, match=r"svhn_test_data.npy holds complex numbers"):
+        data.load_split(task, "test")
+
+
+def test_bool_labels_only_as_one_hot(tmp_path):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)), np.array([True, False, True]))
+    with pytest.raises(DataError, match="svhn_test_label.npy: labels are True/False values, not class numbers"):
+        data.load_split(task, "test")
+    data.clear_cache()
+    write_split(task, "test", images(3, (3072,)), one_hot(np.array([4, 0, 9]), 10).astype(bool))
+    np.testing.assert_array_equal(data.load_split(task, "test").y, [4, 0, 9])
+
+
+@pytest.mark.parametrize("labels, shown", [
+    (np.array([1.0, 1e300, 2.0]), "1e+300"),
+    (np.array([1, 2**64 - 1, 2], dtype=np.uint64), "18446744073709551615"),
+    (np.array([1, 2**62 + 1, 2], dtype=np.int64), "4611686018427387905"),
+    (np.array([1, -(2**63), 2], dtype=np.int64), "-9223372036854775808"),
+    (np.array([1.0, -3.0, 2.0], dtype=np.float32), "-3"),
+    (np.array([1, 200, 2], dtype=np.uint8), "200"),
+])
+def test_out_of_range_label_is_shown_as_it_is(tmp_path, labels, shown):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)), labels)
+    expected = rf"svhn_test_label.npy: label {re.escape(shown)} of sample 1 is out of range 0..9"
+    with pytest.raises(DataError, match=expected):
+        data.load_split(task, "test")
+
+
+@pytest.mark.parametrize("value, shown", [(2.5, "2.5"), (np.nan, "nan"), (np.inf, "inf")])
+def test_label_that_is_not_a_whole_number(tmp_path, value, shown):
+    task = task_in(tmp_path)
+    write_split(task, "test", images(3, (3072,)), np.array([1.0, 2.0, value]))
+    with pytest.raises(DataError, match=rf"label {shown} of sample 2 is not a whole class number"):
+        data.load_split(task, "test")
+
+
+def test_data_beyond_float32_is_not_finite(tmp_path):
+    task = task_in(tmp_path)
+    x = images(3, (3072,))
+    x[1, 5] = 1e300
+    write_split(task, "test", x, np.arange(3))
+    with pytest.raises(DataError, match="svhn_test_data.npy holds non-finite values.*sample 1"):
+        data.load_split(task, "test")
+    with pytest.raises(DataError, match="svhn_test_data.npy holds non-finite values.*sample 1"):
+        data.verify_file(task, "svhn_test_data.npy")
+
+
+# --- idx files read with a bound -----------------------------------------------------------
+
+
+def gzip_members(path, header, payload_mib):
+    """A gzip file: one member with the idx header, then payload_mib members of 1 MiB of zeros each.
+
+    Concatenated members are one stream to a reader, so a tiny file inflates to payload_mib MiB.
+    """
+    member = gzip.compress(bytes(1 << 20), compresslevel=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header))
+        for _ in range(payload_mib):
+            f.write(member)
+
+
+def test_idx_header_promising_too_many_items(tmp_path):
+    task = task_in(tmp_path, "mnist")
+    path = task.path("MNIST_data/t10k-labels-idx1-ubyte.gz")
+    gzip_members(path, struct.pack(">II", 2049, data.IDX_MAX_ITEMS + 1), 0)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: its header announces 10000001 labels, "
+                                        r"more than the 10000000"):
+        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DataError, match="announces 10000001 labels"):
+        data.num_examples(task, "test")
+
+
+def test_idx_image_shape_checked_from_the_header(tmp_path):
+    task = task_in(tmp_path, "mnist")
+    path = task.path("MNIST_data/t10k-images-idx3-ubyte.gz")
+    gzip_members(path, struct.pack(">IIII", 2051, 3, 32, 32), 0)
+    with pytest.raises(DataError, match=r"samples have shape \(32, 32\), but task mnist expects"):
+        data.verify_file(task, "MNIST_data/t10k-images-idx3-ubyte.gz")
+
+
+def test_idx_gzip_bomb_is_not_inflated(tmp_path):
+    task = task_in(tmp_path, "mnist")
+    write_idx(task.path("MNIST_data/t10k-images-idx3-ubyte.gz"), np.zeros((5, 28, 28)), 2051)
+    labels = task.path("MNIST_data/t10k-labels-idx1-ubyte.gz")
+    gzip_members(labels, struct.pack(">II", 2049, 5) + bytes(5), 200)  # 5 labels, then 200 MiB more
+    assert labels.stat().st_size < 500_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz holds more than the 13 bytes its header"):
+            data.load_split(task, "test")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_idx_header_count_checks_the_magic(tmp_path):
+    task = task_in(tmp_path, "mnist")
+    write_idx(task.path("MNIST_data/t10k-labels-idx1-ubyte.gz"), np.zeros((3, 28, 28)), 2051)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is not an idx label file \(magic number 2051"):
+        data.num_examples(task, "test")
+    write_idx(task.path("MNIST_data/t10k-labels-idx1-ubyte.gz"), np.arange(7), 2049)
+    assert data.num_examples(task, "test") == 7
+
+
+def test_idx_corrupt_stream(tmp_path):
+    task = task_in(tmp_path, "mnist")
+    path = task.path("MNIST_data/t10k-labels-idx1-ubyte.gz")
+    write_idx(path, np.arange(300) % 10, 2049)
+    raw = bytearray(path.read_bytes())
+    path.write_bytes(bytes(raw[:len(raw) // 2]))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: the file is truncated"):
+        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+    raw[20:40] = bytes(range(1, 21))  # damage the deflate data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="cannot read .*t10k-labels-idx1-ubyte.gz"):
+        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+
+
+# --- verification and checksums (used by tools/verify_data.py and download_dataset.sh) ----
 
 
 def test_verify_file_checks_each_file_alone(tmp_path):
@@ -273,8 +465,127 @@ def test_verify_file_checks_each_file_alone(tmp_path):
     np.save(tmp_path / "wrong.npy", images(3, (100,)))
     with pytest.raises(DataError, match="wrong.npy: samples have shape"):
         data.verify_file(task, "svhn_test_data.npy", tmp_path / "wrong.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3072)))
+    with pytest.raises(DataError, match="empty.npy holds 0 samples"):
+        data.verify_file(task, "svhn_test_data.npy", tmp_path / "empty.npy")
     with pytest.raises(Exception, match="not a data file of task svhn"):
         data.verify_file(task, "cifar10_test_data.npy")
+
+
+def hhar_in(tmp_path):
+    """hhar's spec with its folder at tmp_path/hhar, holding valid test files: (task, {name: sha256})."""
+    task = dataclasses.replace(load_task("hhar"), folder=tmp_path / "hhar")
+    task.path("").mkdir()
+    write_split(task, "test", images(4, (2400,)), np.array([0, 5, 2, 3]))
+    return task, {f: hashlib.sha256(task.path(f).read_bytes()).hexdigest()
+                  for f in ("hhar_test_data.npy", "hhar_test_label.npy")}
+
+
+TEST_FILES = [("hhar_test_data.npy", None), ("hhar_test_label.npy", None)]
+
+
+def test_check_files_records_the_manifest_once(tmp_path):
+    task, sums = hhar_in(tmp_path)
+    manifest = tmp_path / "hhar" / "SHA256SUMS"
+    checks = data.check_files(task, TEST_FILES)
+    assert [(c.name, c.status, c.samples) for c in checks] == [
+        ("hhar_test_data.npy", "ok", 4), ("hhar_test_label.npy", "ok", 4)]
+    assert checks[0].detail == "4 samples, SHA-256 not recorded" and not manifest.exists()
+    checks = data.check_files(task, TEST_FILES, record=True)
+    assert checks[0].detail == f"4 samples, SHA-256 recorded in {manifest}"
+    # sha256sum format, sorted, paths relative to the root holding the task folders.
+    assert manifest.read_text() == (f"{sums['hhar_test_data.npy']}  hhar/hhar_test_data.npy\n"
+                                    f"{sums['hhar_test_label.npy']}  hhar/hhar_test_label.npy\n")
+    stamp = manifest.stat().st_mtime_ns
+    checks = data.check_files(task, TEST_FILES, record=True)
+    assert checks[1].detail == f"4 samples, SHA-256 as in {manifest}"
+    assert manifest.stat().st_mtime_ns == stamp  # nothing new: not rewritten
+    # Missing files are reported, not recorded.
+    checks = data.check_files(task, record=True)
+    assert [c.status for c in checks] == ["missing", "missing", "ok", "ok"]
+
+
+def test_check_files_detects_a_changed_file(tmp_path):
+    task, sums = hhar_in(tmp_path)
+    data.check_files(task, TEST_FILES, record=True)
+    np.save(task.path("hhar_test_label.npy"), np.array([1, 5, 2, 3]))  # still valid labels
+    now = hashlib.sha256(task.path("hhar_test_label.npy").read_bytes()).hexdigest()
+    checks = data.check_files(task, TEST_FILES, record=True)
+    assert checks[0].status == "ok"
+    assert (checks[1].status, checks[1].sha256) == ("bad", now)
+    assert checks[1].detail == (f"SHA-256 mismatch: {task.path('hhar_test_label.npy')} has {now}, but "
+                                f"{tmp_path / 'hhar' / 'SHA256SUMS'} expects {sums['hhar_test_label.npy']}")
+    assert sums["hhar_test_label.npy"] in (tmp_path / "hhar" / "SHA256SUMS").read_text()  # not overwritten
+
+
+def test_user_checksums_take_precedence(tmp_path):
+    task, sums = hhar_in(tmp_path)
+    manifest = tmp_path / "hhar" / "SHA256SUMS"
+    manifest.write_text(f"{'0' * 64}  hhar/hhar_test_data.npy\n")
+    user_list = tmp_path / "mine.sha256"
+    user_list.write_text(f"{sums['hhar_test_data.npy'].upper()} *./hhar/hhar_test_data.npy\n\n"
+                         f"{'1' * 64}  hhar/hhar_test_label.npy\n")
+    user = data.read_checksums(user_list)
+    assert user.sha256 == {"hhar/hhar_test_data.npy": sums["hhar_test_data.npy"],
+                           "hhar/hhar_test_label.npy": "1" * 64}
+    checks = data.check_files(task, TEST_FILES, checksums=user, record=True)
+    assert checks[0].status == "ok" and checks[0].detail.startswith(f"4 samples, SHA-256 as in {user_list}")
+    assert checks[1].status == "bad" and f"but {user_list} expects {'1' * 64}" in checks[1].detail
+    # The user's sum replaced the manifest's stale one; the bad file was not recorded.
+    assert manifest.read_text() == f"{sums['hhar_test_data.npy']}  hhar/hhar_test_data.npy\n"
+
+
+def test_check_files_named_path_and_count_agreement(tmp_path):
+    task, sums = hhar_in(tmp_path)
+    part = task.path("hhar_test_label.npy.part")
+    np.save(part, np.array([1, 2, 3]))  # 3 labels for 4 samples
+    part = part.with_name(part.name + ".npy")
+    digest = hashlib.sha256(part.read_bytes()).hexdigest()
+    checks = data.check_files(task, [("hhar_test_label.npy", part)], record=True)
+    assert (checks[0].status, checks[0].sha256) == ("ok", digest)
+    assert f"{digest}  hhar/hhar_test_label.npy" in (tmp_path / "hhar" / "SHA256SUMS").read_text()
+    checks = data.check_files(task, [("hhar_test_data.npy", None), ("hhar_test_label.npy", part)])
+    assert checks[1].status == "bad"
+    assert checks[1].detail.startswith("3 labels but hhar_test_data.npy has 4 samples")
+    with pytest.raises(WeightSepError, match="nothing.npy is not a data file of task hhar"):
+        data.check_files(task, [("nothing.npy", None)])
+
+
+@pytest.mark.parametrize("text, error", [
+    ("abc  hhar/x.npy\n", "line 1: expected '<64 hex digits>  <path"),
+    (f"{'a' * 64}  hhar/x.npy\n{'g' * 64}  hhar/y.npy\n", "line 2: expected"),
+    (f"{'a' * 64}hhar/x.npy\n", "line 1: expected"),
+    (f"{'a' * 64}  hhar/x.npy\n{'b' * 64}  ./hhar/x.npy\n", "line 2: hhar/x.npy is listed twice"),
+])
+def test_malformed_checksum_lists(tmp_path, text, error):
+    path = tmp_path / "sums"
+    path.write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"{path}, {error}")):
+        data.read_checksums(path)
+
+
+def test_checksum_list_that_is_no_text_or_too_big(tmp_path):
+    path = tmp_path / "sums"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="is not a text file"):
+        data.read_checksums(path)
+    path.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(DataError, match="larger than 1048576 bytes"):
+        data.read_checksums(path)
+    with pytest.raises(DataError, match="cannot read checksum list .*missing"):
+        data.read_checksums(tmp_path / "missing")
+
+
+def test_write_checksums_round_trip_and_leaves_no_temp_file(tmp_path):
+    sums = {"b/y.npy": "b" * 64, "a/x.npy": "a" * 64}
+    data.write_checksums(tmp_path / "SHA256SUMS", sums)
+    assert (tmp_path / "SHA256SUMS").read_text() == f"{'a' * 64}  a/x.npy\n{'b' * 64}  b/y.npy\n"
+    assert data.read_checksums(tmp_path / "SHA256SUMS").sha256 == sums
+    with pytest.raises(ValueError):
+        data.write_checksums(tmp_path / "SHA256SUMS", {"a\nb": "a" * 64})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
+    assert data.sha256_of(tmp_path / "SHA256SUMS") == hashlib.sha256(
+        (tmp_path / "SHA256SUMS").read_bytes()).hexdigest()
 
 
 # --- synthetic data --------------------------------------------------------------------

@@ -1,9 +1,5 @@
-"""Multitask execution (weightsep.runtime, ws_execution.py, baseline_execution.py) on a tiny state.
-
-The state: the two tiny tasks of conftest, added with small pages so that both have
-shared and exclusive pages, and one task trained a few steps so that the pool
-differs from the networks.
-"""
+"""Multitask execution (weightsep.runtime, weightsep.baseline, ws_execution.py,
+baseline_execution.py) on the tiny state of conftest and on its int8 / int4 copies."""
 
 import re
 import shutil
@@ -11,135 +7,140 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import TINY_OPTIONS, copy_state, run_cli
+from weightsep.baseline import BaselineRuntime
 from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import load_network
-from weightsep.pipeline import Options, Session, add_task, ensure_state, evaluate_task, train_task
-from weightsep.runtime import BaselineRuntime, WSRuntime, run_executions, task_sequence
-from weightsep.store import Store
-from weightsep.tasks import load_task
-
-quiet = lambda *_: None  # noqa: E731
-OPTIONS = dict(page_size=64, num_pages=16, margin=0.6, data="synthetic", fisher_samples=10)
+from weightsep.pipeline import Options, Session, evaluate_task
+from weightsep.runtime import WSRuntime, run_executions, task_sequence
+from weightsep.store import Store, convert_state
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory, tiny_tasks):
-    """A separated state of the two tiny tasks (its own copies of the task folders)."""
+def states(tiny_state, tmp_path_factory):
+    """{page dtype: state dir}: the tiny float32 state and its int8 and int4 copies."""
     root = tmp_path_factory.mktemp("execution")
-    state_dir = root / "state"
-    store = Store(state_dir)
-    session = Session(store, Options(**OPTIONS))
-    with store.writer():
-        ensure_state(store, session.options, log=quiet)
-        for name, folder in tiny_tasks.items():
-            own = shutil.copytree(folder, root / "tasks" / name)
-            session.use_spec(load_task(own))
-            add_task(session, name, log=quiet)
-        train_task(session, "tiny_a", 5, log=quiet)
-    store.load()
-    assert all(len(r.exclusive_pages) and len(r.exclusive_pages) < r.num_pages for r in store.tasks)
-    return state_dir
+    found = {"float32": copy_state(tiny_state, root / "float32")}
+    for dtype in ("int8", "int4"):
+        convert_state(found["float32"], root / dtype, dtype)
+        found[dtype] = root / dtype
+    store = Store(found["float32"]).load()
+    assert all(0 < len(r.exclusive_pages) < r.num_pages for r in store.tasks)
+    return found
 
 
 @pytest.fixture(scope="module")
-def expected_accuracy(state):
-    """-mode=e's accuracy of each separated task."""
-    session = Session(Store(state).load(), Options(**OPTIONS))
-    return {name: evaluate_task(session, name, record=False) for name in ("tiny_a", "tiny_b")}
+def expected_accuracy(states):
+    """-mode=e's accuracy of each separated task, per state."""
+    return {dtype: {name: evaluate_task(Session(Store(state).load(), Options(**TINY_OPTIONS)), name)
+                    for name in ("tiny_a", "tiny_b")}
+            for dtype, state in states.items()}
 
 
-@pytest.mark.parametrize("secondary,gather", [("disk", "auto"), ("host", "auto"), ("disk", "tf")])
-def test_switch_gathers_exactly_the_materialized_weights(state, expected_accuracy, secondary, gather):
-    store = Store(state).load()
-    with WSRuntime(state, device="cpu", secondary=secondary, gather=gather, log=None) as runtime:
+@pytest.mark.parametrize("dtype,secondary,gather", [("float32", "disk", "op"), ("float32", "host", "op"),
+                                                    ("float32", "disk", "tf"), ("int8", "disk", "op"),
+                                                    ("int8", "host", "tf"), ("int4", "disk", "op"),
+                                                    ("int4", "disk", "tf")])
+def test_switch_gathers_exactly_the_stored_weights(states, expected_accuracy, dtype, secondary, gather):
+    """Every switch's weights equal the store's materialized (dequantized) weights bit for bit,
+    with the custom op (always built in CI: `gather="op"` fails without it) or the tf fallback."""
+    store = Store(states[dtype]).load()
+    with WSRuntime(states[dtype], device="cpu", secondary=secondary, gather=gather, log=None) as runtime:
         assert runtime.task_names == ["tiny_a", "tiny_b"]
+        assert ("custom op" in runtime.gather_kind) == (gather == "op")
         for name in ["tiny_b", "tiny_a", "tiny_a", "tiny_b"]:
             runtime.switch(name)
             np.testing.assert_array_equal(runtime.current_weights(), store.materialize(name))
             accuracy, seconds = runtime.execute(name)
-            assert accuracy == expected_accuracy[name] and seconds > 0
+            assert accuracy == expected_accuracy[dtype][name] and seconds > 0
 
 
-def test_the_op_is_used_when_built(state):
-    from custom_ops.page_gather import available
-    with WSRuntime(state, device="cpu", log=None) as runtime:
-        assert runtime.gather_kind == ("PageGather custom op" if available() else "tf.gather fallback")
+def test_quantized_switches_read_fewer_bytes(states):
+    """A switch reads the task's exclusive rows in their stored form: int8 a quarter of float32
+    plus 4 bytes of scale per page, int4 an eighth plus the scales."""
+    rows = {name: len(Store(states["float32"]).load().task(name).exclusive_pages) for name in ("tiny_a", "tiny_b")}
+    for dtype, per_page in (("float32", 64 * 4), ("int8", 64 + 4), ("int4", 32 + 4)):
+        with WSRuntime(states[dtype], device="cpu", log=None) as runtime:
+            for name, count in rows.items():
+                assert runtime.exclusive_bytes(name) == count * per_page
 
 
-def test_disk_switch_reads_the_file_every_time(state, tmp_path):
+def test_disk_switch_reads_the_file_every_time(states, tmp_path):
     """secondary=disk keeps no copy: rows changed on disk show up at the next switch."""
-    copy = shutil.copytree(state, tmp_path / "state")
+    copy = shutil.copytree(states["float32"], tmp_path / "state")
     store = Store(copy).load()
     record = store.task("tiny_b")
     row = int(record.page_table[record.exclusive_pages[0]]) - store.num_pages
     with WSRuntime(copy, device="cpu", secondary="disk", log=None) as runtime:
-        path = runtime._reader.path
-        exclusive = np.load(path)
+        reader = runtime._readers[0]
+        exclusive = np.load(reader.path)
         exclusive[row] += 1.0
-        with open(path, "r+b") as f:  # in place, as the runtime holds the file open
-            f.seek(runtime._reader.offset)
+        with open(reader.path, "r+b") as f:  # in place, as the runtime holds the file open
+            f.seek(reader.offset)
             f.write(exclusive.tobytes())
         runtime.switch("tiny_b")
         page = record.exclusive_pages[0] * store.page_size
-        got = runtime.current_weights()
-        want = store.materialize("tiny_b")
+        got, want = runtime.current_weights(), store.materialize("tiny_b")
         np.testing.assert_array_equal(got[page:page + 4], want[page:page + 4] + 1.0)
 
 
-def test_baselines_load_the_weights_of_their_sources(state, expected_accuracy):
+def test_baselines_load_the_weights_of_their_sources(states, expected_accuracy):
+    state = states["float32"]
     store = Store(state).load()
     with BaselineRuntime(state, baseline="raw", device="cpu", log=None) as raw:
         for name in ["tiny_b", "tiny_a"]:
             raw.switch(name)
             np.testing.assert_array_equal(raw.current_weights(), store.materialize(name))
-            assert raw.execute(name)[0] == expected_accuracy[name]
+            assert raw.execute(name)[0] == expected_accuracy["float32"][name]
     with BaselineRuntime(state, baseline="file", device="cpu", log=None) as file:
         for name in ["tiny_b", "tiny_a"]:
-            spec = load_task(store.task(name).network_path)
             file.switch(name)
-            network = load_network(spec)
+            network = load_network(store.task(name).task_spec())
             np.testing.assert_array_equal(file.current_weights(), network.get_vector())
             assert file.execute(name)[0] == store.task(name).accuracy["network"]
 
 
-def test_task_sequence_is_seeded_and_uniform_over_tasks():
-    names = ["a", "b", "c"]
+def test_task_sequence_is_seeded_uniform_and_sorted_by_name():
+    names = ["c", "a", "b"]
     assert task_sequence(names, 50, 7) == task_sequence(names, 50, 7)
     assert task_sequence(names, 50, 7) != task_sequence(names, 50, 8)
     picks = np.random.default_rng(7).integers(0, 3, size=50)
-    assert task_sequence(names, 50, 7) == [names[i] for i in picks]
+    assert task_sequence(names, 50, 7) == [["a", "b", "c"][i] for i in picks]
     with pytest.raises(WeightSepError, match="no tasks"):
         task_sequence([], 5, 0)
 
 
-def test_run_executions_prints_the_original_lines(state, expected_accuracy):
-    lines = []
-    with WSRuntime(state, device="cpu", log=None) as runtime:
-        results = run_executions(runtime, 4, 3, log=lines.append)
+def test_run_executions_prints_the_original_lines(states, expected_accuracy):
+    lines, seen = [], []
+    with WSRuntime(states["float32"], device="cpu", log=None) as runtime:
+        results = run_executions(runtime, 4, 3, log=lines.append,
+                                 on_switch=lambda i, execution, totals: seen.append((i, execution, totals)))
     assert [r.task for r in results] == task_sequence(["tiny_a", "tiny_b"], 4, 3)
     assert lines[0] == "[0/4] total_weight_load_time: 0.000 ms, total_execution_time: 0.000 ms"
     assert lines[-3].startswith("total weights load time : ")
     assert sum(r.load_seconds for r in results) * 1e3 == pytest.approx(float(lines[-3].split()[-2]), abs=1e-3)
-    assert all(r.accuracy == expected_accuracy[r.task] for r in results)
+    assert all(r.accuracy == expected_accuracy["float32"][r.task] for r in results)
+    # The callback gets every execution and the running totals, as data.
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3] and [e for _, e, _ in seen] == results
+    assert seen[-1][2][0] == pytest.approx(sum(r.load_seconds for r in results))
 
 
-def test_missing_state_and_missing_network_file_are_errors(state, tmp_path):
+def test_missing_state_and_missing_network_file_are_errors(states, tmp_path):
     with pytest.raises(StateError, match="no separated state"):
         WSRuntime(tmp_path / "nothing", device="cpu", log=None)
     with pytest.raises(StateError, match="no separated state"):
         BaselineRuntime(tmp_path / "nothing", device="cpu", log=None)
-    network = load_task(Store(state).load().task("tiny_a").network_path).path("tiny_a.weights.h5")
+    network = Store(states["float32"]).load().task("tiny_a").task_spec().path("tiny_a.weights.h5")
     moved = tmp_path / "moved.weights.h5"
     shutil.move(network, moved)
     try:
         with pytest.raises(WeightSepError, match="no trained network for task tiny_a"):
-            BaselineRuntime(state, baseline="file", device="cpu", log=None)
+            BaselineRuntime(states["float32"], baseline="file", device="cpu", log=None)
     finally:
         shutil.move(moved, network)
 
 
-# --- the scripts, once each -----------------------------------------------------------
+# --- the scripts themselves (subprocesses) ------------------------------------------------
 
 def parse_run(stdout: str):
     executed = re.findall(r"^\[Executing\] (\S+)$", stdout, re.M)
@@ -164,20 +165,32 @@ def check_lines(stdout: str, count: int):
     assert totals == pytest.approx([sum(loads[:i]) for i in range(count)], abs=0.002 * count)
 
 
-def test_scripts_print_the_original_lines_and_agree(state, expected_accuracy):
+def test_scripts_print_the_original_lines_and_agree(states, expected_accuracy):
+    state = states["int8"]
     ws = run_cli(f"-state_dir={state}", "-num_execution=6", "-seed=5", "-device=cpu", script="ws_execution.py")
     base = run_cli(f"-state_dir={state}", "-num_execution=6", "-seed=5", "-baseline=raw",
                    script="baseline_execution.py")
     check_lines(ws.stdout, 6)
     check_lines(base.stdout, 6)
+    assert "page gather: PageGatherQuantized (int8) custom op" in ws.stdout
     assert re.search(r"^\[VNN 0\]\[tiny_a\] init page table \d+\.\d{3} ms$", ws.stdout, re.M)
     assert re.search(r"^\[VNN 1\]\[tiny_b\] init page table \d+\.\d{3} ms$", ws.stdout, re.M)
-    assert re.search(r"^init shared_weight \d+\.\d{3} ms$", ws.stdout, re.M)
+    assert re.search(r"^init shared_weight \d+\.\d{3} ms \(int8 pool, \d+ bytes\)$", ws.stdout, re.M)
     ws_tasks, ws_accuracy = parse_run(ws.stdout)
     base_tasks, base_accuracy = parse_run(base.stdout)
     assert ws_tasks == base_tasks == task_sequence(["tiny_a", "tiny_b"], 6, 5)
-    formatted = {name: f"{acc:.6f}" for name, acc in expected_accuracy.items() if name in ws_accuracy}
+    formatted = {name: f"{acc:.6f}" for name, acc in expected_accuracy["int8"].items() if name in ws_accuracy}
     assert ws_accuracy == base_accuracy == formatted
+
+
+@pytest.mark.parametrize("script,flag", [("ws_execution.py", "-num_execution=-1"),
+                                         ("baseline_execution.py", "-batch_size=0"),
+                                         ("ws_execution.py", "-seed=-1"),
+                                         ("baseline_execution.py", "-data_seed=-3")])
+def test_scripts_check_their_flags_first(tmp_path, script, flag):
+    proc = run_cli(f"-state_dir={tmp_path}", flag, script=script, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(f"error: {flag}") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_scripts_fail_in_one_line_without_a_state(tmp_path):

@@ -1,301 +1,321 @@
-"""The method end to end on tiny tasks: add, train (-mode=t), optimize-all (-mode=o), remove."""
+"""The method end to end on tiny tasks: add, train (-mode=t), form-all, optimize-all (-mode=o),
+remove, quantized states, and what a state may and may not do (it never runs code)."""
 
-import shutil
+import hashlib
 
 import numpy as np
 import pytest
 
+from conftest import TINY_OPTIONS, copy_state, write_task_folder
+from weightsep import matching, pipeline
 from weightsep.errors import WeightSepError
 from weightsep.pages import to_pages
-from weightsep.pipeline import (Options, Session, add_task, ensure_state, evaluate_task, optimize_all,
-                                train_task)
+from weightsep.pipeline import (Options, Session, add_task, evaluate_task, form_all, optimize_all,
+                                record_accuracy, train_task)
 from weightsep.store import Store
 from weightsep.tasks import load_task
-from weightsep.training import overlap_terms
+from weightsep.training import TrainingDiverged
 
 quiet = lambda *_: None  # noqa: E731
 
 
-def new_session(state_dir, tiny_tasks, **opts):
-    options = Options(**{"page_size": 64, "num_pages": 16, "margin": 0.6, "data": "synthetic", **opts})
-    store = Store(state_dir)
-    session = Session(store, options)
-    session.added = []
-    with store.writer():
-        ensure_state(store, options, log=quiet)
-        for name, folder in tiny_tasks.items():
-            session.use_spec(load_task(folder))
-            session.added.append(add_task(session, name, log=quiet))
-    return session
+def session_on(state, **opts) -> Session:
+    return Session(Store(state).load(), Options(**{**TINY_OPTIONS, **opts}))
+
+
+def state_bytes(state) -> dict:
+    return {str(p.relative_to(state)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(state.rglob("*")) if p.is_file() and p.name != ".weightsep.lock"}
 
 
 @pytest.fixture(scope="module")
-def added_state(tmp_path_factory, tiny_tasks):
-    """A state with both tiny tasks added (no training yet); copy it before changing it."""
-    state = tmp_path_factory.mktemp("added")
-    new_session(state, tiny_tasks)
-    return state
+def added(tmp_path_factory, tiny_tasks):
+    """A state with both tiny tasks added (no training), and the lines add_task logged."""
+    state = tmp_path_factory.mktemp("added") / "state"
+    store, lines = Store(state), []
+    session = Session(store, Options(**TINY_OPTIONS))
+    with store.writer():
+        results = [add_task(session, load_task(folder), log=lines.append) for folder in tiny_tasks.values()]
+    return state, results, lines
 
 
-def fresh_copy(src, dst):
-    shutil.copytree(src, dst)
-    store = Store(dst).load()
-    return Session(store, Options(page_size=64, num_pages=16, data="synthetic"))
-
-
-def test_add_registers_pages_consistently(added_state, tiny_tasks):
-    store = Store(added_state).load()
+def test_add_registers_pages_consistently(added):
+    state, results, lines = added
+    store = Store(state).load()
     assert [t.name for t in store.tasks] == ["tiny_a", "tiny_b"]
     for rec in store.tasks:
-        w = store.load_vector(rec.name, "network_weight")
+        network = store.load_vector(rec.name, "network_weight")
         shared = rec.page_table[rec.page_table < store.num_pages]
         assert len(np.unique(shared)) == len(shared)
         # Exclusive pages hold the network's own values exactly.
-        mat = store.materialize(rec.name)
-        pages = to_pages(w, 64)
+        stored = to_pages(store.materialize(rec.name), 64)
         for k in rec.exclusive_pages:
-            np.testing.assert_array_equal(to_pages(mat, 64)[k], pages[k])
-    # The first task maps its sharable pages to shared pages 0..m-1 in order.
+            np.testing.assert_array_equal(stored[k], to_pages(network, 64)[k])
+        assert rec.settings["data"] == "synthetic" and rec.settings["data_seed"] == 0
+        assert rec.spec == load_task(rec.network_path).to_json()
+    # The first task maps its sharable pages to shared pages 0..m-1 in order (the original).
     first = store.tasks[0]
     sharable = [i for i in range(first.num_pages) if i not in first.exclusive_pages]
-    assert list(first.page_table[sharable]) == list(range(len(sharable)))
-    assert store.occupation().sum() == sum(r.num_pages - len(r.exclusive_pages) for r in store.tasks)
+    assert first.page_table[sharable].tolist() == list(range(len(sharable)))
+    assert results[0].matching_cost == 0.0
+    # The counts of the pool are those of the page tables.
+    assert store.occupation_counts().sum() == sum(r.num_pages - len(r.exclusive_pages) for r in store.tasks)
 
 
-def test_adding_twice_and_contradicting_the_pool_are_errors(added_state, tiny_tasks, tmp_path):
-    session = fresh_copy(added_state, tmp_path / "s")
-    with session.store.writer():
-        with pytest.raises(WeightSepError, match="tiny_a is already in the state"):
-            add_task(session, "tiny_a", log=quiet)
-        with pytest.raises(WeightSepError, match="-page_size=512 contradicts the existing state"):
-            ensure_state(session.store, Options(page_size=512, num_pages=16), explicit={"page_size"}, log=quiet)
+def test_matching_uses_the_pool_fisher_aligned_through_page_tables(added, tiny_tasks):
+    state, results, lines = added
+    store = Store(state).load()
+    a, b = store.tasks
+    # F_sum: a's network Fisher moved to the shared pages a's table names; nothing else there.
+    fsum = np.zeros((store.num_pages, 64), np.float32)
+    fa = to_pages(store.load_vector("tiny_a", "network_fisher"), 64)
+    for page, entry in enumerate(a.page_table):
+        if entry < store.num_pages:
+            fsum[entry] += fa[page]
+    # Recompute b's matching against the state as it was when b was added (only a in it).
+    sharable_b = np.flatnonzero(b.page_table < store.num_pages)
+    counts = np.bincount(a.page_table[a.page_table < store.num_pages], minlength=store.num_pages)
+    wb = to_pages(store.load_vector("tiny_b", "network_weight"), 64)[sharable_b]
+    fb = to_pages(store.load_vector("tiny_b", "network_fisher"), 64)[sharable_b]
+    pool_then = store.shared  # no training happened: the pool is still the initial one
+    expected = matching.match_pages(wb, fb, pool_then, fsum, counts, "greedy", task_pages=sharable_b)
+    np.testing.assert_array_equal(b.page_table[sharable_b], expected.assignment)
+    assert results[1].matching_cost == pytest.approx(expected.total_cost, rel=1e-12)
+    # -mode=a prints the original's total_network_cost over all tasks.
+    printed = [float(line.split(": ")[1]) for line in lines if str(line).startswith("total_network_cost:")]
+    assert printed[-1] == pytest.approx(pipeline.total_network_cost(store), rel=1e-12)
 
 
-def overlap_reference(store, name):
-    """Per element: the mean over contributing tasks of F_o (w - w_o)^2, as a function of w."""
-    P, S = store.num_pages, store.page_size
-    rec = store.task(name)
-    fs, ws = [], []
-    for o in store.tasks:
-        if o.name == name:
-            continue
-        f_al = np.zeros((rec.num_pages, S))
-        w_al = np.zeros((rec.num_pages, S))
-        fo = to_pages(store.load_vector(o.name, "network_fisher"), S)
-        wo = to_pages(store.load_vector(o.name, "network_weight"), S)
-        for i, q in enumerate(rec.page_table):
-            for j, q2 in enumerate(o.page_table):
-                if q < P and q == q2:
-                    f_al[i], w_al[i] = fo[j], wo[j]
-        fs.append(f_al.ravel()[:rec.num_weights])
-        ws.append(w_al.ravel()[:rec.num_weights])
-
-    def value(w):
-        costs = np.array([f * (w - wo) ** 2 for f, wo in zip(fs, ws)])
-        count = np.maximum((np.array(fs) != 0).sum(axis=0), 1)
-        return float((costs.sum(axis=0) / count).sum())
-    return value
+def test_add_checks_everything_before_creating_the_state(tmp_path, tiny_tasks):
+    folder = write_task_folder(tmp_path, "nonet", input_shape=(8, 8, 1), num_classes=2, dense=(4,))
+    store = Store(tmp_path / "state")
+    with store.writer(), pytest.raises(WeightSepError, match=r"nonet\.weights\.h5 is missing"):
+        add_task(Session(store, Options(**TINY_OPTIONS)), load_task(folder), log=quiet)
+    assert not store.exists()
 
 
-def test_overlap_terms_equal_the_direct_definition(added_state):
-    store = Store(added_state).load()
-    rec = store.task("tiny_b")
-    other = store.task("tiny_a")
-    terms = overlap_terms(rec.page_table, rec.num_weights, 64, 16,
-                          [(other.page_table, store.load_vector("tiny_a", "network_fisher"),
-                            store.load_vector("tiny_a", "network_weight"))])
-    reference = overlap_reference(store, "tiny_b")
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        w = rng.normal(0, 0.3, rec.num_weights)
-        assert terms.value(w) == pytest.approx(reference(w), rel=1e-5)
-    assert terms.num_tasks == 1
-
-
-def test_train_then_evaluate(added_state, tmp_path):
-    session = fresh_copy(added_state, tmp_path / "s")
-    store = session.store
-    before = store.materialize("tiny_a")
+def test_adding_twice_and_contradicting_the_state_are_errors(added, tiny_tasks, tmp_path):
+    state = copy_state(added[0], tmp_path / "state")
+    store = Store(state)
     with store.writer():
-        result = train_task(session, "tiny_a", iters=150, log=quiet)
-        assert result.updated and result.best_accuracy > result.start_accuracy
-        after = store.materialize("tiny_a")
-        np.testing.assert_array_equal(after, store.load_vector("tiny_a", "weight"))
-        assert not np.array_equal(before, after)
-        acc = evaluate_task(session, "tiny_a")
-    net = session.network("tiny_a")
-    net.set_vector(Store(store.dir).load().materialize("tiny_a"))
-    test = session.split("tiny_a", "test")
-    assert acc == pytest.approx(np.mean(np.argmax(net.predict(test.x), 1) == test.y))
-    assert Store(store.dir).load().task("tiny_a").accuracy["separated"] == acc
+        with pytest.raises(WeightSepError, match="already in the state"):
+            add_task(Session(store, Options(**TINY_OPTIONS)), load_task(tiny_tasks["tiny_a"]), log=quiet)
+        store.remove_task("tiny_b")
+        for flag, value in (("page_size", 32), ("page_dtype", "int8"), ("transpose", True)):
+            options = Options(**{**TINY_OPTIONS, flag: value}, explicit=frozenset({flag}))
+            with pytest.raises(WeightSepError, match=f"-{flag}=.* contradicts the existing state"):
+                add_task(Session(store, options), load_task(tiny_tasks["tiny_b"]), log=quiet)
 
 
-def test_no_improvement_changes_no_weights(added_state, tmp_path):
-    session = fresh_copy(added_state, tmp_path / "s")
-    session.options.lr = 0.0  # no step can beat step 0
-    pool = session.store.shared.copy()
-    with session.store.writer():
-        result = train_task(session, "tiny_b", iters=20, log=quiet)
-    assert not result.updated
-    reloaded = Store(session.store.dir).load()
-    np.testing.assert_array_equal(reloaded.shared, pool)
-    assert not reloaded.has_vector("tiny_b", "weight")
-    assert reloaded.task("tiny_b").settings["trained_steps"] == 20
-
-
-def test_optimize_all_equals_repeated_mode_t(added_state, tmp_path):
-    """-mode=o in one process gives exactly what the original loop of -mode=t / -mode=e gives."""
-    rounds, iters = 2, 12
-    looped_accs = []
-    for _ in range(rounds):
-        for name in ("tiny_a", "tiny_b"):
-            session = fresh_copy(added_state, tmp_path / "loop") if not (tmp_path / "loop").exists() else \
-                Session(Store(tmp_path / "loop").load(), Options(data="synthetic"))
-            with session.store.writer():
-                train_task(session, name, iters, log=quiet)
-        session = Session(Store(tmp_path / "loop").load(), Options(data="synthetic"))
-        with session.store.writer():
-            looped_accs.append({n: evaluate_task(session, n) for n in ("tiny_a", "tiny_b")})
-    inproc = fresh_copy(added_state, tmp_path / "inproc")
-    with inproc.store.writer():
-        history = optimize_all(inproc, rounds, iters, log=quiet)
-    assert history == looped_accs
-    a, b = Store(tmp_path / "loop").load(), Store(tmp_path / "inproc").load()
-    np.testing.assert_array_equal(a.shared, b.shared)
-    np.testing.assert_array_equal(a.exclusive, b.exclusive)
-
-
-def test_remove_frees_pages_and_keeps_the_rest(added_state, tmp_path):
-    session = fresh_copy(added_state, tmp_path / "s")
+def test_train_writes_weights_and_weight_vector_in_one_commit(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    session = session_on(state)
     store = session.store
+    before = store.task("tiny_a")
+    with store.writer():
+        result = train_task(session, "tiny_a", 120, log=quiet)
+    after = store.task("tiny_a")
+    assert after.settings["trained_steps"] == before.settings["trained_steps"] + 120
+    # The `_weight` vector is the materialized weights after the call, improved or not.
+    np.testing.assert_array_equal(store.load_vector("tiny_a", "weight"), store.materialize("tiny_a"))
+    assert result.selected_on == "test"
+    assert Store(state).load().task("tiny_a") == after
+
+
+def test_no_improvement_keeps_the_pages_but_rewrites_the_weight_vector(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    session = session_on(state)
+    store = session.store
+    pool, exclusive = store.shared.copy(), store.exclusive.copy()
+    with store.writer():
+        result = train_task(session, "tiny_b", 1, log=quiet)  # one step: only step 0 is evaluated
+    assert not result.updated
+    np.testing.assert_array_equal(store.shared, pool)
+    np.testing.assert_array_equal(store.exclusive, exclusive)
+    np.testing.assert_array_equal(store.load_vector("tiny_b", "weight"), store.materialize("tiny_b"))
+
+
+def test_diverged_training_leaves_the_state_byte_identical(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    before = state_bytes(state)
+    for lr in (float("nan"), 1e30):
+        session = session_on(state, lr=lr)
+        with session.store.writer(), pytest.raises(TrainingDiverged, match="state is unchanged"):
+            train_task(session, "tiny_a", 50, log=quiet)
+    assert state_bytes(state) == before
+
+
+def test_optimize_all_equals_one_process_per_step(tiny_state, tmp_path):
+    """-mode=o in one process gives exactly the weights of the original loop of -mode=t / -mode=e
+    processes (a new Session for every call stands for a new process)."""
+    one = copy_state(tiny_state, tmp_path / "one")
+    many = copy_state(tiny_state, tmp_path / "many")
+    session = session_on(one)
+    seen = []
+    with session.store.writer():
+        history = optimize_all(session, rounds=2, iters=6, passes=2, log=quiet,
+                               progress=lambda r, n, accs: seen.append((r, n, dict(accs))))
+    for _ in range(2):
+        for _ in range(2):
+            for name in ("tiny_a", "tiny_b"):
+                fresh = session_on(many)
+                with fresh.store.writer():
+                    train_task(fresh, name, 6, log=quiet)
+    final = session_on(many)
+    for name in ("tiny_a", "tiny_b"):
+        np.testing.assert_array_equal(session.store.materialize(name), final.store.materialize(name))
+        assert history[-1][name] == evaluate_task(final, name)
+        assert session.store.task(name).accuracy["separated"] == history[-1][name]
+        assert session.store.task(name).settings["trained_steps"] == final.store.task(name).settings["trained_steps"]
+    assert [(r, n) for r, n, _ in seen] == [(1, 2), (2, 2)] and seen[-1][2] == history[-1]
+
+
+def test_remove_frees_pages_and_keeps_the_rest(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    store = Store(state).load()
     kept = store.materialize("tiny_b")
     with store.writer():
         store.remove_task("tiny_a")
-    reloaded = Store(store.dir).load()
-    assert [t.name for t in reloaded.tasks] == ["tiny_b"]
-    np.testing.assert_array_equal(reloaded.materialize("tiny_b"), kept)
-    rec = reloaded.task("tiny_b")
-    assert reloaded.exclusive.shape[0] == len(rec.exclusive_pages)
-    assert reloaded.occupation().sum() == rec.num_pages - len(rec.exclusive_pages)
+    assert [t.name for t in store.tasks] == ["tiny_b"]
+    np.testing.assert_array_equal(Store(state).load().materialize("tiny_b"), kept)
+    assert not (state / "tiny_a").exists()
 
 
-def test_without_exclusive_pages_only_forced_ones_remain(tmp_path, tiny_tasks):
-    session = new_session(tmp_path / "s", tiny_tasks, use_exclusive_page=False)
-    for rec in session.store.tasks:
-        # Forced exclusive pages: only what does not fit into the 16-page pool.
-        assert len(rec.exclusive_pages) == max(0, rec.num_pages - 16)
+def test_options_of_add_change_what_they_say(tmp_path, tiny_tasks):
+    specs = [load_task(f) for f in tiny_tasks.values()]
 
+    def formed(name, **opts):
+        store = Store(tmp_path / name)
+        with store.writer():
+            form_all(Session(store, Options(**{**TINY_OPTIONS, **opts})), specs, 0, log=quiet)
+        return store
 
-def test_optimal_matching_never_costs_more_than_greedy(tmp_path, tiny_tasks):
-    greedy = new_session(tmp_path / "greedy", tiny_tasks, matching="greedy").added
-    optimal = new_session(tmp_path / "optimal", tiny_tasks, matching="optimal").added
-    # Same separation and the same problem for the second task (same pool, same first task).
-    assert [r.record.exclusive_pages for r in greedy] == [r.record.exclusive_pages for r in optimal]
-    assert greedy[0].matching_cost == optimal[0].matching_cost == 0.0
-    assert optimal[1].matching_cost <= greedy[1].matching_cost + 1e-12
-    assert greedy[1].matching_cost > 0
-
-
-def test_pair_cost_diagnostic_equals_the_matching_cost_formula(added_state):
-    from weightsep import diagnostics
-    from weightsep.matching import overlapping_cost_matrix
-    session = fresh_copy(added_state, added_state.parent / "diag")
-    store = session.store
-    lines = diagnostics.pair_cost(session, "tiny_a", "tiny_b")
-    ra, rb = store.task("tiny_a"), store.task("tiny_b")
-    pairs = [(i, int(np.nonzero(rb.page_table == q)[0][0])) for i, q in enumerate(ra.page_table)
-             if q < 16 and q in rb.page_table]
-    fa, fb = (to_pages(store.load_vector(t, "network_fisher"), 64) for t in ("tiny_a", "tiny_b"))
-    wa, wb = (to_pages(store.load_vector(t, "network_weight"), 64) for t in ("tiny_a", "tiny_b"))
-    # The pair cost of pages i (of a) and j (of b) is the matching cost of a's page i on a pool
-    # page holding b's page j.
-    expected = sum(overlapping_cost_matrix(wa[[i]], fa[[i]], wb[[j]], fb[[j]])[0, 0] for i, j in pairs)
-    assert lines[0] == f"tiny_a and tiny_b share {len(pairs)} shared pages"
-    assert float(lines[1].split(": ")[1].split()[0]) == pytest.approx(expected, rel=1e-9)
-
-
-def test_layers_diagnostic_lists_every_variable(added_state):
-    from weightsep import diagnostics
-    session = fresh_copy(added_state, added_state.parent / "diag2")
-    lines = diagnostics.layers(session, "tiny_a")
-    assert lines[-1] == "total 1724 weights"
-    assert "(3, 3, 1, 4)" in lines[1] and lines[1].split()[-1] == "36"
-
-
-def test_binary_export_round_trips(added_state, tmp_path):
-    import json
-    from weightsep.export import export_page_tables, export_weights
-    store = Store(added_state).load()
-    q = 12
-    export_weights(store, tmp_path, q)
-    export_page_tables(store, tmp_path)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["q"] == q and manifest["num_shared_pages"] == 16 and manifest["page_size"] == 64
-    pool = np.fromfile(tmp_path / "shared_weight_page.bin", "<i2").reshape(16, 64)
-    unsaturated = np.abs(store.shared) < 32767 / 2 ** q
-    assert np.all(np.abs(pool / 2 ** q - store.shared)[unsaturated] <= 0.5 / 2 ** q + 1e-9)
-    exclusive = np.fromfile(tmp_path / "exclusive_weight_page.bin", "<i2")
-    assert exclusive.size == store.exclusive.size
-    for rec in store.tasks:
-        table = np.fromfile(tmp_path / f"{rec.name}_page_table.bin", "<u2")
-        np.testing.assert_array_equal(table, rec.page_table)
-    big = np.array([200.0, -200.0, 0.25])
-    from weightsep.export import quantize
-    qz = quantize(big, 8)
-    assert qz.saturated == 2 and list(qz.values) == [32767, -32768, 64]
-
-
-def test_init_merge_writes_the_fisher_weighted_mean(tmp_path, tiny_tasks):
-    session = new_session(tmp_path / "s", tiny_tasks, init="merge")
-    store = session.store
-    a, b = store.task("tiny_a"), store.task("tiny_b")
-    fa, fb = (to_pages(store.load_vector(t, "network_fisher"), 64).astype(np.float64) for t in ("tiny_a", "tiny_b"))
-    wa, wb = (to_pages(store.load_vector(t, "network_weight"), 64).astype(np.float64) for t in ("tiny_a", "tiny_b"))
-    checked = 0
-    for j, q in enumerate(b.page_table):
-        if q >= 16:
+    plain = formed("plain")
+    # -use_exclusive_page=0: only the pages the pool cannot hold are exclusive.
+    no_exclusive = formed("none", use_exclusive_page=False)
+    for rec in no_exclusive.tasks:
+        assert len(rec.exclusive_pages) == max(0, rec.num_pages - no_exclusive.num_pages)
+    # -matching=optimal never costs more than the original's greedy on the same pool.
+    optimal = formed("optimal", matching="optimal")
+    greedy_cost = pipeline.total_network_cost(plain)
+    assert [r.exclusive_pages for r in optimal.tasks] == [r.exclusive_pages for r in plain.tasks]
+    assert optimal.tasks[1].settings["matching"] == "optimal"
+    sharable = [np.flatnonzero(r.page_table < 16) for r in plain.tasks]
+    assert len(sharable[1]) == len(np.flatnonzero(optimal.tasks[1].page_table < 16))
+    assert np.isfinite(greedy_cost)
+    # -init=merge: every shared page of the second task is the Fisher-weighted mean of its
+    # occupants' values (the first task's `_weight`, i.e. its stored values) and its own.
+    merged = formed("merge", init="merge")
+    a, b = merged.tasks
+    wa = to_pages(merged.load_vector("tiny_a", "network_weight"), 64)
+    fa = to_pages(merged.load_vector("tiny_a", "network_fisher"), 64)
+    wb = to_pages(merged.load_vector("tiny_b", "network_weight"), 64)
+    fb = to_pages(merged.load_vector("tiny_b", "network_fisher"), 64)
+    where_a = {int(e): i for i, e in enumerate(a.page_table) if e < 16}
+    for j, entry in enumerate(b.page_table):
+        if entry >= 16:
             continue
-        on_a = np.nonzero(a.page_table == q)[0]
-        num, den = fb[j] * wb[j], fb[j].copy()
-        if len(on_a):
-            num, den = num + fa[on_a[0]] * wa[on_a[0]], den + fa[on_a[0]]
-        expected = np.where(den > 0, num / np.where(den > 0, den, 1), wb[j])
-        np.testing.assert_allclose(store.shared[q], expected, rtol=1e-5, atol=1e-7)
-        checked += len(on_a)
-    assert checked > 0  # some pages really were merged with tiny_a's
+        i = where_a.get(int(entry))
+        num = fb[j] * wb[j] + (fa[i] * wa[i] if i is not None else 0)
+        den = fb[j] + (fa[i] if i is not None else 0)
+        expected = np.where(den > 0, num / np.where(den > 0, den, 1), wb[j]).astype(np.float32)
+        np.testing.assert_allclose(merged.shared[entry], expected, rtol=1e-6, atol=1e-7)
 
 
 def test_target_accuracy_sets_the_tpr_from_the_alpha_loss(tmp_path, tiny_tasks):
-    from weightsep import separation
     from weightsep.networks import load_network
-    session = new_session(tmp_path / "s", tiny_tasks, target_accuracy=0.5)
-    rec = session.store.task("tiny_a")
-    net = load_network(load_task(tiny_tasks["tiny_a"]))
+    from weightsep.separation import target_performance_rate
+    spec = load_task(tiny_tasks["tiny_a"])
+    store = Store(tmp_path / "state")
+    session = Session(store, Options(**TINY_OPTIONS, target_accuracy=0.3))
+    with store.writer():
+        add_task(session, spec, log=quiet)
     train = session.split("tiny_a", "train")
-    expected = separation.target_performance_rate(net.predict(train.x), train.y, 0.5, 0.5)
-    assert rec.settings["tpr"] == pytest.approx(expected, rel=1e-6)
-    assert expected != 1.0
-    sep = separation.separate(session.store.load_vector("tiny_a", "network_fisher"), rec.num_weights, 64, expected,
-                              0.6, 16)
-    assert rec.exclusive_pages == sep.exclusive_pages.tolist()
+    expected = target_performance_rate(load_network(spec).predict(train.x), train.y, 0.5, 0.3)
+    assert store.task("tiny_a").settings["tpr"] == pytest.approx(expected)
 
 
-def test_loss_diagnostics_report_real_values(added_state, tiny_tasks):
-    from weightsep import diagnostics, separation
-    from weightsep.networks import load_network
-    session = fresh_copy(added_state, added_state.parent / "diag3")
-    net = load_network(load_task(tiny_tasks["tiny_b"]))
-    train = session.split("tiny_b", "train")
-    loss, acc = separation.alpha_loss(net.predict(train.x), train.y, 0.5)
-    assert diagnostics.alpha_loss_lines(session, "tiny_b") == [
-        f"tiny_b: alpha 0.5 alpha-loss {loss:.6f} alpha-accuracy {acc:.6f}"]
-    line = diagnostics.training_loss(session, "tiny_b")[0]
-    w = session.store.materialize("tiny_b")
-    expected_overlap = overlap_reference(session.store, "tiny_b")(w.astype(np.float64))
-    assert float(line.split("overlapping loss ")[1].split()[0]) == pytest.approx(expected_overlap, rel=1e-4, abs=1e-6)
-    session.options.target_accuracy = 0.5
-    tpr_line = diagnostics.tpr_lines(session, "tiny_b")[1]
-    expected_tpr = separation.target_performance_rate(net.predict(train.x), train.y, 0.5, 0.5)
-    assert tpr_line.startswith(f"tiny_b: TPR {expected_tpr:.6f} -> ")
-    lines = diagnostics.fisher_of_separated(session, "tiny_b")
-    assert lines[2] == f"exclusive pages (chosen from the network Fisher): {session.store.task('tiny_b').exclusive_pages}"
+def test_a_state_never_runs_code_from_its_task_folders(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    store = Store(state).load()
+    marker = tmp_path / "ran"
+    for rec in store.tasks:
+        # A task.py that would leave a mark if anything imported it.
+        (tmp_path / rec.name).mkdir()
+        (tmp_path / rec.name / "task.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    session = session_on(state)
+    for name in ("tiny_a", "tiny_b"):
+        assert 0.0 <= evaluate_task(session, name) <= 1.0
+        with session.store.writer():
+            train_task(session, name, 2, log=quiet)
+    assert not marker.exists()
+    # The spec comes from the registry; the folder the task was added from holds its files.
+    assert session.spec("tiny_a").to_json() == store.task("tiny_a").spec
+
+
+def test_a_custom_model_needs_its_folder_named(tmp_path):
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    (folder / "task.py").write_text(
+        "import keras\nfrom weightsep.tasks import TaskSpec\n\n"
+        "def build():\n"
+        "    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(8, activation='tanh'), keras.layers.Dense(3),\n"
+        "                             keras.layers.Softmax()])\n\n"
+        "TASK = TaskSpec(name='mlp', input_shape=(6, 6, 1), num_classes=3, build_model=build)\n")
+    from weightsep.training import pretrain_task
+    spec = load_task(folder)
+    pretrain_task(spec, "synthetic", iters=20, verbose=0)
+    store = Store(tmp_path / "state")
+    with store.writer():
+        add_task(Session(store, Options(**TINY_OPTIONS)), spec, log=quiet)
+    fresh = session_on(tmp_path / "state")
+    with pytest.raises(WeightSepError, match="custom build_model.*-network_path"):
+        evaluate_task(fresh, "mlp")
+    fresh.use_spec(load_task(folder))
+    assert 0.0 <= evaluate_task(fresh, "mlp") <= 1.0
+
+
+def test_int8_state_trains_through_its_quantized_pages(tiny_tasks, tmp_path):
+    """QAT: the kept weights are stored quantized, and evaluation sees exactly what training saw."""
+    from weightsep import quantize
+    store = Store(tmp_path / "state")
+    session = Session(store, Options(**TINY_OPTIONS, page_dtype="int8"))
+    with store.writer():
+        form_all(session, [load_task(f) for f in tiny_tasks.values()], 0, log=quiet)
+        train_task(session, "tiny_a", 101, log=quiet)
+    values, scales = store.quantized("shared")
+    assert values.dtype == np.int8 and scales.dtype == np.float32
+    # Every stored page is a fixed point of quantization (what is stored is already quantized).
+    pages = session.pages_of("tiny_a")
+    np.testing.assert_array_equal(quantize.round_trip(pages, "int8"), pages)
+    # The trainer's fake-quantized forward weights equal the stored weights bit for bit.
+    trainer = session.trainer("tiny_a")
+    trainer.reset(pages, pipeline.overlap_for(store, "tiny_a"))
+    np.testing.assert_array_equal(trainer.effective_weights(), store.materialize("tiny_a"))
+
+
+def test_quantize_state_converts_and_reports(tiny_state, tmp_path):
+    source = copy_state(tiny_state, tmp_path / "source")
+    before = state_bytes(source)
+    lines = pipeline.quantize_state(source, tmp_path / "int8", "int8", Options(**TINY_OPTIONS))
+    assert state_bytes(source) == before
+    dest = Store(tmp_path / "int8").load()
+    assert dest.page_dtype == "int8"
+    for name in ("tiny_a", "tiny_b"):
+        line = next(line for line in lines if line.startswith(f"{name} inference accuracy:"))
+        after = float(line.split("-> ")[1].split()[0])
+        assert after == round(evaluate_task(session_on(tmp_path / "int8"), name), 6)
+        assert dest.task(name).accuracy["separated"] == pytest.approx(after, abs=1e-6)
+    assert any(line.startswith("after: packing:") or line.startswith("after:") for line in lines)
+
+
+def test_evaluation_records_only_what_it_is_asked_to(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "state")
+    session = session_on(state)
+    before = state_bytes(state)
+    acc = evaluate_task(session, "tiny_a")
+    assert state_bytes(state) == before  # evaluating writes nothing
+    with session.store.writer():
+        record_accuracy(session.store, "tiny_a", acc)
+    assert Store(state).load().task("tiny_a").accuracy["separated"] == acc

@@ -80,7 +80,7 @@ def test_occupation_plot_counts_match_page_tables(session, tmp_path):
             if entry < P:
                 expected[row, entry] += 1
     np.testing.assert_array_equal(plot.data["counts"], expected)
-    np.testing.assert_array_equal(plot.data["total"], store.occupation())
+    np.testing.assert_array_equal(plot.data["total"], store.occupation_counts())
     hist = plot.data["histogram"]
     assert [int(np.sum(expected.sum(axis=0) == k)) for k in range(len(hist))] == hist.tolist()
 

@@ -14,56 +14,49 @@ Validation: the task's validation files when its spec lists them; otherwise the
 last 10% of the train files (N // 10 samples, at least 1) and "train" is then the
 first 90%, so training never sees a validation sample.
 
-Every load checks that the files exist, are loadable arrays, agree in sample count,
-match the task's input shape, hold labels in 0..num_classes-1 (one-hot rows with
-exactly one 1) and finite values; any problem is a DataError naming the file and
-what to run.
+Every load checks that the files exist, are loadable arrays of real numbers, agree
+in sample count, hold at least one sample, match the task's input shape, hold
+labels in 0..num_classes-1 (one-hot rows with exactly one 1) and finite values;
+any problem is a DataError naming the file and what to run.  Idx files are
+decompressed as a stream, bounded by what their header announces.
 
-Synthetic data (``data="synthetic"``) is deterministic per (task name, seed, split)
-in any process, in the task's exact input shape and class count, and learnable but
-not trivial: each class has a smooth random prototype (a few 2D cosines per
-channel); a sample is its class prototype with a random amplitude and a shift of up
-to two pixels, a fraction of another class's prototype, uniform noise, and 7% of
-labels replaced by random ones.  Its validation split is drawn independently of
-train (sizes in SYNTHETIC_SIZES).
+Synthetic data (``data="synthetic"``) comes from weightsep.synthetic.
 
-``python -m weightsep.data verify TASK [FILE ...]`` checks a task's files on disk;
-download_dataset.sh uses it.
+The last part checks files on disk one by one, for download_dataset.sh (through
+tools/verify_data.py): ``verify_file`` (content), ``check_files`` (content, the
+data/label pairing, and SHA-256 against a user's checksum list or the task's
+manifest ``<task folder>/SHA256SUMS``, which it can record).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import gzip
 import hashlib
-import os
+import posixpath
+import re
 import struct
-import sys
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from weightsep import atomic, synthetic
 from weightsep.errors import DataError, WeightSepError
-from weightsep.tasks import SPLITS, TaskSpec, load_task
+from weightsep.synthetic import SYNTHETIC_SIZES
+from weightsep.tasks import SPLITS, TaskSpec
+
+__all__ = ["DATA_KINDS", "SYNTHETIC_SIZES", "CHECKSUM_MANIFEST", "IDX_MAX_ITEMS", "Dataset", "FileCheck",
+           "Checksums", "load_split", "num_examples", "describe", "clear_cache", "data_files", "verify_file",
+           "check_files", "sha256_of", "read_checksums", "write_checksums", "manifest_path"]
 
 DATA_KINDS = ("real", "synthetic")
 
-# Examples per split of the synthetic data: trains in seconds on a CPU.
-SYNTHETIC_SIZES = {"train": 3000, "validation": 500, "test": 1000}
-
-# Synthetic difficulty (tuned so the tasks' CNNs reach about 70-95% test accuracy
-# after a few hundred Adam steps; see the README).
-_SYN_COSINES = 6          # 2D cosines per channel of a class prototype
-_SYN_MAX_FREQ = 3         # cycles across the image, per axis
-_SYN_MAX_SHIFT = 2        # pixels, per axis
-_SYN_NOISE = 2.0          # noise std, relative to a prototype's std, for 784 values
-_SYN_NOISE_SIZE_EXPONENT = 0.5    # ... times (H*W*C / 784) ** this
-_SYN_NOISE_CLASS_EXPONENT = -0.25  # ... times (num_classes / 10) ** this
-_SYN_DISTRACTOR = 0.5     # at most this fraction of another class's prototype
-_SYN_LABEL_NOISE = 0.07   # share of samples whose label is replaced by a random class
+# An idx header announcing more items than this is refused before anything is
+# decompressed (MNIST has 60,000): a crafted header must not make us allocate or inflate gigabytes.
+IDX_MAX_ITEMS = 10_000_000
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,7 +108,7 @@ def load_split(task: TaskSpec, split: str, data: str = "real", seed: int = 0) ->
 
 
 def _fallback_validation_size(n: int, task: TaskSpec) -> int:
-    """Size of the validation part (the last 10%) of the train files."""
+    """Size of the validation part (the last 10%) of the train files; both parts are non-empty."""
     if n < 2:
         raise DataError(f"{task.path(task.data.train[0])}: {n} sample(s) are too few to split off "
                         f"a validation set; {_download_hint(task)}")
@@ -123,13 +116,14 @@ def _fallback_validation_size(n: int, task: TaskSpec) -> int:
 
 
 def num_examples(task: TaskSpec, split: str, data: str = "real") -> int:
-    """Examples in a split, reading only file headers for real data."""
+    """Examples in a split, reading only file headers for real data (an empty split is a DataError)."""
     _check_kind(task, split, data)
     if data == "synthetic":
         return SYNTHETIC_SIZES[split]
     if split == "test" or task.data.validation is not None:
-        return _header_count(task, task.data.split(split)[1])
-    n = _header_count(task, task.data.train[1])
+        files = task.data.split(split)
+        return _check_not_empty(task, _header_count(task, files[1]), files)
+    n = _check_not_empty(task, _header_count(task, task.data.train[1]), task.data.train)
     n_val = _fallback_validation_size(n, task)
     return n_val if split == "validation" else n - n_val
 
@@ -157,6 +151,14 @@ def clear_cache() -> None:
     _synthetic_cached.cache_clear()
 
 
+@functools.lru_cache(maxsize=64)
+def _synthetic_cached(task_name: str, shape: tuple[int, int, int], num_classes: int,
+                      split: str, seed: int) -> Dataset:
+    x, y = synthetic.generate(task_name, shape, num_classes, split, seed)
+    return Dataset(x=x, y=y, task=task_name, split=split, data="synthetic",
+                   files=(f"synthetic:{task_name}:{split}:seed={seed}",))
+
+
 # ---------------------------------------------------------------------------
 # Real data
 
@@ -178,6 +180,14 @@ def _load_files(task: TaskSpec, split: str, files: tuple[str, str]) -> Dataset:
     return _load_cached(task, split, files, _file_signature(paths))
 
 
+def _check_not_empty(task: TaskSpec, n: int, files: tuple[str, str]) -> int:
+    if n == 0:
+        data_path, label_path = (task.path(f) for f in files)
+        raise DataError(f"{data_path} and {label_path} hold 0 samples (an empty split); "
+                        f"{_download_hint(task)}")
+    return n
+
+
 @functools.lru_cache(maxsize=32)
 def _load_cached(task: TaskSpec, split: str, files: tuple[str, str], signature: tuple) -> Dataset:
     data_path, label_path = (task.path(f) for f in files)
@@ -194,6 +204,7 @@ def _load_cached(task: TaskSpec, split: str, files: tuple[str, str], signature: 
     if x_raw.shape[0] != y_raw.shape[0]:
         raise DataError(f"{data_path} has {x_raw.shape[0]} samples but {label_path} has "
                         f"{y_raw.shape[0]}; {_download_hint(task)}")
+    _check_not_empty(task, x_raw.shape[0], files)
     x = _to_images(task, x_raw, data_path)
     if task.data.format == "mnist_idx":
         x *= np.float32(1.0 / 255.0)
@@ -205,6 +216,11 @@ def _load_cached(task: TaskSpec, split: str, files: tuple[str, str], signature: 
                    files=(data_path.name, label_path.name))
 
 
+# What a file holds when its dtype is not a real number (np.dtype.kind -> words).
+_NOT_NUMBERS = {"c": "complex numbers", "m": "time spans", "M": "dates",
+                "O": "Python objects", "U": "text", "S": "bytes", "V": "records"}
+
+
 def _read_npy(task: TaskSpec, path: Path) -> np.ndarray:
     """Open a .npy file without pickle, memory-mapped; a bad file is a DataError."""
     try:
@@ -214,8 +230,9 @@ def _read_npy(task: TaskSpec, path: Path) -> np.ndarray:
                         f"{_download_hint(task)}") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path} is an .npz archive, not a single .npy array; {_download_hint(task)}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise DataError(f"{path} holds {array.dtype} values, not numbers; {_download_hint(task)}")
+    if array.dtype.kind not in "biuf":
+        what = _NOT_NUMBERS.get(array.dtype.kind, "values")
+        raise DataError(f"{path} holds {what} ({array.dtype}), not real numbers; {_download_hint(task)}")
     if array.ndim == 0:
         raise DataError(f"{path} holds a scalar, not an array of samples; {_download_hint(task)}")
     return array
@@ -234,18 +251,60 @@ def _explain_bad_file(path: Path, exc: Exception) -> str:
     if _looks_like_html(path):
         return "it is an HTML page, not an array (a failed download)"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "allow_pickle" in text or "Python objects" in text:
+        return "it holds Python objects (pickled data), which are never loaded"
     if "mmap length" in text or "cannot reshape" in text or isinstance(exc, EOFError):
         return "the file is truncated (an interrupted download)"
     return f"not a valid .npy array ({text})"
 
 
-def _read_idx(task: TaskSpec, path: Path, magic: int) -> np.ndarray:
-    """Parse a gzip'd idx file: images uint8 [N, rows, cols] (magic 2051) or labels uint8 [N] (2049)."""
+def _read_idx(task: TaskSpec, path: Path, magic: int, count_only: bool = False) -> np.ndarray | int:
+    """Parse a gzip'd idx file: images uint8 [N, rows, cols] (magic 2051) or labels uint8 [N] (2049).
+
+    The header is read and checked first (magic, item count, image shape); the rest is
+    decompressed as a stream into a buffer of exactly the announced size, and a file
+    holding more than that is refused, so a gzip bomb is never inflated.
+    With ``count_only`` the item count from the checked header is returned.
+    """
     what = "image" if magic == 2051 else "label"
+    ndim = 3 if magic == 2051 else 1
+    header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            head = f.read(header)
+            if len(head) < header:
+                raise DataError(f"{path} is too short for an idx {what} file; {_download_hint(task)}")
+            found = struct.unpack(">I", head[:4])[0]
+            if found != magic:
+                raise DataError(f"{path} is not an idx {what} file (magic number {found}, expected "
+                                f"{magic}); {_download_hint(task)}")
+            dims = struct.unpack(f">{ndim}I", head[4:])
+            if dims[0] > IDX_MAX_ITEMS:
+                raise DataError(f"{path}: its header announces {dims[0]} {what}s, more than the "
+                                f"{IDX_MAX_ITEMS} this toolkit reads (not an MNIST file); {_download_hint(task)}")
+            if magic == 2051:
+                _check_sample_shape(task, tuple(dims[1:]), path)
+            if count_only:
+                return dims[0]
+            size = int(np.prod(dims, dtype=np.int64))
+            try:
+                buffer = np.empty(size, dtype=np.uint8)
+            except MemoryError:
+                raise DataError(f"{path}: its header announces {dims[0]} {what}s ({size} bytes), more than "
+                                f"this machine can hold in memory") from None
+            view, got = memoryview(buffer), 0
+            while got < size:
+                n = f.readinto(view[got:got + (1 << 24)])
+                if not n:
+                    break
+                got += n
+            if got < size:
+                raise DataError(f"{path} holds {header + got} bytes but its header {dims} needs "
+                                f"{header + size}; {_download_hint(task)}")
+            if f.read(1):
+                raise DataError(f"{path} holds more than the {header + size} bytes its header {dims} "
+                                f"announces (a corrupt or crafted file); delete it and {_download_hint(task)}")
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         if _looks_like_html(path):
             reason = "it is an HTML page, not a gzip file (a failed download)"
         elif isinstance(exc, EOFError):
@@ -253,20 +312,7 @@ def _read_idx(task: TaskSpec, path: Path, magic: int) -> np.ndarray:
         else:
             reason = f"not a valid gzip file ({exc})"
         raise DataError(f"cannot read {path}: {reason}; delete it and {_download_hint(task)}") from None
-    ndim = 3 if magic == 2051 else 1
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is too short for an idx {what} file; {_download_hint(task)}")
-    found = struct.unpack(">I", raw[:4])[0]
-    if found != magic:
-        raise DataError(f"{path} is not an idx {what} file (magic number {found}, expected {magic}); "
-                        f"{_download_hint(task)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataError(f"{path} holds {len(raw)} bytes but its header {dims} needs {expected}; "
-                        f"{_download_hint(task)}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return buffer.reshape(dims)
 
 
 def _check_sample_shape(task: TaskSpec, sample: tuple, path: Path) -> None:
@@ -281,24 +327,39 @@ def _check_sample_shape(task: TaskSpec, sample: tuple, path: Path) -> None:
 def _to_images(task: TaskSpec, x: np.ndarray, path: Path) -> np.ndarray:
     """Flattened or shaped samples -> float32 [N, H, W, C] (copied out of the file)."""
     _check_sample_shape(task, tuple(x.shape[1:]), path)
-    return np.array(x, dtype=np.float32).reshape((x.shape[0],) + tuple(task.input_shape))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _check_finite names
+        return np.array(x, dtype=np.float32).reshape((x.shape[0],) + tuple(task.input_shape))
 
 
 def _check_finite(task: TaskSpec, x: np.ndarray, path: Path) -> None:
-    """All values finite; works in chunks, so a memory-mapped file is never read whole."""
+    """All values finite as float32; works in chunks, so a memory-mapped file is never read whole."""
     chunk = max(1, 2**24 // max(1, int(np.prod(x.shape[1:]))))
     for start in range(0, len(x), chunk):
-        bad = ~np.isfinite(np.asarray(x[start:start + chunk]))
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(np.asarray(x[start:start + chunk], dtype=np.float32))
         if bad.any():
             first = start + int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
-            raise DataError(f"{path} holds non-finite values (NaN/inf), the first in sample {first}; "
-                            f"{_download_hint(task)}")
+            raise DataError(f"{path} holds non-finite values (NaN, inf, or beyond float32's 3.4e38), "
+                            f"the first in sample {first}; {_download_hint(task)}")
+
+
+def _number_text(value: np.generic) -> str:
+    """A label value as the file holds it: exact for integers of any size, shortest form for floats."""
+    if isinstance(value, np.integer):
+        return str(int(value))
+    if np.isfinite(value) and value == np.floor(value) and abs(value) < 2**53:
+        return str(int(value))
+    return str(value)
 
 
 def _to_class_indices(task: TaskSpec, labels: np.ndarray, path: Path) -> np.ndarray:
-    """One-hot [N, K] or integer [N] / [N, 1] labels -> int64 [N], checked."""
+    """One-hot [N, K] or integer [N] / [N, 1] labels -> int64 [N], checked.
+
+    Range and wholeness are checked in the file's own dtype, before any cast, so a
+    huge value is reported as it is (not as an overflowed int64).
+    """
     k = task.num_classes
-    labels = np.asarray(labels)
+    labels = np.asarray(labels)  # real numbers or bool: _read_npy / _read_idx checked the dtype
     if labels.ndim == 2 and labels.shape[1] == k and k > 1:
         is_binary = (labels == 0) | (labels == 1)
         ones = (labels == 1).sum(axis=1)
@@ -313,14 +374,22 @@ def _to_class_indices(task: TaskSpec, labels: np.ndarray, path: Path) -> np.ndar
     if labels.ndim != 1:
         raise DataError(f"{path}: labels have shape {labels.shape}; task {task.name} expects one-hot "
                         f"[N, {k}] or class indices [N]; {_download_hint(task)}")
-    if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-        raise DataError(f"{path}: labels are not whole class numbers; {_download_hint(task)}")
-    y = labels.astype(np.int64)
-    out = np.flatnonzero((y < 0) | (y >= k))
+    if labels.dtype.kind == "b":
+        raise DataError(f"{path}: labels are True/False values, not class numbers (bool is accepted "
+                        f"only in one-hot rows [N, {k}]); {_download_hint(task)}")
+    if labels.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            not_whole = np.flatnonzero(~np.isfinite(labels) | (labels != np.floor(labels)))
+        if not_whole.size:
+            i = int(not_whole[0])
+            raise DataError(f"{path}: label {_number_text(labels[i])} of sample {i} is not a whole class "
+                            f"number ({not_whole.size} such labels); {_download_hint(task)}")
+    out = np.flatnonzero((labels < 0) | (labels >= k))
     if out.size:
-        raise DataError(f"{path}: label {int(y[out[0]])} of sample {int(out[0])} is out of range "
+        i = int(out[0])
+        raise DataError(f"{path}: label {_number_text(labels[i])} of sample {i} is out of range "
                         f"0..{k - 1} for task {task.name} ({out.size} such labels); {_download_hint(task)}")
-    return y
+    return labels.astype(np.int64)
 
 
 def _header_count(task: TaskSpec, filename: str) -> int:
@@ -329,97 +398,40 @@ def _header_count(task: TaskSpec, filename: str) -> int:
     if not path.is_file():
         raise DataError(f"missing data file {path}; {_download_hint(task)}")
     if task.data.format == "mnist_idx":
-        try:
-            with gzip.open(path, "rb") as f:
-                head = f.read(8)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"cannot read {path}: {exc}; {_download_hint(task)}") from None
-        if len(head) < 8:
-            raise DataError(f"{path} is too short for an idx file; {_download_hint(task)}")
-        return struct.unpack(">I", head[4:8])[0]
+        _, index = _file_role(task, filename)
+        return _read_idx(task, path, 2051 if index == 0 else 2049, count_only=True)
     return int(_read_npy(task, path).shape[0])
 
 
 # ---------------------------------------------------------------------------
-# Synthetic data
+# Verification of the files on disk (used by download_dataset.sh through tools/verify_data.py)
+
+# The per-task manifest of SHA-256 sums, in the task folder, in `sha256sum` format
+# with paths relative to the root holding the task folders ("<hex>  <task>/<file>").
+CHECKSUM_MANIFEST = "SHA256SUMS"
+
+_SHA256_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
+_MAX_CHECKSUM_LIST = 1 << 20  # bytes; far more than the 46 lines of the ten tasks
 
 
-def _rng(task_name: str, seed: int, purpose: str) -> np.random.Generator:
-    """A generator seeded from text via SHA-256: the same in every process (unlike hash())."""
-    digest = hashlib.sha256(f"weightsep-synthetic/{task_name}/{seed}/{purpose}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+@dataclasses.dataclass(frozen=True)
+class Checksums:
+    """A list of SHA-256 sums: {path relative to the task folders' root: lowercase hex}, and its file."""
+
+    source: Path
+    sha256: dict[str, str]
 
 
-def _prototypes(task_name: str, shape: tuple[int, int, int], num_classes: int, seed: int) -> np.ndarray:
-    """Smooth class prototypes, float32 [K, H, W, C], zero mean and unit std each.
+@dataclasses.dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one data file: status "ok", "missing" or "bad", and one line saying why."""
 
-    Whole-cycle frequencies make every prototype periodic over the image, so a
-    shift is an exact circular roll with no seam.
-    """
-    h, w, c = shape
-    rng = _rng(task_name, seed, "prototypes")
-    size = (num_classes, 1, 1, c, _SYN_COSINES)
-    freq_y = rng.integers(0, _SYN_MAX_FREQ + 1, size=size)
-    freq_x = rng.integers(0, _SYN_MAX_FREQ + 1, size=size)
-    phase = rng.uniform(0, 2 * np.pi, size=size)
-    amp = rng.normal(size=size)
-    iy = (np.arange(h) / h)[None, :, None, None, None]
-    jx = (np.arange(w) / w)[None, None, :, None, None]
-    proto = (amp * np.cos(2 * np.pi * (freq_y * iy + freq_x * jx) + phase)).sum(axis=-1)
-    proto -= proto.mean(axis=(1, 2, 3), keepdims=True)
-    proto /= proto.std(axis=(1, 2, 3), keepdims=True) + 1e-6
-    return proto.astype(np.float32)
-
-
-def _shifted(proto: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """proto[classes], each rolled by a random shift of up to _SYN_MAX_SHIFT pixels per axis."""
-    shifts = range(-_SYN_MAX_SHIFT, _SYN_MAX_SHIFT + 1)
-    rolled = np.stack([np.roll(proto, (dy, dx), axis=(1, 2)) for dy in shifts for dx in shifts], axis=1)
-    num_shifts = rolled.shape[1]
-    pick = classes * num_shifts + rng.integers(0, num_shifts, size=len(classes))
-    flat = np.take(rolled.reshape(-1, int(np.prod(proto.shape[1:]))), pick, axis=0)
-    return flat.reshape((len(classes),) + proto.shape[1:])
-
-
-def _noise_std(shape: tuple[int, int, int], num_classes: int) -> float:
-    """Noise for a task: larger inputs average more noise away, fewer classes are easier to tell apart."""
-    return (_SYN_NOISE * (float(np.prod(shape)) / 784.0) ** _SYN_NOISE_SIZE_EXPONENT
-            * (num_classes / 10.0) ** _SYN_NOISE_CLASS_EXPONENT)
-
-
-@functools.lru_cache(maxsize=64)
-def _synthetic_cached(task_name: str, shape: tuple[int, int, int], num_classes: int,
-                      split: str, seed: int) -> Dataset:
-    proto = _prototypes(task_name, shape, num_classes, seed)
-    n, k = SYNTHETIC_SIZES[split], num_classes
-    rng = _rng(task_name, seed, split)
-    y = np.arange(n) % k                       # balanced: every class present
-    rng.shuffle(y)
-    other = (y + rng.integers(1, k, size=n)) % k if k > 1 else y
-    noise = _noise_std(shape, k)
-    # Scale so pixels have std about 0.15 around 0.5: values mostly in [0, 1], like images.
-    scale = np.float32(0.15 / np.sqrt(1.0 + noise ** 2))
-    amplitude = rng.uniform(0.6, 1.4, size=(n, 1, 1, 1)).astype(np.float32) * scale
-    distractor = rng.uniform(0, _SYN_DISTRACTOR, size=(n, 1, 1, 1)).astype(np.float32) * scale
-    # Uniform noise of std `noise` (three times cheaper to draw than Gaussian, same effect here).
-    x = rng.random(size=(n,) + shape, dtype=np.float32)
-    x -= 0.5
-    x *= np.float32(np.sqrt(12.0) * noise) * scale
-    x += 0.5
-    for classes, weight in ((y, amplitude), (other, distractor)):
-        part = _shifted(proto, classes, rng)
-        part *= weight
-        x += part
-    flip = rng.random(n) < _SYN_LABEL_NOISE
-    y = np.where(flip, rng.integers(0, k, size=n), y).astype(np.int64)
-    x.flags.writeable = False
-    y.flags.writeable = False
-    return Dataset(x=x, y=y, task=task_name, split=split, data="synthetic",
-                   files=(f"synthetic:{task_name}:{split}:seed={seed}",))
-
-
-# ---------------------------------------------------------------------------
-# Verification of the files on disk (used by download_dataset.sh)
+    name: str                      # the file's name in the task folder
+    status: str
+    detail: str                    # ok: "<N> samples, ..."; otherwise the reason
+    samples: Optional[int] = None
+    sha256: Optional[str] = None
+    matched: Optional[Path] = None  # the checksum list whose SHA-256 the file matched
 
 
 def _file_role(task: TaskSpec, filename: str) -> tuple[str, int]:
@@ -443,8 +455,9 @@ def verify_file(task: TaskSpec, filename: str, path: Optional[Path] = None) -> i
     """Check one data file (at ``path``, default its place in the task folder) on its own.
 
     Returns its sample count; raises DataError when it is missing or bad.
-    Checks: loadable, sample shape (data) or label shape, range and one-hotness (labels),
-    finite values.  Data files are memory-mapped and scanned in chunks.
+    Checks: loadable, at least one sample, sample shape (data) or label shape, range
+    and one-hotness (labels), finite values.  Data files are memory-mapped and
+    scanned in chunks.
     """
     split, index = _file_role(task, filename)
     path = Path(path) if path is not None else task.path(filename)
@@ -454,6 +467,8 @@ def verify_file(task: TaskSpec, filename: str, path: Optional[Path] = None) -> i
         array = _read_idx(task, path, 2051 if index == 0 else 2049)
     else:
         array = _read_npy(task, path)
+    if array.shape[0] == 0:
+        raise DataError(f"{path} holds 0 samples; {_download_hint(task)}")
     if index == 0:
         _check_sample_shape(task, tuple(array.shape[1:]), path)
         _check_finite(task, array, path)
@@ -462,65 +477,127 @@ def verify_file(task: TaskSpec, filename: str, path: Optional[Path] = None) -> i
     return int(array.shape[0])
 
 
-def _task_for_root(name: str, root: Optional[str]) -> TaskSpec:
-    """The task ``name`` with its folder under ``root`` (its spec from there, else from this repository)."""
-    if root is None:
-        return load_task(name)
-    if (Path(root) / name / "task.py").is_file():
-        return load_task(name, root=root)
-    return dataclasses.replace(load_task(name), folder=Path(root).resolve() / name)
+def sha256_of(path: Path) -> str:
+    """Lowercase hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _verify_main(args: argparse.Namespace) -> int:
-    task = _task_for_root(args.task, args.root)
+def manifest_path(task: TaskSpec) -> Path:
+    """Where the task's recorded SHA-256 sums live: ``<task folder>/SHA256SUMS``."""
+    return task.path(CHECKSUM_MANIFEST)
+
+
+def read_checksums(path: Path) -> Checksums:
+    """Parse a `sha256sum` list ("<64 hex>  <path>" per line; blank lines allowed); DataError if malformed.
+
+    Paths are normalized ("./a/b" is "a/b"); a path listed twice with two sums is an error.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_CHECKSUM_LIST + 1)
+    except OSError as exc:
+        raise DataError(f"cannot read checksum list {path}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_CHECKSUM_LIST:
+        raise DataError(f"{path} is larger than {_MAX_CHECKSUM_LIST} bytes: not a checksum list of data files")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text file: not a checksum list in sha256sum format") from None
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = _SHA256_LINE.fullmatch(line.rstrip("\r"))
+        if match is None:
+            raise DataError(f"{path}, line {number}: expected '<64 hex digits>  <path relative to the "
+                            f"root>' (sha256sum format); fix or delete that line")
+        digest, name = match.group(1).lower(), posixpath.normpath(match.group(2))
+        if sums.get(name, digest) != digest:
+            raise DataError(f"{path}, line {number}: {name} is listed twice with different SHA-256; "
+                            "keep one line for it")
+        sums[name] = digest
+    return Checksums(source=path, sha256=sums)
+
+
+def write_checksums(path: Path, sums: Mapping[str, str]) -> None:
+    """Write a `sha256sum` list atomically (weightsep.atomic), sorted by path; WriteError if it fails."""
+    lines = []
+    for name, digest in sorted(sums.items()):
+        if "\n" in name or "\r" in name or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"not a checksum entry: {name!r} {digest!r}")
+        lines.append(f"{digest}  {name}\n")
+    atomic.write_bytes(Path(path), "".join(lines).encode("utf-8"))
+
+
+def check_files(task: TaskSpec, files: Optional[Sequence[tuple[str, Optional[Path]]]] = None,
+                checksums: Optional[Checksums] = None, record: bool = False) -> list[FileCheck]:
+    """Check a task's data files; one FileCheck per file, in the order asked.
+
+    files: (name, path) pairs, path None for the file's place in the task folder (a
+    downloaded ``.part`` file is checked as the file it will become); default: all.
+    A file is ok when ``verify_file`` passes, its split's data and labels agree in
+    sample count (when both are checked), and its SHA-256 matches the expected one:
+    the ``checksums`` list's entry for "<task>/<name>" first, else the manifest's.
+    With ``record``, the SHA-256 of every ok file the manifest lacks is added to it.
+    Raises WeightSepError for a name that is not the task's, or an unreadable manifest.
+    """
     if task.data is None:
         raise DataError(f"task {task.name} declares no data files in its task.py")
-    requested = args.files or data_files(task)
-    counts: dict[str, int] = {}
-    failed = 0
-    for item in requested:
-        name, _, other = item.partition("=")
-        shown = f"{task.name}/{name}"
+    files = list(files) if files is not None else [(name, None) for name in data_files(task)]
+    manifest_file = manifest_path(task)
+    manifest = read_checksums(manifest_file) if manifest_file.is_file() else Checksums(manifest_file, {})
+    results: dict[str, FileCheck] = {}
+    for name, path in files:
+        _file_role(task, name)
+        path = Path(path) if path is not None else task.path(name)
+        if not path.is_file():
+            results[name] = FileCheck(name, "missing", f"missing data file {path}; {_download_hint(task)}")
+            continue
         try:
-            counts[name] = verify_file(task, name, Path(other) if other else None)
-            print(f"ok       {shown}  {counts[name]} samples" + (f" (checked {other})" if other else ""))
+            samples = verify_file(task, name, path)
         except DataError as exc:
-            failed += 1
-            status = "missing" if str(exc).startswith("missing data file") else "bad"
-            print(f"{status:<8} {shown}  {exc}")
+            results[name] = FileCheck(name, "bad", str(exc))
+            continue
+        results[name] = _check_sum(task, name, path, samples, checksums, manifest)
     # Data and labels of a split must agree in sample count.
     for split in SPLITS:
-        files = task.data.split(split)
-        if files and all(f in counts for f in files) and counts[files[0]] != counts[files[1]]:
-            failed += 1
-            print(f"bad      {task.name}/{files[1]}  {counts[files[1]]} labels but {files[0]} has "
-                  f"{counts[files[0]]} samples; {_download_hint(task)}")
-    return 1 if failed else 0
+        pair = task.data.split(split)
+        if pair and all(f in results and results[f].status == "ok" for f in pair):
+            n_data, n_labels = results[pair[0]].samples, results[pair[1]].samples
+            if n_data != n_labels:
+                results[pair[1]] = FileCheck(pair[1], "bad", f"{n_labels} labels but {pair[0]} has {n_data} "
+                                             f"samples; {_download_hint(task)}", n_labels)
+    if record:
+        # Learn the sum of every ok file the manifest lacks (or holds another sum for, which
+        # only happens when the user's list vouched for the file).
+        new = {c.name: c for c in results.values()
+               if c.status == "ok" and manifest.sha256.get(f"{task.name}/{c.name}") != c.sha256}
+        if new:
+            write_checksums(manifest_file, {**manifest.sha256,
+                                            **{f"{task.name}/{n}": c.sha256 for n, c in new.items()}})
+            for name, check in new.items():
+                detail = (f"{check.detail}, recorded in {manifest_file}" if check.matched else
+                          f"{check.samples} samples, SHA-256 recorded in {manifest_file}")
+                results[name] = dataclasses.replace(check, detail=detail)
+    return [results[name] for name, _ in files]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weightsep.data", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser(
-        "verify", help="check a task's data files; one line per file: ok / missing / bad")
-    verify.add_argument("--root", default=os.environ.get("WS_ROOT"),
-                        help="folder holding the task folders (default: $WS_ROOT, else the repository)")
-    verify.add_argument("task")
-    verify.add_argument("files", nargs="*",
-                        help="file names in the task folder (default: all); NAME=PATH checks PATH as NAME")
-    listing = commands.add_parser("files", help="print a task's data file names, one per line")
-    listing.add_argument("--root", default=os.environ.get("WS_ROOT"))
-    listing.add_argument("task")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "files":
-            print("\n".join(data_files(_task_for_root(args.task, args.root))))
-            return 0
-        return _verify_main(args)
-    except WeightSepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _check_sum(task: TaskSpec, name: str, path: Path, samples: int,
+               checksums: Optional[Checksums], manifest: Checksums) -> FileCheck:
+    """The verdict on a file whose content passed: by its SHA-256 against the expected one, if any."""
+    key = f"{task.name}/{name}"
+    actual = sha256_of(path)
+    for listed in (checksums, manifest):
+        if listed is not None and key in listed.sha256:
+            expected = listed.sha256[key]
+            if actual != expected:
+                return FileCheck(name, "bad", f"SHA-256 mismatch: {path} has {actual}, but {listed.source} "
+                                 f"expects {expected}", samples, actual)
+            return FileCheck(name, "ok", f"{samples} samples, SHA-256 as in {listed.source}", samples, actual,
+                             listed.source)
+    return FileCheck(name, "ok", f"{samples} samples, SHA-256 not recorded", samples, actual)

@@ -1,8 +1,9 @@
 """User-facing errors.
 
-Every problem a user can fix (a missing file, a corrupt state, a bad flag) is raised
-as a WeightSepError whose message says what is wrong, which file, and what to run.
-The CLI prints the message on one line and exits non-zero; tracebacks are for bugs.
+Every problem a user can fix (a missing file, a corrupt state, a bad flag, a full
+disk) is raised as a WeightSepError whose message says what is wrong, which file,
+and what to run.  The CLI prints the message on one line and exits non-zero;
+tracebacks are for bugs.
 """
 
 
@@ -14,9 +15,17 @@ class DataError(WeightSepError):
     """A dataset file is missing, unreadable or inconsistent."""
 
 
+class WriteError(WeightSepError):
+    """A file could not be written (disk full, read-only, no permission); the target is unchanged."""
+
+
 class StateError(WeightSepError):
     """The separated state on disk is missing, corrupt or inconsistent."""
 
 
 class StateLockedError(StateError):
     """Another process holds the state's writer lock."""
+
+
+class StateReadOnlyError(StateError):
+    """The state directory cannot be written, so the writer lock cannot be taken; reading still works."""

@@ -1,93 +1,150 @@
-"""Binary export of the separated state for microcontrollers (modes w and p).
+"""Binary export of a separated state for microcontrollers (modes w and p): the original's
+files, byte for byte, plus our layout for quantized states.
 
-Weights are written as signed 16-bit fixed point in Q-format: value = int16 / 2**Q,
-little-endian, row-major pages (the shared pool [P, S], then the exclusive store
-[E, S] in its own file).  Values outside the int16 range saturate; the export reports
-how many did and the largest rounding error.  Page tables are uint16 little-endian
-(entry e < P: shared page e; e >= P: exclusive row e - P).  A JSON manifest lists
-the sizes, the Q value and every file, so a firmware build script can check them.
+Every file starts with a little-endian int32 count N, followed by N values, little-endian:
+
+    weight          N = P * S float32: the shared pool, page after page
+    weight_q        N = P * S int16: the pool in Q-format (below)
+    <task>_e        N = k * S float32: the task's k exclusive pages, by ascending task page
+                    (no file when the task has no exclusive page, as the original)
+    <task>_q        N = k * S int16: the same in Q-format
+    <task>_p        N = n_p uint16: the page table; entry e < P is shared page e, entry P + i is
+                    the task's i-th exclusive page in <task>_e (task-local, unlike the state's
+                    global exclusive rows)
+
+Q-format (-Q, default 8 as the original): v = w * 2**Q, saturated to [-32768, 32767], then
+truncated toward zero (the original packed the float with struct 'h', which truncates).
+
+Quantized states (-page_dtype=int8/int4) also get, per pool and per task (our layout):
+
+    weight_int8 / weight_int4   int32 P, int32 S, float32 scales [P], then the values: int8 [P, S]
+                                (int4: uint8 [P, S / 2], element 2k in the low nibble of byte k)
+    <task>_e_int8 / _e_int4     the same for the task's k exclusive pages (int32 k, int32 S, ...)
+
+with weight = float32(q) * scale of its page (weightsep/quantize.py).  The float32 files hold the
+dequantized values, so the original's readers work on quantized states too.  All files are
+written atomically; a manifest.json lists them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
 
+from weightsep.atomic import write_bytes
 from weightsep.errors import WeightSepError
 from weightsep.store import Store
 
 
-@dataclasses.dataclass
-class Quantized:
-    values: np.ndarray      # int16
-    saturated: int          # how many weights hit the int16 range
-    max_error: float        # largest |dequantized - original| among the unsaturated weights
-
-
-def quantize(weights: np.ndarray, q: int) -> Quantized:
-    """Round to int16 Q-format with q fraction bits (0 <= q <= 15), saturating."""
+def q_format(weights: np.ndarray, q: int) -> np.ndarray:
+    """int16 Q-format as the original wrote it: w * 2**q, saturated, truncated toward zero."""
     if not 0 <= q <= 15:
-        raise WeightSepError(f"-Q={q}: the Q-format needs 0..15 fraction bits for int16")
-    scaled = np.rint(np.asarray(weights, np.float64) * (1 << q))
-    info = np.iinfo(np.int16)
-    saturated = (scaled < info.min) | (scaled > info.max)
-    values = np.clip(scaled, info.min, info.max).astype("<i2")
-    ok = ~saturated
-    error = np.abs(values[ok] / (1 << q) - weights[ok]).max() if ok.any() else 0.0
-    return Quantized(values, int(saturated.sum()), float(error))
+        raise WeightSepError(f"-Q={q}: the int16 Q-format needs 0..15 fraction bits")
+    scaled = np.asarray(weights, np.float64) * float(1 << q)
+    return np.trunc(np.clip(scaled, -32768.0, 32767.0)).astype("<i2")
 
 
-def _write(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(array.tobytes(order="C"))
-    tmp.replace(path)
+def _counted(values: np.ndarray) -> bytes:
+    """An int32 count, then the values (the original's header + payload)."""
+    return struct.pack("<i", values.size) + np.ascontiguousarray(values).tobytes()
 
 
-def export_weights(store: Store, out_dir: Path, q: int) -> list[str]:
-    """-mode=w: the shared pool and the exclusive store as int16 Q-format files."""
+def task_exclusive_pages(store: Store, name: str) -> np.ndarray:
+    """The task's exclusive pages, float32 [k, S], by ascending task page."""
+    rec = store.task(name)
+    rows = rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
+    return store.exclusive[rows]
+
+
+def local_page_table(store: Store, name: str) -> np.ndarray:
+    """The page table with exclusive entries numbered P + (rank among the task's exclusive pages)."""
+    rec = store.task(name)
+    table = rec.page_table.astype(np.int64)
+    for rank, page in enumerate(sorted(rec.exclusive_pages)):
+        table[page] = store.num_pages + rank
+    return table
+
+
+def _quantized_file(values: np.ndarray, scales: np.ndarray, page_size: int) -> bytes:
+    return (struct.pack("<ii", len(scales), page_size) + scales.astype("<f4").tobytes()
+            + np.ascontiguousarray(values).tobytes())
+
+
+def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
+    """-mode=w: the pool and every task's exclusive pages, float32 and Q-format (+ quantized)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = []
     manifest = _manifest(out_dir, store)
-    manifest.update({"q": q, "weight_dtype": "int16 little-endian, value = int / 2**q"})
-    for name, array in (("shared_weight_page", store.shared), ("exclusive_weight_page", store.exclusive)):
-        quant = quantize(array, q)
-        path = out_dir / f"{name}.bin"
-        _write(path, quant.values)
-        manifest["files"][path.name] = {"shape": list(array.shape), "dtype": "<i2"}
-        lines.append(f"saved {path}: {array.shape[0]} pages x {array.shape[1]} weights, Q{q}, "
-                     f"{quant.saturated} saturated, max rounding error {quant.max_error:.3g}")
+    manifest["q"] = q
+    pool = store.shared.reshape(-1)
+    lines = [f"weight_len {pool.size}"]
+    _write(out_dir, "weight", _counted(pool.astype("<f4")), manifest, "float32 pool")
+    _write(out_dir, "weight_q", _counted(q_format(pool, q)), manifest, f"int16 Q{q} pool")
+    lines.append(f"weight_len {pool.size}")
+    quantized = store.page_dtype != "float32"
+    if quantized:
+        values, scales = store.quantized("shared")
+        _write(out_dir, f"weight_{store.page_dtype}", _quantized_file(values, scales, store.page_size), manifest,
+               f"{store.page_dtype} pool with per-page scales")
+    for rec in store.tasks:
+        lines.append(rec.name)
+        if not rec.exclusive_pages:
+            lines.append("no exclusive weight")
+            continue
+        pages = task_exclusive_pages(store, rec.name).reshape(-1)
+        _write(out_dir, f"{rec.name}_e", _counted(pages.astype("<f4")), manifest, "float32 exclusive pages")
+        _write(out_dir, f"{rec.name}_q", _counted(q_format(pages, q)), manifest, f"int16 Q{q} exclusive pages")
+        lines += [f"vnn_exclusive_weight_len {pages.size}"] * 2
+        if quantized:
+            values, scales = store.quantized("exclusive")
+            rows = rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
+            _write(out_dir, f"{rec.name}_e_{store.page_dtype}",
+                   _quantized_file(values[rows], scales[rows], store.page_size), manifest,
+                   f"{store.page_dtype} exclusive pages with per-page scales")
     _save_manifest(out_dir, manifest)
+    lines.append(f"wrote {out_dir}")
     return lines
 
 
-def export_page_tables(store: Store, out_dir: Path, names: list[str] | None = None) -> list[str]:
-    """-mode=p: each task's page table as uint16 entries."""
+def export_page_tables(store: Store, out_dir: Path) -> list[str]:
+    """-mode=p: each task's page table as uint16 entries (task-local exclusive numbering)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(out_dir, store)
     lines = []
-    limit = store.num_pages + store.exclusive.shape[0]
-    if limit > np.iinfo(np.uint16).max:
-        raise WeightSepError(f"{limit} pages do not fit uint16 page-table entries")
-    for name in names or [t.name for t in store.tasks]:
-        rec = store.task(name)
-        path = out_dir / f"{name}_page_table.bin"
-        _write(path, rec.page_table.astype("<u2"))
-        manifest["files"][path.name] = {"shape": [rec.num_pages], "dtype": "<u2", "num_weights": rec.num_weights}
-        lines.append(f"saved {path}: {rec.num_pages} entries for {rec.num_weights} weights")
+    for rec in store.tasks:
+        table = local_page_table(store, rec.name)
+        if table.size and table.max() > np.iinfo(np.uint16).max:
+            raise WeightSepError(f"task {rec.name}: page table entry {int(table.max())} does not fit the uint16 "
+                                 f"entries of the original's <task>_p file (pool of {store.num_pages} pages)")
+        lines += [rec.name, str(table.tolist()), f"weight_page_list_len {table.size}"]
+        _write(out_dir, f"{rec.name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
     _save_manifest(out_dir, manifest)
+    lines.append(f"wrote {out_dir}")
     return lines
+
+
+def _write(out_dir: Path, name: str, data: bytes, manifest: dict, what: str) -> None:
+    write_bytes(out_dir / name, data)
+    manifest["files"][name] = {"bytes": len(data), "what": what}
 
 
 def _manifest(out_dir: Path, store: Store) -> dict:
     path = out_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {"files": {}}
+    manifest = {"files": {}}
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            manifest = {"files": {}}
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            manifest = {"files": {}}
     manifest.update({"page_size": store.page_size, "num_shared_pages": store.num_pages,
-                     "num_exclusive_pages": int(store.exclusive.shape[0])})
+                     "page_dtype": store.page_dtype, "layout": store.layout,
+                     "format": "int32 little-endian count, then the values (see weightsep/export.py)"})
     return manifest
 
 
 def _save_manifest(out_dir: Path, manifest: dict) -> None:
-    _write(out_dir / "manifest.json", np.frombuffer(json.dumps(manifest, indent=1).encode(), np.uint8))
+    write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())

@@ -1,8 +1,8 @@
 """Fisher information of a network's weights (the importance used to separate pages).
 
-For K examples drawn from the training split: f = the largest softmax probability,
-g = d log f / d w; F = (1/K) sum_k g_k^2 * f_k, then min-max normalized to [0, 1]
-over the whole vector (DESIGN.md section 3).  The K per-example gradients come from
+For K examples drawn from the training split (with replacement, as the original): f = the
+largest softmax probability, g = d log f / d w; F = (1/K) sum_k g_k^2 * f_k, then min-max
+normalized to [0, 1] over the whole vector (DESIGN.md section 3).  The K per-example gradients come from
 one vectorized Jacobian (``GradientTape.jacobian`` with pfor), not a Python loop.
 """
 
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from weightsep.errors import WeightSepError
 from weightsep.networks import Network
 from weightsep.tf import tf
 
 
 def sample_indices(num_examples: int, k: int, seed: int) -> np.ndarray:
-    """K distinct example indices (all of them when there are fewer), seeded."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_examples, size=min(k, num_examples), replace=False))
+    """K example indices drawn uniformly with replacement, seeded (the original draws each of
+    its K samples with np.random.randint)."""
+    if num_examples < 1 or k < 1:
+        raise WeightSepError(f"the Fisher information needs at least one example and one draw "
+                             f"(got {num_examples} examples, -fisher_samples={k})")
+    return np.random.default_rng(seed).integers(0, num_examples, size=k)
 
 
 def fisher_raw(net: Network, w: np.ndarray, x: np.ndarray, chunk: int = 50) -> np.ndarray:

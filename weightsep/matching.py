@@ -1,37 +1,77 @@
 """Overlapping: place a new task's sharable pages onto distinct shared pages.
 
-From the paper (Sec. "Weight-page overlapping"). The cost of putting task page
-p on shared page q is the Fisher-weighted squared distance between the task's
-weights and the pool's current values,
+From the paper (Sec. "Weight-page overlapping") and the original implementation
+(`match_page_by_cost` driving the CUDA op `PageAlloc`). The cost of putting task
+page p on shared page q is the Fisher-weighted squared distance between the
+task's weights and the pool's current values,
 
     Cost(p, q) = sum_j (F_t[p, j] + F_sum[q, j]) * (w_t[p, j] - pool[q, j])^2,
 
-where F_sum[q] is the sum of the Fisher vectors of the task pages already on q
-and only elements with F_t != 0 and F_sum != 0 count (so an empty shared page
-costs 0: nothing there to disturb).
+counted only where F_t[p, j] > 0 and F_sum[q, j] > 0 (F_sum[q] is the summed
+Fisher of the task pages already on q, so an empty shared page costs 0). Costs
+are computed pair by pair in float64, never by expanding the square: identical
+inputs give bit-identical costs and exact zeros stay zero, which matters because
+ties decide the greedy.
 
-Pages are placed level by level (`level_plan`): first on the shared pages with
-the fewest occupants; if a level has fewer pages than the task still has to
-place, the task's highest-Fisher pages go there and the rest wait for the next
-level. Within a level, `greedy` (the paper) lets task pages in descending
-page-Fisher order each take the cheapest free shared page, and `optimal`
-solves the same level subproblem exactly (Hungarian method), so its total cost
-is never higher than greedy's.
+Level structure. The occupation count of a shared page (how many task pages sit
+on it) is its level. Levels are visited from the least occupied up, skipping
+levels that have no page. At each level both lists, the level's shared pages
+(ascending) and the task's pages still unplaced, are ranked by their page-Fisher
+sum (float32, accumulated element by element as the original's kernel does)
+in descending order, by the very bitonic network the original runs on the GPU
+(lists padded to a power of two), so equal sums keep the order that network
+leaves them in. If the level has fewer pages than the task still has, the
+task's lowest-ranked pages wait for the next level. The unplaced pages handed to
+the next level are the original's `list(set(remaining) - set(placed))`, so
+their order (which only matters for ties) is Python's set order, as there.
+
+`greedy` (the original's PageAlloc). If the level has more pages than the task
+still has, the level's highest-ranked pages are left out and the task lands on
+its lowest-ranked ones. Then, until every page is paired, compare the top
+remaining shared page with the top remaining task page: if the shared page's
+sum is strictly larger, it takes its cheapest remaining task page, otherwise the
+task page takes its cheapest remaining shared page. Among equal costs the
+highest-ranked candidate wins. Not reproduced, on purpose: the original finds
+that minimum with a CUDA kernel in which every thread first resets the shared
+running minimum and index, and then lowers the minimum (atomicMin) and writes
+the index (atomicExch) as two separate steps. Threads race on both, so the
+kernel can return a candidate that is not the cheapest, or an index that does
+not belong to the cost it reports, differently from run to run (and none at all
+when every cost is above its 1e10 start value). A nondeterministic result cannot
+be a reference, so we take the true minimum with a fixed tie rule. Costs and
+their total are float64 here (float32 in the original's kernel).
+
+`optimal` keeps the same levels and the same task pages per level but solves
+each level exactly over all of the level's shared pages
+(scipy.optimize.linear_sum_assignment), so its total cost is never above
+greedy's.
+
+`network_cost` is the original's `calculate_network_cost`: the pair cost
+summed over every shared page two tasks both occupy, over all pairs of tasks.
+The original lines up the two occupants of a shared page by their rank among
+each task's sharable pages, which reads the wrong page once a task has
+exclusive pages; here they are lined up through the page tables.
+
+The first task of a state is not matched here: the caller places it on pages
+0..m-1, as the original does.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from weightsep import pages as pages_lib
 from weightsep.errors import WeightSepError
 
 METHODS = ("greedy", "optimal")
 
-# Bound on the float64 elements of one stacked block in overlapping_cost_matrix (64 MiB).
-_BLOCK_ELEMENTS = 1 << 23
+# Elements of one [rows, cols, S] block of pair costs: two float64 and a few bool
+# temporaries of this size stay under 64 MiB together.
+_BLOCK_ELEMENTS = 1 << 21
+_BLOCK_COLUMNS = 64
 
 
 class Match(NamedTuple):
@@ -42,38 +82,57 @@ class Match(NamedTuple):
     page_costs: np.ndarray  # float64[m]: Cost(p, assignment[p])
 
 
-def overlapping_cost_matrix(task_pages_w, task_pages_F, pool, fisher_sum) -> np.ndarray:
-    """Cost(p, q) of every task page p on every shared page q: float64 [m, P].
+class Level(NamedTuple):
+    """One occupation level as both methods see it (see plan_levels)."""
 
-    Vectorized by expanding the masked product: with a = [F_t != 0] and
-    b = [F_sum != 0], (F_t + F_sum) a b = F_t b + a F_sum (a F_t = F_t), and
-    (w - u)^2 = w^2 - 2 w u + u^2, so Cost is one matmul of two stacks of six
-    [*, S] terms. Blocks over both task pages and pool pages bound the memory
-    for big pools. Rounding of the expansion can leave -1e-16 where the exact
-    cost is 0, so the result is clipped at 0; fully masked pairs are exactly 0.
+    shared_pages: np.ndarray  # int64: all the level's shared pages, in bitonic (descending F_sum) order
+    shared_sums: np.ndarray  # float32: their page-Fisher sums, same order
+    rows: np.ndarray  # int64: the task rows placed on this level, in bitonic (descending page Fisher) order
+    row_sums: np.ndarray  # float32: their page-Fisher sums, same order
+
+
+# --- costs ----------------------------------------------------------------------------
+
+def _masked_cost(fa, wa, fb, wb) -> np.ndarray:
+    """Pair cost on broadcastable float64 [..., S] operands, summed over the last axis."""
+    cost = np.add(fa, fb)
+    diff = np.subtract(wa, wb)
+    np.square(diff, out=diff)
+    np.multiply(cost, diff, out=cost)
+    del diff
+    np.copyto(cost, 0.0, where=~((fa > 0) & (fb > 0)))
+    return cost.sum(axis=-1)
+
+
+def _pair_costs(fa, wa, rows_a, fb, wb, rows_b) -> np.ndarray:
+    """Cost of rows rows_a of (fa, wa) against rows rows_b of (fb, wb): float64 [len(rows_a), len(rows_b)].
+
+    Rows are gathered and widened to float64 block by block, so neither the
+    inputs nor the [rows, cols, S] temporaries are copied whole.
     """
-    w = np.asarray(task_pages_w, dtype=np.float64)
-    f = np.asarray(task_pages_F, dtype=np.float64)
-    u = np.asarray(pool, dtype=np.float64)
-    g = np.asarray(fisher_sum, dtype=np.float64)
-    _check_shapes(w, f, u, g)
-    m, S = w.shape
-    P = u.shape[0]
-    cost = np.empty((m, P), dtype=np.float64)
-    block = max(1, _BLOCK_ELEMENTS // (6 * S))
-    for p0 in range(0, m, block):
-        wp, fp = w[p0:p0 + block], f[p0:p0 + block]
-        ap = (fp != 0).astype(np.float64)
-        left = np.concatenate([fp * wp * wp, fp * wp, fp, ap * wp * wp, ap * wp, ap], axis=1)
-        for q0 in range(0, P, block):
-            uq, gq = u[q0:q0 + block], g[q0:q0 + block]
-            bq = (gq != 0).astype(np.float64)
-            right = np.concatenate([bq, -2.0 * bq * uq, bq * uq * uq, gq, -2.0 * gq * uq, gq * uq * uq], axis=1)
-            cost[p0:p0 + block, q0:q0 + block] = left @ right.T
-    return np.maximum(cost, 0.0)
+    na, nb, S = rows_a.shape[0], rows_b.shape[0], fa.shape[1]
+    cost = np.empty((na, nb), dtype=np.float64)
+    # A narrow column block keeps its widened copy small; rows fill the rest of the budget.
+    cols = min(max(nb, 1), _BLOCK_COLUMNS, max(1, _BLOCK_ELEMENTS // S))
+    rows = max(1, _BLOCK_ELEMENTS // (cols * S))
+    for b0 in range(0, nb, cols):
+        b = rows_b[b0:b0 + cols]
+        fb_, wb_ = fb[b].astype(np.float64)[None], wb[b].astype(np.float64)[None]
+        for a0 in range(0, na, rows):
+            a = rows_a[a0:a0 + rows]
+            fa_, wa_ = fa[a].astype(np.float64)[:, None], wa[a].astype(np.float64)[:, None]
+            cost[a0:a0 + a.shape[0], b0:b0 + b.shape[0]] = _masked_cost(fa_, wa_, fb_, wb_)
+    return cost
 
 
-def _check_shapes(w, f, u, g) -> None:
+def _check_pages(task_pages_w, task_pages_F, pool, fisher_sum):
+    """The four page arrays as NumPy arrays of real numbers, checked against each other."""
+    arrays = [np.asarray(a) for a in (task_pages_w, task_pages_F, pool, fisher_sum)]
+    names = ("task weights", "task Fisher", "shared pool", "pool Fisher sums")
+    for name, arr in zip(names, arrays):
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise WeightSepError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    w, f, u, g = arrays
     if w.ndim != 2 or u.ndim != 2:
         raise WeightSepError(f"task pages and pool must be 2-D [pages, page_size], got {w.shape} and {u.shape}")
     if f.shape != w.shape:
@@ -84,82 +143,152 @@ def _check_shapes(w, f, u, g) -> None:
         raise WeightSepError(
             f"task pages hold {w.shape[1]} weights but shared pages hold {u.shape[1]}; use the state's -page_size"
         )
-    for name, arr in (("task weights", w), ("task Fisher", f), ("shared pool", u), ("pool Fisher sums", g)):
+    if w.shape[1] < 1:
+        raise WeightSepError(f"pages must hold at least one weight, got page size {w.shape[1]}")
+    for name, arr in zip(names, arrays):
         if not np.all(np.isfinite(arr)):
             raise WeightSepError(f"{name} hold NaN or Inf; the state or the task's files are corrupt")
     if np.any(f < 0) or np.any(g < 0):
         raise WeightSepError("Fisher information must be non-negative; recompute it with -mode=f")
+    return arrays
 
 
-def level_plan(page_fisher, occupancy_count) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Which task pages go to which level of shared pages.
+def overlapping_cost_matrix(task_pages_w, task_pages_F, pool, fisher_sum) -> np.ndarray:
+    """Cost(p, q) of every task page p on every shared page q: float64 [m, P].
 
-    Levels are the groups of shared pages with equal occupant counts, fewest
-    occupants first. Task pages are ranked by page Fisher descending (ties:
-    lower index first); each level takes as many of the next-ranked pages as it
-    has shared pages. Returns [(task pages in rank order, shared pages of the
-    level ascending)], one entry per level used.
+    Each pair is summed directly over its S elements, in blocks that bound the
+    temporaries (about 40 MiB); a pair's cost does not depend on the blocking.
+    The inputs may be float32 or float64; costs are computed in float64.
     """
-    page_fisher = np.asarray(page_fisher, dtype=np.float64)
-    counts = np.asarray(occupancy_count)
-    m, P = page_fisher.shape[0], counts.shape[0]
-    if m > P:
-        raise WeightSepError(
-            f"the task has {m} sharable pages but the shared pool has only {P}; "
-            "raise -num_pages or lower -margin so more pages are exclusive"
-        )
-    ranked = np.argsort(-page_fisher, kind="stable")
-    plan = []
-    placed = 0
+    w, f, u, g = _check_pages(task_pages_w, task_pages_F, pool, fisher_sum)
+    return _pair_costs(f, w, np.arange(w.shape[0]), g, u, np.arange(u.shape[0]))
+
+
+# --- ranking --------------------------------------------------------------------------
+
+def page_fisher_sums(fisher_pages) -> np.ndarray:
+    """Per-page Fisher sums as the original's kernel forms them: float32, added j = 0..S-1 in order."""
+    f = np.asarray(fisher_pages, dtype=np.float32)
+    if f.shape[-1] == 0:
+        return np.zeros(f.shape[:-1], dtype=np.float32)
+    return np.add.accumulate(f, axis=-1, dtype=np.float32)[..., -1]
+
+
+def bitonic_order(values, page_size: int) -> np.ndarray:
+    """Positions of `values` in descending order, as the original's bitonic network leaves them.
+
+    The list is padded to the next power of two with -(page_size + 1) (below any
+    page sum), then sorted by the iterative network (k = 2, 4, ..., L; j = k/2,
+    ..., 1); each (k, j) step compares disjoint pairs, so one vectorized step is
+    exactly the GPU's. Equal values stay where the network leaves them. The
+    values must lie above the padding, as sums of non-negative Fisher do.
+    Returns int64[len(values)].
+    """
+    v = np.asarray(values, dtype=np.float32)
+    pad = np.float32(-page_size - 1.0)
+    if v.ndim != 1 or not np.all(v > pad):
+        raise WeightSepError(f"bitonic_order sorts a 1-D list of page sums above {pad}, got shape {v.shape}")
+    n = v.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    size = 1 << (n - 1).bit_length()
+    vals = np.full(size, pad, dtype=np.float32)
+    vals[:n] = v
+    idx = np.zeros(size, dtype=np.int64)
+    idx[:n] = np.arange(n)
+    i = np.arange(size)
+    k = 2
+    while k <= size:
+        j = k >> 1
+        while j > 0:
+            lo = i[(i ^ j) > i]
+            hi = lo ^ j
+            descending = (lo & k) == 0
+            swap = np.where(descending, vals[lo] < vals[hi], vals[lo] > vals[hi])
+            a, b = lo[swap], hi[swap]
+            vals[a], vals[b] = vals[b], vals[a]  # fancy indexing copies: a true swap
+            idx[a], idx[b] = idx[b], idx[a]
+            j >>= 1
+        k <<= 1
+    return idx[:n]
+
+
+def plan_levels(task_sums, shared_sums, occupation_counts, task_pages, page_size: int) -> list[Level]:
+    """The original's level loop: which task rows are placed on which occupation level.
+
+    task_sums float32[m] and shared_sums float32[P] are page-Fisher sums;
+    task_pages int[m] (ascending) are the task's page indices of the rows, which
+    fix the set order of the pages handed from one level to the next.
+    """
+    counts = np.asarray(occupation_counts)
+    shared_sums = np.asarray(shared_sums, dtype=np.float32)
+    task_sums = np.asarray(task_sums, dtype=np.float32)
+    row_of = {int(p): r for r, p in enumerate(task_pages)}
+    remaining = [int(p) for p in task_pages]
+    levels = []
     for level in np.unique(counts):
-        if placed == m:
+        if not remaining:
             break
         shared = np.flatnonzero(counts == level)
-        k = min(shared.shape[0], m - placed)
-        plan.append((ranked[placed:placed + k], shared))
-        placed += k
-    return plan
+        rows = np.array([row_of[p] for p in remaining], dtype=np.int64)
+        shared = shared[bitonic_order(shared_sums[shared], page_size)]
+        rows = rows[bitonic_order(task_sums[rows], page_size)][: shared.shape[0]]
+        levels.append(Level(shared, shared_sums[shared], rows, task_sums[rows]))
+        remaining = list(set(remaining) - {int(task_pages[r]) for r in rows})
+    return levels
 
 
-def assign_by_level(cost, page_fisher, occupancy_count, method: str = "greedy") -> np.ndarray:
-    """Assign each task page a distinct shared page, level by level (see level_plan).
+# --- matching within a level ----------------------------------------------------------
 
-    Within a level, `greedy`: task pages in rank order each take the cheapest
-    still-free shared page of the level (ties: lowest index); `optimal`:
-    scipy.optimize.linear_sum_assignment on the level's cost submatrix.
-    A level whose costs are all zero (e.g. an empty pool) carries nothing to
-    choose by: its task pages, in index order, take its shared pages in index
-    order, which maps the first task onto pages 0..m-1 as in the paper.
-    Returns int64[m], the shared page of each task page.
+def _two_sided_greedy(cost, shared_sums, row_sums) -> np.ndarray:
+    """PageAlloc's pairing on a square [k, k] cost (shared x task, both in rank order).
+
+    Returns int64[k]: for each task position, the shared position it takes.
     """
-    if method not in METHODS:
-        raise WeightSepError(f"-matching must be one of {', '.join(METHODS)}, got {method!r}")
-    cost = np.asarray(cost, dtype=np.float64)
-    m = cost.shape[0]
-    counts = np.asarray(occupancy_count)
-    if counts.ndim != 1 or counts.shape[0] != cost.shape[1]:
-        raise WeightSepError(f"occupancy counts have shape {counts.shape} but the pool has {cost.shape[1]} pages")
-    if np.any(counts < 0):
-        raise WeightSepError("occupancy counts must be non-negative")
-    if np.shape(page_fisher) != (m,):
-        raise WeightSepError(f"page Fisher has shape {np.shape(page_fisher)} but the cost matrix has {m} task pages")
-    assignment = np.full(m, -1, dtype=np.int64)
-    for task_pages, shared in level_plan(page_fisher, counts):
-        sub = cost[np.ix_(task_pages, shared)]
-        if not np.any(sub):
-            assignment[np.sort(task_pages)] = shared[: task_pages.shape[0]]
-        elif method == "greedy":
-            free = np.ones(shared.shape[0], dtype=bool)
-            for row, page in enumerate(task_pages):
-                col = int(np.argmin(np.where(free, sub[row], np.inf)))
-                free[col] = False
-                assignment[page] = shared[col]
+    k = cost.shape[0]
+    shared_left = np.ones(k, dtype=bool)
+    task_left = np.ones(k, dtype=bool)
+    shared_of_task = np.empty(k, dtype=np.int64)
+    top_shared = top_task = 0
+    for _ in range(k):
+        while not shared_left[top_shared]:
+            top_shared += 1
+        while not task_left[top_task]:
+            top_task += 1
+        if shared_sums[top_shared] > row_sums[top_task]:
+            candidates = np.flatnonzero(task_left)
+            s, t = top_shared, int(candidates[np.argmin(cost[top_shared, candidates])])
         else:
-            rows, cols = linear_sum_assignment(sub)
-            assignment[task_pages[rows]] = shared[cols]
-    assert np.all(assignment >= 0), "every task page must be placed"
-    assert np.unique(assignment).shape[0] == m, "a task never uses a shared page twice"
-    return assignment
+            candidates = np.flatnonzero(shared_left)
+            s, t = int(candidates[np.argmin(cost[candidates, top_task])]), top_task
+        shared_left[s] = task_left[t] = False
+        shared_of_task[t] = s
+    return shared_of_task
+
+
+def _check_counts(occupation_counts, P: int) -> np.ndarray:
+    counts = np.asarray(occupation_counts)
+    if counts.ndim != 1 or counts.shape[0] != P:
+        raise WeightSepError(f"occupation counts have shape {counts.shape} but the pool has {P} pages")
+    if counts.size and not np.issubdtype(counts.dtype, np.integer):
+        raise WeightSepError(f"occupation counts must be integers, got dtype {counts.dtype}")
+    if np.any(counts < 0):
+        raise WeightSepError("occupation counts must be non-negative; the state's page tables are corrupt")
+    return counts.astype(np.int64)
+
+
+def _check_task_pages(task_pages, m: int) -> np.ndarray:
+    if task_pages is None:
+        return np.arange(m, dtype=np.int64)
+    pages = np.asarray(task_pages)
+    if pages.shape != (m,):
+        raise WeightSepError(f"task_pages has shape {pages.shape} but there are {m} sharable pages")
+    if m and not np.issubdtype(pages.dtype, np.integer):
+        raise WeightSepError(f"task_pages must hold integer page indices, got dtype {pages.dtype}")
+    pages = pages.astype(np.int64)
+    if m and (pages[0] < 0 or np.any(np.diff(pages) <= 0)):
+        raise WeightSepError("task_pages must be distinct non-negative page indices in ascending order")
+    return pages
 
 
 def match_pages(
@@ -167,25 +296,109 @@ def match_pages(
     task_pages_F,
     pool,
     fisher_sum,
-    occupancy_count,
+    occupation_counts,
     method: str = "greedy",
+    task_pages=None,
 ) -> Match:
-    """Overlap a task's m sharable pages onto the shared pool.
+    """Overlap a task's m sharable pages onto the shared pool, level by level.
 
-    task_pages_w, task_pages_F: [m, S] weights and Fisher of the sharable pages;
-    pool, fisher_sum: [P, S] current shared values and summed occupant Fisher;
-    occupancy_count: [P] occupants per shared page. Page Fisher (the ranking
-    within levels) is the sum of each task page's Fisher. Returns
-    Match(assignment, total_cost, page_costs).
+    task_pages_w, task_pages_F: [m, S] weights and network Fisher of the
+    sharable pages, in ascending task-page order; pool, fisher_sum: [P, S]
+    current shared values and summed occupant Fisher (F_sum);
+    occupation_counts: int[P], task pages on each shared page (its level);
+    task_pages: int[m] the task's page index of each row (default 0..m-1), used
+    only for the original's set order between levels. Returns
+    Match(assignment, total_cost, page_costs), assignment[i] the shared page of
+    row i.
     """
-    m, P = np.shape(task_pages_w)[0], np.shape(pool)[0]
+    if method not in METHODS:
+        raise WeightSepError(f"-matching must be one of {', '.join(METHODS)}, got {method!r}")
+    w, f, u, g = _check_pages(task_pages_w, task_pages_F, pool, fisher_sum)
+    (m, S), P = w.shape, u.shape[0]
     if m > P:
         raise WeightSepError(
             f"the task has {m} sharable pages but the shared pool has only {P}; "
             "raise -num_pages or lower -margin so more pages are exclusive"
         )
-    cost = overlapping_cost_matrix(task_pages_w, task_pages_F, pool, fisher_sum)
-    page_fisher = np.asarray(task_pages_F, dtype=np.float64).sum(axis=1)
-    assignment = assign_by_level(cost, page_fisher, occupancy_count, method)
-    page_costs = cost[np.arange(cost.shape[0]), assignment]
+    counts = _check_counts(occupation_counts, P)
+    rows_pages = _check_task_pages(task_pages, m)
+    assignment = np.full(m, -1, dtype=np.int64)
+    page_costs = np.zeros(m, dtype=np.float64)
+    levels = plan_levels(page_fisher_sums(f), page_fisher_sums(g), counts, rows_pages, S)
+    for level in levels:
+        rows, k = level.rows, level.rows.shape[0]
+        if method == "greedy":
+            # The level's highest-sum shared pages are left out, as in PageAlloc.
+            shared = level.shared_pages[level.shared_pages.shape[0] - k:]
+            shared_sums = level.shared_sums[level.shared_pages.shape[0] - k:]
+            cost = _pair_costs(g, u, shared, f, w, rows)
+            taken = _two_sided_greedy(cost, shared_sums, level.row_sums)
+            assignment[rows] = shared[taken]
+            page_costs[rows] = cost[taken, np.arange(k)]
+        else:
+            cost = _pair_costs(f, w, rows, g, u, level.shared_pages)
+            if not np.all(np.isfinite(cost)):
+                raise WeightSepError("overlapping costs overflow float64; the task's or the pool's weights are corrupt")
+            task_pos, shared_pos = linear_sum_assignment(cost)
+            assignment[rows[task_pos]] = level.shared_pages[shared_pos]
+            page_costs[rows[task_pos]] = cost[task_pos, shared_pos]
+    if np.any(assignment < 0) or np.unique(assignment).shape[0] != m:
+        raise RuntimeError("page matching left a page unplaced or used a shared page twice")
     return Match(assignment, float(page_costs.sum()), page_costs)
+
+
+# --- cost of a formed state -----------------------------------------------------------
+
+def network_cost(
+    tables: Sequence,
+    fishers: Sequence,
+    weights: Sequence,
+    num_shared_pages: int,
+    page_size: int,
+) -> float:
+    """Overlapping cost of a set of tasks (the original's calculate_network_cost).
+
+    For every pair of tasks and every shared page both occupy, the pair cost
+    between the two tasks' pages on it (network Fisher and network weights),
+    summed. tables: the tasks' page tables (entries >= num_shared_pages are
+    exclusive and ignored); fishers, weights: their full vectors of n weights.
+    """
+    if not len(tables) == len(fishers) == len(weights):
+        raise WeightSepError(
+            f"network_cost got {len(tables)} page tables, {len(fishers)} Fisher and {len(weights)} weight vectors"
+        )
+    P = int(num_shared_pages)
+    tasks = []
+    for t, (table, fisher, weight) in enumerate(zip(tables, fishers, weights)):
+        fisher, weight = np.asarray(fisher), np.asarray(weight)
+        if fisher.ndim != 1 or fisher.shape != weight.shape:
+            raise WeightSepError(
+                f"task {t}: Fisher {fisher.shape} and weights {weight.shape} must be vectors of the same length"
+            )
+        if not (np.all(np.isfinite(fisher)) and np.all(np.isfinite(weight))):
+            raise WeightSepError(f"task {t}: Fisher or weights hold NaN or Inf; the task's files are corrupt")
+        if np.any(fisher < 0):
+            raise WeightSepError(f"task {t}: Fisher information must be non-negative; recompute it with -mode=f")
+        table = np.asarray(table)
+        expected = pages_lib.num_pages(fisher.shape[0], page_size)
+        if table.shape != (expected,) or (table.size and not np.issubdtype(table.dtype, np.integer)):
+            raise WeightSepError(
+                f"task {t}: page table of shape {table.shape}, dtype {table.dtype} does not fit "
+                f"{fisher.shape[0]} weights in pages of {page_size} ({expected} integer entries)"
+            )
+        if np.any(table < 0):
+            raise WeightSepError(f"task {t}: page table holds a negative entry; the state is corrupt")
+        on_pool = np.flatnonzero(table < P)
+        shared = table[on_pool].astype(np.int64)
+        if np.unique(shared).shape[0] != shared.shape[0]:
+            raise WeightSepError(f"task {t}: page table uses a shared page twice; the state is corrupt")
+        f_pages = pages_lib.to_pages(fisher, page_size)[on_pool].astype(np.float64)
+        w_pages = pages_lib.to_pages(weight, page_size)[on_pool].astype(np.float64)
+        tasks.append((shared, f_pages, w_pages))
+    total = 0.0
+    for i, (shared_i, f_i, w_i) in enumerate(tasks):
+        for shared_j, f_j, w_j in tasks[i + 1:]:
+            _, a, b = np.intersect1d(shared_i, shared_j, assume_unique=True, return_indices=True)
+            if a.size:
+                total += float(_masked_cost(f_i[a], w_i[a], f_j[b], w_j[b]).sum())
+    return total

@@ -1,54 +1,66 @@
-"""The method end to end on a Store: add (Fisher, separation, overlapping), train,
-evaluate, optimize all, remove.  The CLI modes are thin calls into these functions.
+"""The method end to end on a Store: add (Fisher, separation, overlapping), train, evaluate,
+form all tasks, optimize all.  The CLI modes, the demo, the benchmarks and the tests call these
+functions; each workflow exists here once.
 
-A ``Session`` bundles the store with per-process caches (task specs, networks,
-datasets) so that in-process loops (optimize-all, the demo) build each network and
-load each dataset once.
+A ``Session`` bundles the store with per-process caches (task specs, networks, trainers) so
+that in-process loops (form-all, optimize-all, the demo) build each network and compile each
+training step once.  Task specs of registered tasks come from the registry's JSON (no code
+runs from a state directory); a folder the user names on the command line (-network_path) or
+a repository task folder may supply a spec with a custom build_model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
 from weightsep import data as datasets
 from weightsep import fisher as fisher_lib
 from weightsep import matching, separation
-from weightsep.errors import WeightSepError
+from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import Network, load_network
-from weightsep.pages import num_pages, to_pages
+from weightsep.pages import gather_pages, num_pages, to_pages
 from weightsep.store import Store, TaskRecord
 from weightsep.tasks import TaskSpec, load_task
-from weightsep.training import SeparatedTrainer, overlap_terms, print_log
+from weightsep.training import SeparatedTrainer, TrainOutcome, overlap_targets, print_log
 
 Log = Callable[[object], None]
 
 
 @dataclasses.dataclass
 class Options:
-    """Method settings; defaults reproduce the paper."""
+    """Method settings; defaults reproduce the original code."""
 
     page_size: int = 512
     num_pages: int = 128
+    page_dtype: str = "float32"   # "int8" / "int4": quantized weight-pages (ours)
+    transpose: bool = False       # the original's -transpose: the network vector in MCU layout
     alpha: float = 0.5
     margin: float = 0.1
     target_accuracy: Optional[float] = None
     use_exclusive_page: bool = True
-    matching: str = "greedy"
-    init: str = "none"            # "none" (the paper: only training writes the pool) or "merge"
+    matching: str = "greedy"      # the original's PageAlloc; "optimal": exact per level (ours)
+    init: str = "none"            # "none": only training writes the pool (original); "merge" (ours)
     lamb: float = 0.1
     batch_size: int = 100
     lr: float = 1e-3
     fisher_samples: int = 50
     seed: int = 0
     data: Optional[str] = None    # None: the data kind the task was added with (else "real")
+    loss: str = "batch_softmax"   # the original graphs' loss; "per_example" (ours)
+    select_on: str = "test"       # the original's model selection; "validation" (ours)
+    explicit: frozenset = frozenset()  # state-wide flags the user gave (contradictions are errors)
+
+    @property
+    def layout(self) -> str:
+        return "transposed" if self.transpose else "natural"
 
 
 class Session:
-    """A store plus the per-process caches of specs, networks and datasets."""
+    """A store plus the per-process caches of specs, networks and trainers."""
 
     def __init__(self, store: Store, options: Options | None = None):
         self.store = store
@@ -57,40 +69,123 @@ class Session:
         self._networks: dict[str, Network] = {}
         self._trainers: dict[str, SeparatedTrainer] = {}
 
-    # -- caches --
+    # -- specs and data --
+    def _record(self, name: str) -> TaskRecord | None:
+        return self.store.task(name) if self.store.loaded and self.store.has_task(name) else None
+
     def spec(self, name: str) -> TaskSpec:
-        """The task's spec: from the folder it was added from, else by name or path."""
+        """The task's spec: one the user named, else the registry's JSON, else a repository folder."""
         if name not in self._specs:
-            path = self.store.task(name).network_path if self._registered(name) else ""
-            self._specs[name] = load_task(path or name)
+            record = self._record(name)
+            if record is None:
+                self._specs[name] = load_task(name)
+            else:
+                spec = record.task_spec()
+                if spec.custom_model:
+                    raise WeightSepError(
+                        f"task {name} has a custom build_model(), which the state cannot hold as data; "
+                        f"name its folder with -network_path=<folder with {name}/task.py> (its code then runs)")
+                self._specs[name] = spec
         return self._specs[name]
 
     def use_spec(self, task: TaskSpec) -> None:
-        """Use this spec for its task (e.g. a folder given on the command line)."""
+        """Use this spec (from a folder the user named) for its task; it must match the registry's."""
+        record = self._record(task.name)
+        if record is not None and task.to_json() != record.spec:
+            raise WeightSepError(
+                f"{task.folder}/task.py does not describe the task {task.name} recorded in "
+                f"{self.store.registry_path}; pass the folder it was added from, or remove and re-add it")
         self._specs[task.name] = task
+        self._networks.pop(task.name, None)
+        self._trainers.pop(task.name, None)
 
-    def _registered(self, name: str) -> bool:
-        return self.store.loaded and self.store.has_task(name)
+    @property
+    def layout(self) -> str:
+        return self.store.layout if self.store.loaded else self.options.layout
 
     def network(self, name: str) -> Network:
         if name not in self._networks:
-            self._networks[name] = Network(self.spec(name))
+            self._networks[name] = Network(self.spec(name), layout=self.layout)
         return self._networks[name]
 
     def data_kind(self, name: str) -> str:
         if self.options.data:
             return self.options.data
-        if self._registered(name):
-            return self.store.task(name).settings.get("data", "real")
-        return "real"
+        record = self._record(name)
+        return record.settings.get("data", "real") if record else "real"
+
+    def data_seed(self, name: str) -> int:
+        """The seed of the task's synthetic data: recorded when it was added (else -seed)."""
+        record = self._record(name)
+        return int(record.settings.get("data_seed", self.options.seed)) if record else self.options.seed
 
     def split(self, name: str, split: str) -> datasets.Dataset:
-        return datasets.load_split(self.spec(name), split, data=self.data_kind(name), seed=self.options.seed)
+        return datasets.load_split(self.spec(name), split, data=self.data_kind(name), seed=self.data_seed(name))
+
+    def selection_split(self, name: str) -> datasets.Dataset:
+        """The split model selection evaluates on (-select_on)."""
+        return self.split(name, "test" if self.options.select_on == "test" else "validation")
 
     def trainer(self, name: str) -> SeparatedTrainer:
         if name not in self._trainers:
-            self._trainers[name] = SeparatedTrainer(self.network(name), lr=self.options.lr, lamb=self.options.lamb)
+            opt = self.options
+            self._trainers[name] = SeparatedTrainer(self.network(name), self.store.page_size, lr=opt.lr,
+                                                    lamb=opt.lamb, loss=opt.loss, page_dtype=self.store.page_dtype)
         return self._trainers[name]
+
+    def pages_of(self, name: str) -> np.ndarray:
+        """The task's pages [n_p, S] as stored (the padding of its last page holds the pool's values)."""
+        record = self.store.task(name)
+        return gather_pages(self.store.shared, self.store.exclusive, record.page_table)
+
+
+# --- the state ----------------------------------------------------------------------
+
+STATE_WIDE = (("page_size", "page_size"), ("num_pages", "num_pages"), ("page_dtype", "page_dtype"),
+              ("transpose", "layout"))
+
+
+def ensure_state(store: Store, options: Options, log: Log = print_log) -> None:
+    """Create the state on first use; refuse state-wide flags that contradict an existing one."""
+    if not store.exists():
+        store.create(page_size=options.page_size, num_pages=options.num_pages, seed=options.seed,
+                     page_dtype=options.page_dtype, layout=options.layout)
+        log(f"init new weight pages ({options.num_pages} shared pages of {options.page_size} weights, "
+            f"{options.page_dtype}, in {store.dir})")
+        return
+    store.load()
+    for flag, attribute in STATE_WIDE:
+        have = getattr(store, attribute)
+        want = options.layout if flag == "transpose" else getattr(options, flag)
+        if flag in options.explicit and want != have:
+            shown = int(options.transpose) if flag == "transpose" else want
+            raise WeightSepError(
+                f"-{flag}={shown} contradicts the existing state in {store.dir} ({attribute} {have}); "
+                f"drop the flag, or use another -state_dir to start a new state")
+    options.page_size, options.num_pages = store.page_size, store.num_pages
+    options.page_dtype, options.transpose = store.page_dtype, store.layout == "transposed"
+
+
+def pool_fisher(store: Store) -> np.ndarray:
+    """F_sum, float32 [P, S]: per shared page, the sum of the network Fisher of the task pages on
+    it, added in registration order (the original's float32 sum), aligned through the page tables."""
+    P, S = store.num_pages, store.page_size
+    total = np.zeros((P, S), np.float32)
+    for rec in store.tasks:
+        pages = to_pages(store.load_vector(rec.name, "network_fisher"), S)
+        on_pool = np.flatnonzero(rec.page_table < P)
+        total[rec.page_table[on_pool]] += pages[on_pool]
+    return total
+
+
+def total_network_cost(store: Store, names: Iterable[str] | None = None) -> float:
+    """The original's total_network_cost: the pair cost of every two tasks on their shared pages
+    (network weights and Fisher), over the given tasks (default all)."""
+    records = [store.task(n) for n in names] if names is not None else store.tasks
+    return matching.network_cost([r.page_table for r in records],
+                                 [store.load_vector(r.name, "network_fisher") for r in records],
+                                 [store.load_vector(r.name, "network_weight") for r in records],
+                                 store.num_pages, store.page_size)
 
 
 # --- add: Fisher, separation, overlapping -------------------------------------------
@@ -100,61 +195,35 @@ class AddResult:
     record: TaskRecord
     separation: separation.SeparationResult
     matching_cost: float
+    network_accuracy: float
     seconds: dict
 
 
-def ensure_state(store: Store, options: Options, explicit: set[str] = frozenset(), log: Log = print_log) -> None:
-    """Create the state on first use; refuse a page size / pool size that contradicts it."""
-    if not store.exists():
-        store.create(page_size=options.page_size, num_pages=options.num_pages, seed=options.seed,
-                     settings={"matching": options.matching, "init": options.init})
-        log(f"init new weight pages ({options.num_pages} shared pages of {options.page_size} weights "
-            f"in {store.dir})")
-        return
-    store.load()
-    for flag, have in (("page_size", store.page_size), ("num_pages", store.num_pages)):
-        want = getattr(options, flag)
-        if flag in explicit and want != have:
-            raise WeightSepError(
-                f"-{flag}={want} contradicts the existing state in {store.dir} ({flag} {have}); "
-                f"drop the flag, or use another -state_dir to start a new state")
-    options.page_size, options.num_pages = store.page_size, store.num_pages
-
-
-def pool_fisher(store: Store, exclude: str | None = None) -> np.ndarray:
-    """F_sum: per shared page, the sum of the network Fisher of the task pages on it."""
-    P, S = store.num_pages, store.page_size
-    total = np.zeros((P, S), np.float64)
-    for rec in store.tasks:
-        if rec.name == exclude:
-            continue
-        pages = to_pages(store.load_vector(rec.name, "network_fisher"), S)
-        on_pool = np.nonzero(rec.page_table < P)[0]
-        total[rec.page_table[on_pool]] += pages[on_pool]
-    return total
-
-
-def add_task(session: Session, name: str, log: Log = print_log) -> AddResult:
-    """Register a pretrained task: Fisher, separation, overlapping (mode a)."""
+def add_task(session: Session, task: TaskSpec, log: Log = print_log) -> AddResult:
+    """Register a pretrained task: Fisher, separation, overlapping (mode a).  Everything the task
+    needs (its network, its data) is loaded and checked before the state is created or changed."""
     store, opt = session.store, session.options
-    if store.has_task(name):
-        raise WeightSepError(f"task {name} is already in the state in {store.dir}; "
-                             f"remove it first with -mode=r -vnn_name={name}")
-    spec = session.spec(name)
-    net = load_network(spec)
-    session._networks[name] = net  # reuse the loaded network for later evaluation
+    name = task.name
+    if store.exists():
+        store.load()
+        if store.has_task(name):
+            raise WeightSepError(f"task {name} is already in the state in {store.dir}; "
+                                 f"remove it first with -mode=r -vnn_name={name}")
+    session.use_spec(task)
+    layout = store.layout if store.exists() else opt.layout
+    net = load_network(task, layout=layout)
+    train, test = session.split(name, "train"), session.split(name, "test")
+    ensure_state(store, opt, log)
+    session._networks[name] = net
     w = net.get_vector()
     n, S, P = net.num_weights, store.page_size, store.num_pages
-    log(f"add {name}: {n} weights from {spec.path(spec.name + '.weights.h5')}")
+    log(f"add {name}: {n} weights from {task.path(task.name + '.weights.h5')}")
     seconds = {}
 
     start = time.perf_counter()
-    train = session.split(name, "train")
     fisher = fisher_lib.compute_fisher(net, w, train.x, k=opt.fisher_samples, seed=opt.seed)
     seconds["fisher"] = time.perf_counter() - start
-    store.save_vector(name, "network_weight", w)
-    store.save_vector(name, "network_fisher", fisher)
-    log(f"compute_fisher {seconds['fisher'] * 1e3:.1f} ms ({min(opt.fisher_samples, len(train.x))} examples)")
+    log(f"compute_fisher {seconds['fisher'] * 1e3:.1f} ms ({opt.fisher_samples} examples)")
 
     start = time.perf_counter()
     tpr = 1.0
@@ -170,59 +239,65 @@ def add_task(session: Session, name: str, log: Log = print_log) -> AddResult:
     w_pages, f_pages = to_pages(w, S), to_pages(fisher, S)
     sharable = sep.sharable_pages
     fsum = pool_fisher(store)
-    result = matching.match_pages(w_pages[sharable], f_pages[sharable], store.shared, fsum,
-                                  store.occupation(), method=opt.matching)
+    if not store.tasks:  # the original places its first task on pool pages 0..m-1 (F_sum is 0: cost 0)
+        assignment, cost = np.arange(len(sharable), dtype=np.int64), 0.0
+    else:
+        result = matching.match_pages(w_pages[sharable], f_pages[sharable], store.shared, fsum,
+                                      store.occupation_counts(), method=opt.matching, task_pages=sharable)
+        assignment, cost = result.assignment, result.total_cost
     seconds["matching"] = time.perf_counter() - start
     log(f"assign_page {seconds['matching'] * 1e3:.3f} ms ({opt.matching})")
 
     table = np.full(num_pages(n, S), -1, np.int64)
-    table[sharable] = result.assignment
+    table[sharable] = assignment
+    network_accuracy = net.accuracy(test.x, test.y)
     record = TaskRecord(name=name, num_weights=n, page_table=table, exclusive_pages=list(sep.exclusive_pages),
-                        network_path=str(spec.folder),
-                        settings={"data": session.data_kind(name), "trained_steps": 0,
-                                  "tpr": tpr, "matching": opt.matching, "margin": opt.margin},
-                        accuracy={})
-    test = session.split(name, "test")
-    record.accuracy["network"] = net.accuracy(test.x, test.y)
-    record = store.add_task(record, w_pages[sep.exclusive_pages])
-    if opt.init == "merge":
-        merge_into_pool(store, name, w_pages[sharable], f_pages[sharable], result.assignment, fsum)
+                        spec=task.to_json(), network_path=str(task.folder),
+                        settings={"data": session.data_kind(name), "data_seed": session.data_seed(name),
+                                  "trained_steps": 0, "tpr": float(tpr), "matching": opt.matching,
+                                  "margin": opt.margin},
+                        accuracy={"network": network_accuracy})
+    shared = merged_pool(store, w_pages[sharable], f_pages[sharable], assignment, fsum) if opt.init == "merge" else None
+    record = store.add_task(record, w_pages[sep.exclusive_pages],
+                            vectors={"network_weight": w, "network_fisher": fisher}, shared=shared)
     log(f"{len(sharable)} pages allocated for {sep.num_of_inexclusive_weight} weights")
-    log(f"matching cost: {result.total_cost}")
-    return AddResult(record, sep, float(result.total_cost), seconds)
+    log(f"matching cost: {cost}")
+    log(f"total_network_cost: {total_network_cost(store)}")
+    return AddResult(record, sep, float(cost), network_accuracy, seconds)
 
 
-def merge_into_pool(store: Store, name: str, w_pages, f_pages, assignment, fsum) -> None:
-    """-init=merge: each used shared page becomes the Fisher-weighted mean of its occupants' values."""
+def merged_pool(store: Store, w_pages, f_pages, assignment, fsum) -> np.ndarray:
+    """-init=merge: each shared page the new task lands on becomes the Fisher-weighted mean of its
+    occupants' latest values and the new task's own; other pages keep their values."""
     P, S = store.num_pages, store.page_size
     weighted = np.zeros((P, S))
     for rec in store.tasks:
-        if rec.name == name:
-            continue
-        latest = "weight" if store.has_vector(rec.name, "weight") else "network_weight"
-        pages_w = to_pages(store.load_vector(rec.name, latest), S)
+        pages_w = to_pages(latest_weights(store, rec.name), S)
         pages_f = to_pages(store.load_vector(rec.name, "network_fisher"), S)
-        on_pool = np.nonzero(rec.page_table < P)[0]
+        on_pool = np.flatnonzero(rec.page_table < P)
         weighted[rec.page_table[on_pool]] += pages_f[on_pool] * pages_w[on_pool]
     pool = store.shared.copy()
     num = weighted[assignment] + f_pages * w_pages
     den = fsum[assignment] + f_pages
     pool[assignment] = np.where(den > 0, num / np.where(den > 0, den, 1), w_pages).astype(np.float32)
-    store.save_shared(pool)
+    return pool
+
+
+def latest_weights(store: Store, name: str) -> np.ndarray:
+    """A task's w_o for the overlapping loss: its `_weight` vector (rewritten by every -mode=t),
+    or its network weights before its first training (where the original would fail)."""
+    kind = "weight" if store.has_vector(name, "weight") else "network_weight"
+    return store.load_vector(name, kind)
 
 
 # --- train, evaluate, optimize ------------------------------------------------------
 
 def overlap_for(store: Store, name: str):
-    """The overlapping-loss terms of a task against every other task in the state."""
+    """The overlapping-loss targets of a task: every other task aligned through the pool."""
     rec = store.task(name)
-    others = []
-    for o in store.tasks:
-        if o.name == name:
-            continue
-        latest = "weight" if store.has_vector(o.name, "weight") else "network_weight"
-        others.append((o.page_table, store.load_vector(o.name, "network_fisher"), store.load_vector(o.name, latest)))
-    return overlap_terms(rec.page_table, rec.num_weights, store.page_size, store.num_pages, others)
+    others = [(o.page_table, store.load_vector(o.name, "network_fisher"), latest_weights(store, o.name))
+              for o in store.tasks if o.name != name]
+    return overlap_targets(rec.page_table, rec.num_weights, store.page_size, store.num_pages, others)
 
 
 @dataclasses.dataclass
@@ -230,63 +305,138 @@ class TrainResult:
     start_accuracy: float
     best_accuracy: float
     updated: bool
+    selected_on: str
 
 
 def train_task(session: Session, name: str, iters: int, log: Log = print_log) -> TrainResult:
-    """The paper's optimization step of one task (mode t); writes back only an improvement.
+    """The original's -mode=t: train the task with the overlapping loss, write the kept weights
+    back (when a later evaluation beat step 0), and rewrite its `_weight` vector from its
+    materialized weights, improved or not.  One commit; nothing is written if training diverges.
 
-    Batches come from a generator seeded by (seed, task id, steps trained so far), so
-    the same schedule gives the same result in one process or in many.
+    Batches come from a generator seeded by (seed, task id, steps trained so far), so the same
+    schedule gives the same result in one process or in many.
     """
     store, opt = session.store, session.options
     rec = store.task(name)
-    train, val = session.split(name, "train"), session.split(name, "validation")
+    train, selection = session.split(name, "train"), session.selection_split(name)
     trainer = session.trainer(name)
-    trainer.reset(store.materialize(name), overlap_for(store, name))
+    trainer.reset(session.pages_of(name), overlap_for(store, name))
     steps_before = int(rec.settings.get("trained_steps", 0))
     rng = np.random.default_rng([opt.seed, rec.id, steps_before])
-    best_w, best_acc, start_acc = trainer.train(train.x, train.y, val.x, val.y, iters, rng,
-                                                batch_size=opt.batch_size, log=log)
-    if best_w is not None:
-        store.write_task_pages(name, best_w)
-        store.save_vector(name, "weight", best_w)
-    rec = store.task(name)
-    rec.settings["trained_steps"] = steps_before + iters
-    store.update_task(rec)
-    return TrainResult(start_acc, best_acc, best_w is not None)
+    outcome: TrainOutcome = trainer.train(train.x, train.y, selection.x, selection.y, iters, rng,
+                                          batch_size=opt.batch_size, select_on=opt.select_on, log=log)
+    settings = dict(rec.settings, trained_steps=steps_before + iters)
+    if outcome.best_weights is not None:
+        weights = outcome.best_weights[:rec.num_weights]
+        store.commit_task(name, weights=weights, vectors={"weight": store.as_stored(name, weights)},
+                          settings=settings)
+    else:
+        store.commit_task(name, vectors={"weight": store.materialize(name)}, settings=settings)
+    return TrainResult(outcome.start_accuracy, outcome.best_accuracy, outcome.best_weights is not None,
+                       opt.select_on)
 
 
-def evaluate_task(session: Session, name: str, target: str = "vnn", record: bool = True) -> float:
-    """Test accuracy of the separated task (target "vnn") or of its own network ("network")."""
-    spec = session.spec(name)
+def evaluate_task(session: Session, name: str) -> float:
+    """Test accuracy of the separated task: its materialized weights, exactly as stored."""
     test = session.split(name, "test")
-    if target == "network":
-        return load_network(spec).accuracy(test.x, test.y)
-    # The task's compiled stateless predict (built once per process), fed the materialized weights.
-    acc = session.trainer(name).evaluate(session.store.materialize(name), test.x, test.y)
-    if record:
-        rec = session.store.task(name)
-        rec.accuracy["separated"] = acc
-        session.store.update_task(rec)
-    return acc
+    return session.trainer(name).evaluate(session.pages_of(name), test.x, test.y)
 
 
-def optimize_all(session: Session, rounds: int, iters: int, log: Log = print_log,
-                 progress: Callable[[int, int], None] | None = None) -> list[dict[str, float]]:
-    """optimization.sh in one process: each round, every task ``iters`` steps, then evaluate all."""
+def evaluate_network(session: Session, task: TaskSpec) -> float:
+    """Test accuracy of a task's own network (before separation; -target=network)."""
+    session.use_spec(task)
+    test = session.split(task.name, "test")
+    return load_network(task).accuracy(test.x, test.y)
+
+
+def record_accuracy(store: Store, name: str, accuracy: float) -> None:
+    """Record the separated accuracy of a task in the registry (writer lock held)."""
+    rec = store.task(name)
+    store.commit_task(name, accuracy=dict(rec.accuracy, separated=accuracy))
+
+
+def optimize_all(session: Session, rounds: int, iters: int, passes: int = 10, log: Log = print_log,
+                 progress: Callable[[int, int, dict], None] | None = None) -> list[dict[str, float]]:
+    """optimization.sh in one process: each round, ``passes`` times every task trains ``iters``
+    steps, then every task is evaluated on its test split (and its accuracy recorded).
+    ``progress(round, rounds, accuracies)`` is called after each round."""
     names = [rec.name for rec in session.store.tasks]
     history = []
     for r in range(1, rounds + 1):
         log(f"{r}-th optimization")
-        for name in names:
-            log(f"[{name}]")
-            train_task(session, name, iters, log=log)
+        for _ in range(passes):
+            for name in names:
+                log(f"[{name}]")
+                train_task(session, name, iters, log=log)
         log(f"{r}-th evaluation")
         accs = {}
         for name in names:
             accs[name] = evaluate_task(session, name)
+            record_accuracy(session.store, name, accs[name])
             log(f"{name} inference accuracy: {accs[name]:.6f}")
         history.append(accs)
         if progress is not None:
-            progress(r, rounds)
+            progress(r, rounds, accs)
     return history
+
+
+@dataclasses.dataclass
+class FormationStep:
+    """One task of formation: what adding it gave and its accuracy before and after training."""
+
+    added: AddResult
+    separated_before: float
+    separated_after: float
+    seconds: float
+
+
+def form_all(session: Session, tasks: list[TaskSpec], iters: int, log: Log = print_log,
+             progress: Callable[[int, int, FormationStep], None] | None = None) -> list[FormationStep]:
+    """formation.sh in one process: for each task in order, add it, then train it ``iters`` steps."""
+    steps = []
+    for i, task in enumerate(tasks, 1):
+        start = time.perf_counter()
+        added = add_task(session, task, log=log)
+        before = evaluate_task(session, task.name)
+        if iters:
+            train_task(session, task.name, iters, log=log)
+        after = evaluate_task(session, task.name)
+        record_accuracy(session.store, task.name, after)
+        step = FormationStep(added, before, after, time.perf_counter() - start)
+        steps.append(step)
+        if progress is not None:
+            progress(i, len(tasks), step)
+    return steps
+
+
+def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options) -> list[str]:
+    """-mode=quantize: a quantized copy of a float32 state in a new directory (the source is only
+    read), with every task's test accuracy before and after (post-training quantization)."""
+    from weightsep.report import packing
+    from weightsep.store import convert_state
+    source = require_state(Store(source_dir))
+    if source.page_dtype != "float32":
+        raise WeightSepError(f"the state in {source.dir} already holds {source.page_dtype} pages; "
+                             f"-mode=quantize converts float32 states")
+    before = Session(source, options)
+    accuracy = {rec.name: evaluate_task(before, rec.name) for rec in source.tasks}
+    dest = convert_state(source_dir, dest_dir, page_dtype)
+    after = Session(dest, options)
+    lines = [f"quantized {source.dir} ({source.page_dtype}) into {dest.dir} ({page_dtype})"]
+    with dest.writer():
+        for rec in dest.tasks:
+            acc = evaluate_task(after, rec.name)
+            record_accuracy(dest, rec.name, acc)
+            lines.append(f"{rec.name} inference accuracy: {accuracy[rec.name]:.6f} -> {acc:.6f} "
+                         f"({100 * (acc - accuracy[rec.name]):+.2f} points)")
+    lines += [packing(source).line().replace("packing:", "before:"), packing(dest).line().replace("packing:", "after:")]
+    return lines
+
+
+def require_state(store: Store) -> Store:
+    """Load an existing state, or say how to make one."""
+    if not store.exists():
+        raise StateError(f"no separated state in {store.dir}: add tasks first with "
+                         f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh)")
+    return store.load()
+

@@ -37,7 +37,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from weightsep import matching, separation  # noqa: E402
 from weightsep.errors import WeightSepError  # noqa: E402
-from weightsep.pages import to_pages  # noqa: E402
+from weightsep.pages import occupation_counts, to_pages  # noqa: E402
 from weightsep.store import Store  # noqa: E402
 
 DPI = 100
@@ -93,11 +93,7 @@ def accuracy_by_task(store: Store) -> dict:
 def occupation_by_task(store: Store) -> dict:
     """int64 [tasks, P]: 1 where a task has a page on shared page q (a task uses a page at most once)."""
     records = _tasks(store)
-    P = store.num_pages
-    counts = np.zeros((len(records), P), np.int64)
-    for row, rec in enumerate(records):
-        table = rec.page_table
-        np.add.at(counts[row], table[table < P], 1)
+    counts = np.array([occupation_counts({r.name: r.page_table}, store.num_pages) for r in records], np.int64)
     return {"tasks": [r.name for r in records], "counts": counts}
 
 
@@ -347,15 +343,6 @@ PLOT_MODES = {
 }
 
 
-def separated_fisher(session, name: str) -> np.ndarray:
-    """The Fisher of the separated task's materialized weights (same K and seed as at add)."""
-    from weightsep import fisher as fisher_lib
-    opt = session.options
-    train = session.split(name, "train")
-    return fisher_lib.compute_fisher(session.network(name), session.store.materialize(name), train.x,
-                                     k=opt.fisher_samples, seed=opt.seed)
-
-
 def plot_mode(session, mode: str, names: list[str], plot_dir) -> Plot:
     """Draw one of PLOT_MODES into <plot_dir>/<mode>_<task>.png (heatmap: heatmap_<a>_<b>.png)."""
     store = session.store
@@ -368,6 +355,7 @@ def plot_mode(session, mode: str, names: list[str], plot_dir) -> Plot:
     path = Path(plot_dir) / f"{mode}_{'_'.join(names)}.png"
     name = names[0]
     if mode == "pf":
+        from weightsep.diagnostics import separated_fisher  # runs the network: TensorFlow
         return plot_page_fisher(store, name, path, separated_fisher(session, name), label="separated weights")
     if mode == "pw":
         return plot_page_weights(store, name, path, store.materialize(name), label="separated")

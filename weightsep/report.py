@@ -1,12 +1,17 @@
-"""Reports: the paper's two tables (weights/memory per task and accuracy before/after)
-in one, and the packing line.  Memory is counted as float32 weights x 4 bytes,
-1 KB = 1024 bytes; the shared pool and exclusive pages count every slot (padding of a
-task's last page included, since that memory is really allocated)."""
+"""Reports: the -mode=l listing, the paper's two tables (weights/memory per task and accuracy
+before/after) in one, and the packing line in weights and in bytes.
+
+Memory of the networks is counted as float32 weights x 4 bytes, 1 KB = 1024 bytes.  The
+separated state counts every slot of the shared pool and of the exclusive pages (the padding
+of a task's last page included, since that memory is really allocated), in its stored form:
+float32, or int8 / int4 values plus one float32 scale per page (weightsep.quantize), plus the
+page tables as the microcontroller export stores them (one uint16 per task page)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from weightsep import quantize
 from weightsep.store import Store
 
 
@@ -16,21 +21,43 @@ class Packing:
     pool_weights: int         # P x S
     exclusive_weights: int    # E x S
     ratio: float              # total / (pool + exclusive)
+    page_dtype: str = "float32"
+    stored_bytes: int = 0     # bytes of the pool and exclusive pages as stored (quantized: + scales)
+    table_bytes: int = 0      # the page tables, one uint16 per task page
 
     @property
     def packed_weights(self) -> int:
         return self.pool_weights + self.exclusive_weights
 
+    @property
+    def network_bytes(self) -> int:
+        """The tasks' own networks in float32."""
+        return 4 * self.total_weights
+
+    @property
+    def packed_bytes(self) -> int:
+        return self.stored_bytes + self.table_bytes
+
+    @property
+    def byte_ratio(self) -> float:
+        return self.network_bytes / self.packed_bytes if self.packed_bytes else 0.0
+
     def line(self) -> str:
-        return (f"packing: {self.total_weights} weights -> {self.packed_weights} weights "
-                f"({self.ratio:.2f}x)")
+        return (f"packing: {self.total_weights} weights -> {self.packed_weights} weights ({self.ratio:.2f}x); "
+                f"{self.network_bytes:,} bytes -> {self.packed_bytes:,} bytes ({self.byte_ratio:.1f}x)")
+
+
+TABLE_ENTRY_BYTES = 2
 
 
 def packing(store: Store) -> Packing:
     total = sum(rec.num_weights for rec in store.tasks)
     pool = store.num_pages * store.page_size
     exclusive = int(store.exclusive.shape[0]) * store.page_size
-    return Packing(total, pool, exclusive, total / (pool + exclusive) if pool + exclusive else 0.0)
+    stored = quantize.pages_bytes(store.page_dtype, store.num_pages + store.num_exclusive, store.page_size)
+    tables = TABLE_ENTRY_BYTES * sum(rec.num_pages for rec in store.tasks)
+    return Packing(total, pool, exclusive, total / (pool + exclusive) if pool + exclusive else 0.0,
+                   store.page_dtype, stored, tables)
 
 
 def kb(weights: int) -> float:
@@ -44,7 +71,7 @@ def _pct(value) -> str:
 def task_rows(store: Store) -> list[dict]:
     """Per task: weights, memory, pages, exclusive pages, accuracies and their difference."""
     rows = []
-    occupancy = store.occupation()
+    occupancy = store.occupation_counts()
     for rec in store.tasks:
         net_acc = rec.accuracy.get("network")
         sep_acc = rec.accuracy.get("separated")
@@ -78,15 +105,35 @@ def markdown_table(store: Store) -> list[str]:
                  f"{sum(r['pages'] for r in rows)} | {sum(r['exclusive_pages'] for r in rows)} | | | mean {mean_diff} |")
     lines.append(f"| Weight-separated (pool {store.num_pages} x {store.page_size} + "
                  f"{p.exclusive_weights // store.page_size} exclusive pages) | {p.packed_weights:,} | "
-                 f"{kb(p.packed_weights):.0f} | | | | | |")
+                 f"{p.packed_bytes / 1024:.0f} | | | | | |")
     lines += ["", p.line(),
-              "memory: float32 weights x 4 bytes, 1 KB = 1024 bytes; pool and exclusive pages count whole pages"]
+              f"memory: the networks as float32 weights x 4 bytes, 1 KB = 1024 bytes; the separated state as "
+              f"stored ({p.page_dtype} pages{' + one float32 scale per page' if p.page_dtype != 'float32' else ''}, "
+              f"whole pages) + page tables (uint16 per task page)"]
     return lines
+
+
+def listing(store: Store) -> list[str]:
+    """-mode=l: the original's task lines, the pool's occupation, then the tables."""
+    S = store.page_size
+    lines = [f"state {store.dir}: {len(store.tasks)} tasks, pool {store.num_pages} pages x {S} weights "
+             f"({store.page_dtype}, {store.layout} layout), {store.num_exclusive} exclusive pages", "[VNN list]"]
+    for rec in store.tasks:
+        real = [min(S, rec.num_weights - page * S) for page in rec.exclusive_pages]
+        exclusive = int(sum(real))
+        sharable = rec.num_pages - len(rec.exclusive_pages)
+        lines.append(f"Name: {rec.name}, id: {rec.id}, path: {rec.network_path}, num_of_weight: {rec.num_weights} "
+                     f"({rec.num_weights - exclusive}/{exclusive}), num_of_page: {rec.num_pages} "
+                     f"({sharable}/{len(rec.exclusive_pages)}), trained {rec.settings.get('trained_steps', 0)} steps")
+    lines += ["", f"[Weight page] total {store.num_pages} weight pages"]
+    lines += occupation_histogram(store)
+    lines.append("")
+    return lines + markdown_table(store)
 
 
 def occupation_histogram(store: Store) -> list[str]:
     """How many shared pages hold 0, 1, 2 ... task pages."""
-    counts = store.occupation()
+    counts = store.occupation_counts()
     lines = ["shared pages by number of occupants:"]
     for k in range(int(counts.max()) + 1 if len(counts) else 0):
         num = int((counts == k).sum())

@@ -1,39 +1,31 @@
-"""Multitask execution: switching between the separated tasks, and the baseline.
+"""Multitask execution with weight separation: switching between the separated tasks.
 
-``WSRuntime`` is the paper's runtime (ws_execution.py).  The shared pool stays
-resident in level-1 memory (GPU memory when TensorFlow sees a GPU and the device
-allows, else host RAM) as one tensor; the exclusive pages stay in level-2 memory:
+``WSRuntime`` is the paper's runtime (ws_execution.py).  The shared pool stays resident in
+level-1 memory (GPU memory when TensorFlow sees a GPU and the device allows, else host RAM) as
+one tensor, in its stored form (float32, or int8 / packed int4 values with one scale per
+page); the exclusive pages stay in level-2 memory:
 
-- ``secondary="disk"`` (the CPU default): in ``exclusive_weight_page.npy``.  The file
-  is opened once; a switch reads the task's rows with ``os.preadv`` straight into a
-  buffer made for that task at start-up, one call per run of consecutive rows (a
-  task's rows are consecutive, so one call).  We use pread rather than a memory map
-  because a map keeps every page it touched mapped into the process after the first
-  switch, so later "reads" would be plain RAM accesses; pread goes through the file
-  system on every switch (from the page cache when the file is cached, as here).
-  It is also the faster of the two at these sizes (see BENCHMARKS.md).
-- ``secondary="host"`` (the GPU default): the whole exclusive store in host RAM; a
-  switch copies the task's rows out of it.
+- ``secondary="disk"`` (the CPU default): in the store's exclusive file(s), which the store
+  names (``Store.exclusive_file()``).  The file is opened once; a switch reads the task's rows
+  with ``os.preadv`` straight into a buffer made for that task at start-up, one call per run of
+  consecutive rows (a task's rows are consecutive, so one call).  We use pread rather than a
+  memory map because a map keeps every page it touched mapped after the first switch, so later
+  "reads" would be plain RAM accesses; pread goes through the file system on every switch (from
+  the page cache when the file is cached).  Quantized states read 4x (int8) or 8x (int4) fewer
+  bytes, plus 4 bytes of scale per page.
+- ``secondary="host"`` (the GPU default): the whole exclusive store in host RAM; a switch copies
+  the task's rows out of it.
 
-A switch to a task = bring in its exclusive rows + ONE PageGather call (shared
-pool, the rows brought in, the task's page table renumbered over those rows) whose
-output is the weight vector the task's model runs with: each task has a compiled
-inference function ``(w, x, y) -> correct`` that calls the network statelessly with
-``w``, so nothing is assigned variable by variable.  Without the custom op, a
+A switch to a task = bring in its exclusive rows + ONE gather call (PageGather, or
+PageGatherQuantized for int8/int4 states: the shared pool, the rows brought in, the task's page
+table renumbered over those rows) whose output is the weight vector the task's model runs with:
+each task has a compiled inference function ``(w, x, y) -> correct`` that calls the network
+statelessly with ``w``, so nothing is assigned variable by variable.  Without the custom op, a
 compiled tf.gather/dynamic_stitch function computes the same vector.
 
-``BaselineRuntime`` is the runtime without weight separation (baseline_execution.py):
-
-- ``baseline="file"`` (the paper's baseline): each switch restores the task's whole
-  saved network, ``<task>/<task>.weights.h5``, with ``model.load_weights``.  These
-  are the networks before separation, so accuracies differ from the separated ones.
-- ``baseline="raw"``: each switch reads the task's flat float32 vector (its separated
-  weights, materialized once at start-up into a raw file in a cache folder) and
-  writes it into the model's variables in one compiled split-and-assign call.  Same
-  weights and accuracies as WSRuntime: only the way weights are loaded differs.
-
-Both runtimes run the same random task sequence for the same seed
-(``task_sequence``) and share the loop that prints the original's lines
+``weightsep.baseline.BaselineRuntime`` is the runtime without weight separation.  Both run the
+same random task sequence for the same seed (``task_sequence``: tasks sorted by name, as the
+original's ws_execution.py) and share the loop that prints the original's lines
 (``run_executions``).
 """
 
@@ -41,9 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -52,9 +42,9 @@ import numpy as np
 
 from weightsep import data as datasets
 from weightsep.errors import StateError, WeightSepError
-from weightsep.networks import Network, load_network, network_file
-from weightsep.store import EXCLUSIVE_FILE, Store, TaskRecord
-from weightsep.tasks import TaskSpec, load_task
+from weightsep.networks import Network
+from weightsep.store import Store, TaskRecord
+from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
 
 Log = Callable[[str], None]
@@ -62,17 +52,17 @@ Log = Callable[[str], None]
 DEVICES = ("auto", "cpu", "gpu")
 SECONDARIES = ("disk", "host")
 GATHERS = ("auto", "op", "tf")
-BASELINES = ("file", "raw")
 
 
 # --- shared pieces ------------------------------------------------------------------
 
 def task_sequence(names: list[str], count: int, seed: int) -> list[str]:
-    """The random tasks to execute: uniform over ``names`` (registration order), seeded."""
+    """The random tasks to execute: uniform over ``names`` (sorted by name), seeded."""
     if not names:
         raise WeightSepError("the state holds no tasks: add some with -mode=a -network_path=<task>")
     picks = np.random.default_rng(seed).integers(0, len(names), size=count)
-    return [names[i] for i in picks]
+    ordered = sorted(names)
+    return [ordered[i] for i in picks]
 
 
 def pick_device(device: str) -> str:
@@ -86,17 +76,18 @@ def pick_device(device: str) -> str:
     return "/GPU:0" if gpus and device != "cpu" else "/CPU:0"
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     """Wait for queued device work so that a timing covers it (CPU eager ops are synchronous)."""
     if device.startswith("/GPU"):
         tf.test.experimental.sync_devices()
 
 
-def _ms(seconds: float) -> str:
+def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
-def _load_state(state_dir) -> Store:
+def load_state(state_dir) -> Store:
+    """The state of an execution script: it must exist and hold tasks."""
     store = Store(state_dir)
     if not store.exists():
         raise StateError(f"no separated state in {store.dir}: build one first with "
@@ -108,37 +99,139 @@ def _load_state(state_dir) -> Store:
     return store
 
 
-def _spec(record: TaskRecord) -> TaskSpec:
-    return load_task(record.network_path or record.name)
+def spec_of(record: TaskRecord, given: dict[str, TaskSpec]) -> TaskSpec:
+    """A task's spec: the registry's JSON, or a spec the user named (a custom build_model)."""
+    if record.name in given:
+        spec = given[record.name]
+        if spec.to_json() != record.spec:
+            raise WeightSepError(f"{spec.folder}/task.py does not describe the task {record.name} of the state")
+        return spec
+    spec = record.task_spec()
+    if spec.custom_model:
+        raise WeightSepError(f"task {record.name} has a custom build_model(), which the state cannot hold as data; "
+                             f"name its folder with -network_path=<folder> (its code then runs)")
+    return spec
 
 
-def _test_split(spec: TaskSpec, record: TaskRecord, data: Optional[str], seed: int) -> datasets.Dataset:
-    return datasets.load_split(spec, "test", data=data or record.settings.get("data", "real"), seed=seed)
-
-
-def _count_correct(probs, y):
-    predicted = tf.argmax(probs, axis=1, output_type=tf.int64)
-    return tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.int64))
-
-
-def _batches(test: datasets.Dataset, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def test_batches(spec: TaskSpec, record: TaskRecord, data: Optional[str], data_seed: Optional[int],
+                 batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The task's test split in batches (synthetic data: the seed recorded with the task by default)."""
+    seed = record.settings.get("data_seed", 0) if data_seed is None else data_seed
+    test = datasets.load_split(spec, "test", data=data or record.settings.get("data", "real"), seed=int(seed))
     y = np.asarray(test.y, np.int64)
     return [(test.x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
-def _run_batches(call, batches, device: str) -> float:
-    correct = 0
-    for x, y in batches:
-        correct += int(call(x, y))  # int() waits for the result
-    total = sum(len(y) for _, y in batches)
-    _sync(device)
-    return correct / total if total else float("nan")
+def count_correct(probs, y):
+    predicted = tf.argmax(probs, axis=1, output_type=tf.int64)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.int64))
 
+
+class Runtime:
+    """What both runtimes share: the running task, timed switches and executions, closing."""
+
+    device: str
+    description: str
+    task_names: list[str]
+    current: Optional[str] = None
+
+    def _loader(self, name: str) -> Callable[[], None]:
+        """The work of a switch to ``name``, as a call (lookups are done before timing)."""
+        raise NotImplementedError
+
+    def _inference(self, name: str) -> tuple[Callable, list]:
+        """(call(x, y) -> correct count, test batches) of the running task."""
+        raise NotImplementedError
+
+    def switch(self, name: str) -> float:
+        """Make ``name`` the running task; returns the seconds it took (the weight load time)."""
+        load = self._loader(name)
+        start = time.perf_counter()
+        load()
+        sync(self.device)
+        seconds = time.perf_counter() - start
+        self.current = name
+        return seconds
+
+    def execute(self, name: str) -> tuple[float, float]:
+        """(test accuracy, seconds) of the running task, which must be ``name``."""
+        if self.current != name:
+            raise WeightSepError(f"execute({name!r}) but the running task is {self.current!r}: switch first")
+        call, batches = self._inference(name)
+        start = time.perf_counter()
+        with tf.device(self.device):
+            correct = sum(int(call(x, y)) for x, y in batches)  # int() waits for each result
+        sync(self.device)
+        return correct / sum(len(y) for _, y in batches), time.perf_counter() - start
+
+    def warm_up(self) -> float:
+        """Compile and run every task's functions once, untimed; returns the seconds it took."""
+        start = time.perf_counter()
+        for name in self.task_names:
+            self.switch(name)
+            self.execute(name)
+        self.current = None
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Release files and caches (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- the page gather ----------------------------------------------------------------
+
+def _custom_ops(page_dtype: str):
+    """(gather function of the custom op for this page dtype, None) when built, else (None, why)."""
+    try:
+        from custom_ops.page_gather import available, page_gather
+        from custom_ops.page_gather_quantized import page_gather_quantized
+    except ImportError as exc:
+        return None, f"custom_ops cannot be imported ({exc})"
+    if not available():
+        return None, "the op library is not built for this TensorFlow (make -C custom_ops PYTHON=$PWD/.venv/bin/python)"
+    if page_dtype == "float32":
+        return (lambda shared, rows, table, n: page_gather(shared[0], rows[0], table, n)), None
+    bits = 8 if page_dtype == "int8" else 4
+    return (lambda shared, rows, table, n: page_gather_quantized(shared[0], shared[1], rows[0], rows[1], table, n,
+                                                                 bits=bits)), None
+
+
+def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int, page_size: int):
+    """A compiled (shared, rows) -> weights equal to the custom op with the same table."""
+    on_pool = np.flatnonzero(table < num_shared).astype(np.int32)
+    on_rows = np.flatnonzero(table >= num_shared).astype(np.int32)
+    pool_entries = table[on_pool].astype(np.int32)
+    row_entries = (table[on_rows] - num_shared).astype(np.int32)
+
+    def pages(part, entries):
+        if page_dtype == "float32":
+            return tf.gather(part[0], entries)
+        values = tf.gather(part[0], entries)
+        if page_dtype == "int4":
+            low = tf.bitwise.right_shift(tf.bitwise.left_shift(tf.cast(values, tf.int8), 4), 4)
+            high = tf.bitwise.right_shift(tf.cast(values, tf.int8), 4)
+            values = tf.reshape(tf.stack([low, high], axis=-1), [-1, page_size])
+        return tf.cast(values, tf.float32) * tf.gather(part[1], entries)[:, None]
+
+    @tf.function
+    def gather(shared, rows):
+        stitched = tf.dynamic_stitch([on_pool, on_rows], [pages(shared, pool_entries), pages(rows, row_entries)])
+        return tf.reshape(stitched, [-1])[:num_weights]
+
+    return gather
+
+
+# --- level-2 memory -------------------------------------------------------------------
 
 class _PreadRows:
-    """Reads rows of a float32 [E, S] .npy file with os.preadv into given buffers."""
+    """Reads rows of a 2-D (or 1-D: scales) .npy file with os.preadv into given buffers."""
 
-    def __init__(self, path: Path, shape: tuple[int, int]):
+    def __init__(self, path: Path, shape: tuple, dtype: np.dtype):
         self.path = path
         with open(path, "rb") as f:
             try:
@@ -148,11 +241,11 @@ class _PreadRows:
             except ValueError as e:
                 raise StateError(f"{path} is not a .npy file ({e})") from None
             self.offset = f.tell()
-        file_shape, fortran, dtype = header
-        if tuple(file_shape) != tuple(shape) or fortran or dtype != np.dtype("<f4"):
-            raise StateError(f"{path} holds {dtype} {file_shape} (fortran order {fortran}), expected "
-                             f"little-endian float32 {tuple(shape)} in C order")
-        self.row_bytes = shape[1] * 4
+        file_shape, fortran, file_dtype = header
+        if tuple(file_shape) != tuple(shape) or fortran or file_dtype != np.dtype(dtype).newbyteorder("<"):
+            raise StateError(f"{path} holds {file_dtype} {file_shape} (fortran order {fortran}), expected "
+                             f"little-endian {np.dtype(dtype)} {tuple(shape)} in C order")
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
         self.fd = os.open(path, os.O_RDONLY)
 
     def plan(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
@@ -179,117 +272,28 @@ class _PreadRows:
             self.fd = -1
 
 
-def _exclusive_file(store: Store) -> Path:
-    """The exclusive store file whose content is the committed one (the real file, else its pending file)."""
-    committed = store.exclusive
-    for path in (store.dir / EXCLUSIVE_FILE, store.dir / EXCLUSIVE_FILE.replace(".npy", ".pending.npy")):
-        try:
-            on_disk = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            continue
-        if on_disk.shape == committed.shape and on_disk.dtype == np.float32 and np.array_equal(on_disk, committed):
-            return path
-    raise StateError(f"{store.dir / EXCLUSIVE_FILE} does not hold the exclusive pages the registry refers to; "
-                     f"re-run a mode that writes the state (e.g. -mode=l) to finish an interrupted commit")
-
-
-# --- the page gather ----------------------------------------------------------------
-
-def _custom_op():
-    """(page_gather, None) when the PageGather op is built and loadable, else (None, why)."""
-    try:
-        from custom_ops.page_gather import available, page_gather
-    except ImportError as exc:
-        return None, f"custom_ops.page_gather cannot be imported ({exc})"
-    if not available():
-        return None, "the op library is not built for this TensorFlow (make -C custom_ops PYTHON=$PWD/.venv/bin/python)"
-    return page_gather, None
-
-
-def _tf_gather_fn(num_shared: int, table: np.ndarray, num_weights: int, page_size: int, rows: int):
-    """A compiled (shared, exclusive_rows) -> weights equal to PageGather with the same table."""
-    on_pool = np.flatnonzero(table < num_shared).astype(np.int32)
-    on_rows = np.flatnonzero(table >= num_shared).astype(np.int32)
-    pool_entries = table[on_pool].astype(np.int32)
-    row_entries = (table[on_rows] - num_shared).astype(np.int32)
-
-    @tf.function(input_signature=[tf.TensorSpec([num_shared, page_size], tf.float32),
-                                  tf.TensorSpec([rows, page_size], tf.float32)])
-    def gather(shared, exclusive):
-        pages = tf.dynamic_stitch([on_pool, on_rows],
-                                  [tf.gather(shared, pool_entries), tf.gather(exclusive, row_entries)])
-        return tf.reshape(pages, [-1])[:num_weights]
-
-    return gather
-
-
 # --- weight separation --------------------------------------------------------------
 
 @dataclasses.dataclass
 class _Slot:
     """What a task needs at switch time, all made at start-up."""
 
-    index: int
     record: TaskRecord
     rows: np.ndarray            # its exclusive rows in the store, ascending
-    buffer: np.ndarray          # [k, S] float32: where its rows are brought in
-    runs: list                  # pread plan for the rows (disk)
+    buffers: list               # where its rows are brought in: values (and scales)
+    runs: list                  # pread plans, one per file (disk)
     table: object               # int32[n_p] on the device, exclusive entries renumbered P + 0..k-1
     gather: Callable            # (shared, rows) -> weights
-    infer: Callable             # compiled (w, x, y) -> correct count
-    batches: list
+    infer: Callable = None      # compiled (w, x, y) -> correct count
+    batches: list = dataclasses.field(default_factory=list)
 
 
-class _Runtime:
-    """What both runtimes share: the running task, timed execution, closing."""
-
-    device: str
-    current: Optional[str] = None
-
-    def _loader(self, name: str) -> Callable[[], None]:
-        """The work of a switch to ``name``, as a call (lookups are done before timing)."""
-        raise NotImplementedError
-
-    def _inference(self, name: str) -> tuple[Callable, list]:
-        """(call(x, y) -> correct count, test batches) of the running task."""
-        raise NotImplementedError
-
-    def switch(self, name: str) -> float:
-        """Make ``name`` the running task; returns the seconds it took (the weight load time)."""
-        load = self._loader(name)
-        start = time.perf_counter()
-        load()
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        self.current = name
-        return seconds
-
-    def execute(self, name: str) -> tuple[float, float]:
-        """(test accuracy, seconds) of the running task, which must be ``name``."""
-        if self.current != name:
-            raise WeightSepError(f"execute({name!r}) but the running task is {self.current!r}: switch first")
-        call, batches = self._inference(name)
-        start = time.perf_counter()
-        with tf.device(self.device):
-            accuracy = _run_batches(call, batches, self.device)
-        return accuracy, time.perf_counter() - start
-
-    def close(self) -> None:
-        """Release files and caches (nothing by default)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class WSRuntime(_Runtime):
+class WSRuntime(Runtime):
     """Task switching with weight separation; see the module docstring."""
 
     def __init__(self, state_dir=".", device: str = "auto", secondary: Optional[str] = None,
-                 data: Optional[str] = None, data_seed: int = 0, batch_size: int = 1000,
-                 gather: str = "auto", log: Optional[Log] = print):
+                 data: Optional[str] = None, data_seed: Optional[int] = None, batch_size: int = 1000,
+                 gather: str = "auto", specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
         log = log or (lambda line: None)
         self.device = pick_device(device)
         self.secondary = secondary or ("host" if self.device.startswith("/GPU") else "disk")
@@ -297,101 +301,105 @@ class WSRuntime(_Runtime):
             raise WeightSepError(f"-secondary must be one of {', '.join(SECONDARIES)}, not {self.secondary!r}")
         if gather not in GATHERS:
             raise WeightSepError(f"gather must be one of {', '.join(GATHERS)}, not {gather!r}")
-        store = _load_state(state_dir)
-        self.state_dir = store.dir
+        store = load_state(state_dir)
+        self.state_dir, self.page_dtype = store.dir, store.page_dtype
         self.page_size, self.num_shared = store.page_size, store.num_pages
 
-        op, why_not = _custom_op() if gather != "tf" else (None, "gather=tf was asked for")
+        op, why_not = _custom_ops(self.page_dtype) if gather != "tf" else (None, "gather=tf was asked for")
         if gather == "op" and op is None:
             raise WeightSepError(f"the PageGather custom op is not usable: {why_not}")
         self._op = op
-        self.gather_kind = "PageGather custom op" if op is not None else "tf.gather fallback"
+        kind = "PageGather" if self.page_dtype == "float32" else f"PageGatherQuantized ({self.page_dtype})"
+        self.gather_kind = f"{kind} custom op" if op is not None else "tf.gather fallback"
+        self.description = f"{self.gather_kind}, exclusive pages from {self.secondary}"
         log(f"page gather: {self.gather_kind}" + ("" if op is not None else f" ({why_not}; same result)"))
 
         start = time.perf_counter()
+        stored = store.quantized("shared")
         with tf.device(self.device):
-            self.shared = tf.identity(tf.constant(store.shared))
-        _sync(self.device)
-        log(f"shared_weight device: {self.shared.device}")
-        log(f"init shared_weight {_ms(time.perf_counter() - start)}")
+            self.shared = tuple(tf.identity(tf.constant(part)) for part in stored if part is not None)
+        sync(self.device)
+        log(f"shared_weight device: {self.shared[0].device}")
+        log(f"init shared_weight {ms(time.perf_counter() - start)} ({store.page_dtype} pool, "
+            f"{sum(int(part.nbytes) for part in stored if part is not None)} bytes)")
 
-        # Level 2: a file read at each switch, or the whole store in host RAM.
-        self._reader = None
-        self._host = None
+        # Level 2: files read at each switch, or the whole store in host RAM.
+        values, scales = store.quantized("exclusive")
+        self._parts = [values] + ([scales] if scales is not None else [])
+        self._readers, self._host = [], None
         if self.secondary == "disk":
-            self._reader = _PreadRows(_exclusive_file(store), store.exclusive.shape)
-            log(f"exclusive pages: {store.exclusive.shape[0]} rows read from {self._reader.path} at each switch")
+            files = store.exclusive_file()
+            paths = [files.values] + ([files.scales] if files.scales is not None else [])
+            self._readers = [_PreadRows(path, part.shape, part.dtype) for path, part in zip(paths, self._parts)]
+            log(f"exclusive pages: {values.shape[0]} rows read from {files.values} at each switch")
         else:
-            self._host = np.array(store.exclusive)
-            log(f"exclusive pages: {store.exclusive.shape[0]} rows in host RAM")
+            self._host = [np.array(part) for part in self._parts]
+            log(f"exclusive pages: {values.shape[0]} rows in host RAM")
 
+        given = specs or {}
         self._slots: dict[str, _Slot] = {}
-        records = sorted(store.tasks, key=lambda r: r.id)
+        records = sorted(store.tasks, key=lambda r: r.name)
         for index, record in enumerate(records):
             start = time.perf_counter()
-            slot = self._make_slot(index, record)
-            log(f"[VNN {index}][{record.name}] init page table {_ms(time.perf_counter() - start)}")
-            spec = _spec(record)
-            slot.batches = _batches(_test_split(spec, record, data, data_seed), batch_size)
-            slot.infer = self._make_infer(Network(spec), record.num_weights)
+            slot = self._make_slot(record)
+            log(f"[VNN {index}][{record.name}] init page table {ms(time.perf_counter() - start)}")
+            spec = spec_of(record, given)
+            slot.batches = test_batches(spec, record, data, data_seed, batch_size)
+            slot.infer = self._make_infer(Network(spec, layout=store.layout), record.num_weights)
             self._slots[record.name] = slot
         del store  # from here on, the exclusive pages live only in level 2
 
         self.task_names = [r.name for r in records]
         self.weights = None
-        self.current: Optional[str] = None
-        start = time.perf_counter()
-        for name in self.task_names:  # compile and warm up every function once, untimed
-            self.switch(name)
-            self.execute(name)
-        self.weights, self.current = None, None
-        log(f"init networks {_ms(time.perf_counter() - start)} ({len(self.task_names)} compiled, warmed up)")
+        log(f"init networks {ms(self.warm_up())} ({len(self.task_names)} compiled, warmed up)")
+        self.weights = None
 
-    def _make_slot(self, index: int, record: TaskRecord) -> _Slot:
-        P, S = self.num_shared, self.page_size
+    def _make_slot(self, record: TaskRecord) -> _Slot:
+        P = self.num_shared
         table = record.page_table.astype(np.int64)
         exclusive = table >= P
         rows = np.sort(table[exclusive] - P)
         renumbered = table.copy()
         renumbered[exclusive] = P + np.searchsorted(rows, table[exclusive] - P)
         renumbered = renumbered.astype(np.int32)
-        buffer = np.zeros((len(rows), S), np.float32)
-        runs = self._reader.plan(rows) if self._reader is not None else []
+        buffers = [np.zeros((len(rows), *part.shape[1:]), part.dtype) for part in self._parts]
+        runs = [reader.plan(rows) for reader in self._readers]
         with tf.device(self.device):
             table_tensor = tf.identity(tf.constant(renumbered))
         if self._op is not None:
             op, n = self._op, record.num_weights
-            gather = lambda shared, exclusive: op(shared, exclusive, table_tensor, n)  # noqa: E731
+            gather = lambda shared, parts: op(shared, parts, table_tensor, n)  # noqa: E731
         else:
-            gather = _tf_gather_fn(P, renumbered, record.num_weights, S, len(rows))
-        _sync(self.device)
-        return _Slot(index, record, rows, buffer, runs, table_tensor, gather, None, [])
+            gather = _tf_gather_fn(self.page_dtype, P, renumbered, record.num_weights, self.page_size)
+        sync(self.device)
+        return _Slot(record, rows, buffers, runs, table_tensor, gather)
 
     def _make_infer(self, net: Network, num_weights: int) -> Callable:
         def correct(w, x, y):
-            return _count_correct(net.forward(w, x), y)
-        spec = net.task
+            return count_correct(net.forward(w, x), y)
         return tf.function(correct, input_signature=[
             tf.TensorSpec([num_weights], tf.float32),
-            tf.TensorSpec([None, *spec.input_shape], tf.float32),
+            tf.TensorSpec([None, *net.task.input_shape], tf.float32),
             tf.TensorSpec([None], tf.int64)])
 
-    def bring_in(self, name: str) -> np.ndarray:
-        """The task's exclusive rows, read from level 2 into its buffer."""
+    def bring_in(self, name: str) -> list[np.ndarray]:
+        """The task's exclusive rows (values, and scales), read from level 2 into its buffers."""
         slot = self._slots[name]
-        if self._reader is not None:
-            self._reader.read(slot.runs, slot.buffer)
+        if self._readers:
+            for reader, runs, buffer in zip(self._readers, slot.runs, slot.buffers):
+                reader.read(runs, buffer)
         elif len(slot.rows):
-            np.take(self._host, slot.rows, axis=0, out=slot.buffer)
-        return slot.buffer
+            for part, buffer in zip(self._host, slot.buffers):
+                np.take(part, slot.rows, axis=0, out=buffer)
+        return slot.buffers
 
     def _loader(self, name: str) -> Callable[[], None]:
         slot = self._slot(name)
 
         def load():
-            rows = self.bring_in(name)
+            parts = self.bring_in(name)
             with tf.device(self.device):
-                self.weights = slot.gather(self.shared, rows)
+                self.weights = slot.gather(self.shared, parts)
         return load
 
     def _inference(self, name: str) -> tuple[Callable, list]:
@@ -402,16 +410,20 @@ class WSRuntime(_Runtime):
         """The running task's weight vector, as the model runs it."""
         return np.asarray(self.weights.numpy())
 
+    def exclusive_bytes(self, name: str) -> int:
+        """Bytes a switch to the task reads from level 2."""
+        return sum(int(buffer.nbytes) for buffer in self._slot(name).buffers)
+
     def gather_floor(self, name: str) -> tuple[float, float]:
         """(seconds to read the task's exclusive bytes, seconds of one bare gather) of one switch."""
         slot = self._slot(name)
         start = time.perf_counter()
-        rows = self.bring_in(name)
+        parts = self.bring_in(name)
         read = time.perf_counter() - start
         start = time.perf_counter()
         with tf.device(self.device):
-            slot.gather(self.shared, rows)
-        _sync(self.device)
+            slot.gather(self.shared, parts)
+        sync(self.device)
         return read, time.perf_counter() - start
 
     def _slot(self, name: str) -> _Slot:
@@ -420,127 +432,8 @@ class WSRuntime(_Runtime):
         return self._slots[name]
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-
-
-# --- the baseline -------------------------------------------------------------------
-
-@dataclasses.dataclass
-class _BaselineTask:
-    net: Network
-    source: Path
-    infer: Callable
-    batches: list
-    assign: Optional[Callable] = None
-    buffer: Optional[np.ndarray] = None
-    fd: int = -1
-
-
-class BaselineRuntime(_Runtime):
-    """Task switching without weight separation: a full reload of the task's weights per switch."""
-
-    def __init__(self, state_dir=".", baseline: str = "file", device: str = "auto",
-                 data: Optional[str] = None, data_seed: int = 0, batch_size: int = 1000,
-                 cache_dir=None, log: Optional[Log] = print):
-        log = log or (lambda line: None)
-        if baseline not in BASELINES:
-            raise WeightSepError(f"-baseline must be one of {', '.join(BASELINES)}, not {baseline!r}")
-        self.baseline = baseline
-        self.device = pick_device(device)
-        store = _load_state(state_dir)
-        records = sorted(store.tasks, key=lambda r: r.id)
-        self._own_cache = None
-        if baseline == "raw":
-            if cache_dir is None:
-                self._own_cache = cache_dir = tempfile.mkdtemp(prefix="ws_baseline_raw_")
-            cache_dir = Path(cache_dir)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            log(f"baseline raw: each switch reads the task's separated weights (float32) from {cache_dir} "
-                f"and assigns them in one compiled call; accuracies equal the separated tasks'")
-        else:
-            log("baseline file: each switch restores the task's own network file <task>/<task>.weights.h5 "
-                "(the networks before separation; accuracies differ from the separated tasks')")
-        self._tasks: dict[str, _BaselineTask] = {}
-        with tf.device(self.device):
-            for record in records:
-                spec = _spec(record)
-                if baseline == "file":
-                    net = load_network(spec)  # also checks the file is there and loadable
-                    source = network_file(spec)
-                else:
-                    net = Network(spec)
-                    source = cache_dir / f"{record.name}.f32"
-                    store.materialize(record.name).tofile(source)
-                task = _BaselineTask(net, source, self._make_infer(net),
-                                     _batches(_test_split(spec, record, data, data_seed), batch_size))
-                if baseline == "raw":
-                    task.assign = self._make_assign(net)
-                    task.buffer = np.empty(net.num_weights, np.float32)
-                    task.fd = os.open(source, os.O_RDONLY)
-                self._tasks[record.name] = task
-                log(f"[DNN {record.id}][{record.name}] {source}")
-        self.task_names = [r.name for r in records]
-        self.current: Optional[str] = None
-        start = time.perf_counter()
-        for name in self.task_names:  # compile and warm up every function once, untimed
-            self.switch(name)
-            self.execute(name)
-        self.current = None
-        log(f"init networks {_ms(time.perf_counter() - start)} ({len(self.task_names)} compiled, warmed up)")
-
-    @staticmethod
-    def _make_infer(net: Network) -> Callable:
-        def correct(x, y):
-            return _count_correct(net.model(x, training=False), y)
-        return tf.function(correct, input_signature=[
-            tf.TensorSpec([None, *net.task.input_shape], tf.float32), tf.TensorSpec([None], tf.int64)])
-
-    @staticmethod
-    def _make_assign(net: Network) -> Callable:
-        variables = list(net.model.trainable_variables)
-
-        @tf.function(input_signature=[tf.TensorSpec([net.num_weights], tf.float32)])
-        def assign(w):
-            for variable, part in zip(variables, net.unflatten(w)):
-                variable.assign(part)
-        return assign
-
-    def _loader(self, name: str) -> Callable[[], None]:
-        """A switch reloads the task's whole weights."""
-        task = self._task(name)
-
-        def load():
-            if self.baseline == "file":
-                task.net.model.load_weights(str(task.source))
-                return
-            size = task.buffer.nbytes
-            if os.preadv(task.fd, [memoryview(task.buffer).cast("B")], 0) != size:
-                raise WeightSepError(f"short read of {task.source}: the cache file changed while running")
-            with tf.device(self.device):
-                task.assign(task.buffer)
-        return load
-
-    def _inference(self, name: str) -> tuple[Callable, list]:
-        task = self._tasks[name]
-        return task.infer, task.batches
-
-    def current_weights(self) -> np.ndarray:
-        return self._tasks[self.current].net.get_vector()
-
-    def _task(self, name: str) -> _BaselineTask:
-        if name not in self._tasks:
-            raise WeightSepError(f"task {name!r} is not in the state (tasks: {', '.join(self._tasks)})")
-        return self._tasks[name]
-
-    def close(self) -> None:
-        for task in self._tasks.values():
-            if task.fd >= 0:
-                os.close(task.fd)
-                task.fd = -1
-        if self._own_cache:
-            shutil.rmtree(self._own_cache, ignore_errors=True)
-            self._own_cache = None
+        for reader in self._readers:
+            reader.close()
 
 
 # --- the execution loop -------------------------------------------------------------
@@ -553,25 +446,32 @@ class Execution:
     accuracy: float
 
 
-def run_executions(runtime, count: int, seed: int, log: Optional[Log] = print) -> list[Execution]:
-    """Switch to and run ``count`` random tasks, printing the original's lines."""
+def run_executions(runtime: Runtime, count: int, seed: int, log: Optional[Log] = print,
+                   on_switch: Optional[Callable[[int, Execution, tuple[float, float]], None]] = None
+                   ) -> list[Execution]:
+    """Switch to and run ``count`` random tasks, printing the original's lines.
+
+    ``on_switch(i, execution, (total load seconds, total run seconds))`` is called after each.
+    """
     log = log or (lambda line: None)
     results: list[Execution] = []
     total_load = total_run = 0.0
     for i, name in enumerate(task_sequence(runtime.task_names, count, seed)):
-        log(f"[{i}/{count}] total_weight_load_time: {_ms(total_load)}, total_execution_time: {_ms(total_run)}")
+        log(f"[{i}/{count}] total_weight_load_time: {ms(total_load)}, total_execution_time: {ms(total_run)}")
         log(f"[Executing] {name}")
         load = runtime.switch(name)
-        log(f"weights load time : {_ms(load)}")
+        log(f"weights load time : {ms(load)}")
         accuracy, run = runtime.execute(name)
         log(f"{name} inference accuracy: {accuracy:.6f}")
-        log(f"DNN execution time: {_ms(run)}")
+        log(f"DNN execution time: {ms(run)}")
         total_load += load
         total_run += run
         results.append(Execution(name, load, run, accuracy))
-    log(f"total weights load time : {_ms(total_load)}")
-    log(f"total DNN execution time: {_ms(total_run)}")
+        if on_switch is not None:
+            on_switch(i, results[-1], (total_load, total_run))
+    log(f"total weights load time : {ms(total_load)}")
+    log(f"total DNN execution time: {ms(total_run)}")
     if results:
-        log(f"median weights load time : {_ms(statistics.median(r.load_seconds for r in results))} "
+        log(f"median weights load time : {ms(statistics.median(r.load_seconds for r in results))} "
             f"over {len(results)} switches")
     return results

@@ -94,15 +94,19 @@ def target_performance_rate(probs, labels, alpha: float = 0.5, target_accuracy: 
     """
     if target_accuracy is None:
         return 1.0
-    if not 0.0 <= target_accuracy <= 1.0:
-        raise WeightSepError(f"-target_accuracy must lie in [0, 1], got {target_accuracy}")
     loss, alpha_acc = alpha_loss(probs, labels, alpha)
     if loss > 0:
-        target_loss = loss * (alpha_acc + 1.0 - target_accuracy)
-        ratio = (target_loss - loss) / loss
+        ratio = (target_loss(loss, alpha_acc, target_accuracy) - loss) / loss
     else:
         ratio = alpha_acc - target_accuracy
     return max(0.0, 1.0 - ratio)
+
+
+def target_loss(loss: float, alpha_acc: float, target_accuracy: float) -> float:
+    """The original's target loss: L * (alpha_acc + 1 - target_accuracy) (-mode=tl)."""
+    if not 0.0 <= target_accuracy <= 1.0:
+        raise WeightSepError(f"-target_accuracy must lie in [0, 1], got {target_accuracy}")
+    return loss * (alpha_acc + 1.0 - target_accuracy)
 
 
 def select_exclusive_pages(

@@ -1,47 +1,70 @@
-"""The persistent separated state: shared pool, exclusive store and task registry.
+"""The persistent separated state: shared pool, exclusive store, per-task vectors and task registry.
 
 One `Store` object is the state of one `-state_dir` (default: the current
-directory).  Files, named as in the original project where it had them:
+directory).  Files, named as in the original project where it had them
+(P shared pages, E exclusive rows, S weights per page, n weights of a task):
 
-    shared_weight_page.npy       float32 [P, S]  the shared pool (level-1 memory)
-    exclusive_weight_page.npy    float32 [E, S]  all tasks' exclusive pages stacked (E may be 0)
-    weightsep_state.json         the registry: page size, pool size, settings, tasks
-    <task>/<task>_network_weight.npy, _network_fisher.npy, _weight.npy
-                                 per-task float32 vectors of length n
-    .weightsep.lock              writer lock; holds the writer's pid
+    shared_weight_page.npy        the shared pool (level-1 memory), [P, S] values
+    exclusive_weight_page.npy     all tasks' exclusive pages stacked (level-2 memory), [E, S] values
+    shared_weight_scale.npy       quantized states only: float32 [P], one scale per shared page
+    exclusive_weight_scale.npy    quantized states only: float32 [E], one scale per exclusive row
+    <task>/<task>_<kind>.npy      per-task float32 [n] vectors, kind one of
+                                  network_weight, network_fisher (the network and its Fisher, from
+                                  -mode=a), weight (the task's materialized weights, rewritten by
+                                  -mode=t), fisher (the Fisher of the separated task, -mode=f)
+    weightsep_state.json          the registry (below)
+    .weightsep.lock               writer lock; holds the writer's pid
+
+Page dtype (chosen at creation, weightsep.quantize): a float32 state stores its
+pages as float32 [P, S] / [E, S]; an int8 state as int8 [P, S] / [E, S] plus the
+two scale files; an int4 state as uint8 [P, S / 2] / [E, S / 2] (two weights per
+byte) plus the scale files.  In memory `Store.shared` and `Store.exclusive` are
+always float32 [P, S] / [E, S] (dequantized once at load), so every algorithm works
+unchanged; `Store.quantized()` gives the stored arrays.  Every write of float
+values quantizes the pages whose values change; the other pages keep their exact
+stored bytes, and what `materialize` returns is exactly what is stored.
+
+The registry (JSON, schema version SCHEMA_VERSION) holds the state-wide fields
+(page_size, num_pages, page_dtype, layout: the order of weights in the network
+vector, "natural" or "transposed" as the original's -transpose), the tasks (id,
+name, n, page table, exclusive pages, the task spec as JSON data, the folder it
+was added from as information only, settings, accuracy), the dtype, shape and
+SHA-256 of every file listed above, and a checksum: the SHA-256 of a canonical
+encoding of everything else in it.  The checksum makes a hand edit (two page-table
+entries swapped, a changed weight count) an error instead of a silently different
+state; it is an integrity check, not a signature.  Nothing in a state directory is
+ever run: a task's spec is data (weightsep.tasks.TaskSpec.from_json).
 
 A task's page table follows the original runtime encoding: entry e < P is shared
 page e, entry e >= P is exclusive row e - P.  Occupation of the shared pages is
-never stored; it is derived from the page tables.
+never stored; it is derived from the page tables (weightsep.pages).
 
-No pickle anywhere: arrays are plain .npy read with allow_pickle=False, the
-registry is JSON.  Every load validates shapes, dtypes, finiteness and page-table
-bounds, and fails with a StateError naming the file and the fix.
+No pickle anywhere: arrays are plain .npy files whose header is checked against
+the registry before any data is read, the registry is JSON.  Every load validates
+dtypes, shapes, finiteness, checksums and page-table bounds, and fails with a
+StateError naming the file and the fix.
 
-Crash safety.  Every file is written to a temporary file in the same directory,
-flushed, fsynced, and renamed over the target with os.replace (then the directory
-is fsynced), so each single file is always either old or new.  Changes that span
-several files (add_task: exclusive store + registry; write_task_pages: pool +
-exclusive store + registry; remove_task: compaction renumbers rows) must also be
-all-old or all-new, and appending alone cannot guarantee that for compaction.
-So the registry is the commit record:
+Crash safety.  Every file is written atomically (weightsep.atomic), so each single
+file is always either old or new.  A change spans several files (commit_task: pool,
+exclusive store, the `weight` vector, settings), so the registry is the commit
+record of every change:
 
-  1. each changed array is first written to a *pending* file
-     (`shared_weight_page.pending.npy`, `exclusive_weight_page.pending.npy`);
-  2. the registry is then replaced; it records the shape and SHA-256 of every
-     array it refers to.  This rename is the commit point;
-  3. the pending files are renamed over the real ones.
+  1. each changed file is first written to its *pending* file
+     (`shared_weight_page.pending.npy`, `<task>/<task>_weight.pending.npy` ...);
+  2. the registry is then replaced; it records the checksum of every file it
+     refers to.  This rename is the commit point;
+  3. the pending files are renamed over the real ones; files the new state no
+     longer refers to (a removed task's vectors) are deleted.
 
-A load takes, for each array, the real file if its checksum matches the registry,
+A load takes, for each file, the real file if its checksum matches the registry,
 else the pending file if that one matches.  A crash before 2 leaves the old
 registry, which matches the untouched real files (stale pending files are
 ignored, and deleted by the next writer).  A crash between 2 and 3 leaves the new
-registry, which matches the pending files; the next writer finishes step 3.  The
-checksum also turns any other mismatch (a pool copied from another state, a file
-edited by hand) into a named error rather than silently wrong weights.  Per-task
-vectors are single files, each written atomically; remove_task deletes them only
-after the registry no longer lists the task, so a crash leaves orphan files at
-worst, never a registered task without its files.
+registry, which matches the pending files; the next writer finishes step 3 (the
+registry lists the files to delete, with their checksums, so that the next writer
+deletes exactly those).  The checksums also turn any other mismatch (a pool copied
+from another state, a vector swapped with another task's) into a named error rather
+than silently wrong weights.
 """
 
 from __future__ import annotations
@@ -56,30 +79,47 @@ import json
 import math
 import os
 import re
-import tempfile
+import stat
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from weightsep.errors import StateError, StateLockedError
-from weightsep.pages import gather_pages
+from weightsep import atomic, pages, quantize
+from weightsep.errors import (StateError, StateLockedError, StateReadOnlyError, WeightSepError,
+                              WriteError)
+from weightsep.tasks import MAX_WEIGHTS, TaskSpec, check_task_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SHARED_FILE = "shared_weight_page.npy"
 EXCLUSIVE_FILE = "exclusive_weight_page.npy"
+SHARED_SCALE_FILE = "shared_weight_scale.npy"
+EXCLUSIVE_SCALE_FILE = "exclusive_weight_scale.npy"
 REGISTRY_FILE = "weightsep_state.json"
 LOCK_FILE = ".weightsep.lock"
-VECTOR_KINDS = ("network_weight", "network_fisher", "weight")
+VECTOR_KINDS = ("network_weight", "network_fisher", "weight", "fisher")
+REQUIRED_VECTORS = ("network_weight", "network_fisher")
+LAYOUTS = ("natural", "transposed")
+# (values file, scales file) of the two page arrays.
+POOL_FILES = {"shared": (SHARED_FILE, SHARED_SCALE_FILE), "exclusive": (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE)}
 
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Bounds a registry must respect, so that no state can ask for absurd memory.
+MAX_PAGE_SIZE = 1 << 20
+MAX_NUM_PAGES = 1 << 20
+MAX_POOL_VALUES = 1 << 30
+MAX_TABLE_ENTRY = (1 << 31) - 1       # page-table entries are int32
+MAX_REGISTRY_BYTES = 64 << 20
+MAX_NETWORK_PATH = 4096
 
-
-def _is_temp_of(file_name: str, target: str) -> bool:
-    """Whether file_name is a temp file of _atomic_write for target: ".<target>.<random>.tmp"."""
-    prefix = f".{target}."
-    return (file_name.startswith(prefix) and file_name.endswith(".tmp")
-            and file_name[len(prefix):-4].replace("_", "").isalnum())
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VECTOR_REL = re.compile(r"^([^/]+)/([^/]+)\.npy$")
+_TOP_FILES = (SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE, REGISTRY_FILE, LOCK_FILE)
+_REGISTRY_KEYS = ("schema_version", "generation", "page_size", "num_pages", "page_dtype", "layout",
+                  "next_id", "files", "obsolete", "tasks")
+_TASK_KEYS = ("name", "id", "num_weights", "page_table", "exclusive_pages", "network_path", "spec",
+              "settings", "accuracy")
+_ENTRY_KEYS = ("dtype", "shape", "sha256")
 
 
 @dataclasses.dataclass(eq=False)
@@ -89,13 +129,17 @@ class TaskRecord:
     page_table: int32[n_p], n_p = ceil(num_weights / page_size); entry e < P is
     shared page e, e >= P is exclusive row e - P.  exclusive_pages lists the task
     page indices that are exclusive; for add_task their table entries are filled
-    in by the store.  id is the registration order, assigned by the store.
+    in by the store.  spec: the task spec as JSON data (TaskSpec.to_json()).
+    network_path: the folder the task was added from (where its network file and
+    data live); information only, never imported.  id is the registration order,
+    assigned by the store.
     """
 
     name: str
     num_weights: int
     page_table: np.ndarray
     exclusive_pages: list[int]
+    spec: dict
     id: int = -1
     network_path: str = ""
     settings: dict = dataclasses.field(default_factory=dict)
@@ -109,6 +153,10 @@ class TaskRecord:
     def num_pages(self) -> int:
         return len(self.page_table)
 
+    def task_spec(self) -> TaskSpec:
+        """The recorded spec as a TaskSpec whose files live in network_path (custom models: no build_model)."""
+        return TaskSpec.from_json(self.spec, folder=self.network_path or None)
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, TaskRecord):
             return NotImplemented
@@ -116,121 +164,398 @@ class TaskRecord:
                 and self.num_weights == other.num_weights
                 and np.array_equal(self.page_table, other.page_table)
                 and self.exclusive_pages == other.exclusive_pages
-                and self.network_path == other.network_path
+                and self.spec == other.spec and self.network_path == other.network_path
                 and self.settings == other.settings and self.accuracy == other.accuracy)
 
     def to_json(self) -> dict:
         return {"name": self.name, "id": self.id, "num_weights": self.num_weights,
                 "page_table": [int(e) for e in self.page_table],
                 "exclusive_pages": list(self.exclusive_pages),
-                "network_path": self.network_path,
+                "network_path": self.network_path, "spec": self.spec,
                 "settings": self.settings, "accuracy": self.accuracy}
+
+
+class StoredFiles(NamedTuple):
+    """The committed file(s) of one page array: values, and scales for quantized states (else None)."""
+
+    values: Path
+    scales: Optional[Path]
 
 
 class _Invalid(Exception):
     """A consistency problem; callers add the file and the fix."""
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+@dataclasses.dataclass
+class _Registry:
+    """A parsed, validated registry."""
+
+    page_size: int
+    num_pages: int
+    page_dtype: str
+    layout: str
+    generation: int
+    next_id: int
+    files: dict
+    obsolete: dict
+    tasks: list
+    num_exclusive: int
+
+    def to_json(self) -> dict:
+        """The registry as JSON data, without its checksum."""
+        return {"schema_version": SCHEMA_VERSION, "generation": self.generation,
+                "page_size": self.page_size, "num_pages": self.num_pages,
+                "page_dtype": self.page_dtype, "layout": self.layout, "next_id": self.next_id,
+                "files": self.files, "obsolete": self.obsolete,
+                "tasks": [t.to_json() for t in self.tasks]}
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+# ---- encodings ---------------------------------------------------------------------
+
+def _entry(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array)
+    return {"dtype": str(array.dtype), "shape": list(array.shape),
+            "sha256": hashlib.sha256(array.data).hexdigest()}
+
+
+def _canonical(data: dict) -> bytes:
+    """The registry's canonical encoding: sorted keys, no spaces, ASCII, finite numbers."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def _checksum(data: dict) -> str:
+    return hashlib.sha256(_canonical(data)).hexdigest()
+
+
+def _encode_registry(data: dict) -> bytes:
+    """The registry file's bytes: data plus its checksum, indented for people to read."""
+    signed = dict(data, checksum=_checksum(data))
+    return json.dumps(signed, indent=1, allow_nan=False).encode("ascii") + b"\n"
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return value
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key[:40]!r} appears twice in an object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _decode_json(text: bytes):
+    """Parse registry bytes strictly (UTF-8, finite numbers, unique keys); _Invalid on any problem."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write `path` via a temp file in its directory: fsync, os.replace, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        string = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Invalid(f"not UTF-8 text (invalid byte at offset {e.start})") from None
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; state files are ordinary readable files
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+        return json.loads(string, parse_float=_finite_float, parse_constant=_reject_constant,
+                          object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise _Invalid("JSON nested too deeply") from None
+    except ValueError as e:
+        raise _Invalid(f"not valid JSON ({_one_line(e)})") from None
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+def _one_line(error) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_task(record: TaskRecord, page_size: int, num_shared: int, num_exclusive: int) -> None:
-    """Raise _Invalid if one task's record is inconsistent on its own."""
-    name = record.name
-    if not isinstance(name, str) or not _TASK_NAME.match(name):
-        raise _Invalid(f"task name {name!r} is not a plain folder name (letters, digits, _ . -)")
-    if not _is_int(record.num_weights) or record.num_weights < 1:
-        raise _Invalid(f"task '{name}': num_weights {record.num_weights!r} is not a positive integer")
-    expected = math.ceil(record.num_weights / page_size)
-    table = record.page_table
-    if table.ndim != 1 or len(table) != expected:
-        raise _Invalid(f"task '{name}': page table has {table.size} entries, but {record.num_weights} "
-                       f"weights in pages of {page_size} need {expected}")
-    bad = np.flatnonzero((table < 0) | (table >= num_shared + num_exclusive))
-    if bad.size:
-        raise _Invalid(f"task '{name}': page table entry {bad[0]} is {table[bad[0]]}, outside the "
-                       f"{num_shared} shared + {num_exclusive} exclusive pages")
-    exclusive = record.exclusive_pages
-    if len(set(exclusive)) != len(exclusive) or any(not 0 <= i < expected for i in exclusive):
-        raise _Invalid(f"task '{name}': exclusive_pages {exclusive} repeat a page or lie outside "
-                       f"its {expected} pages")
-    is_exclusive = np.zeros(expected, dtype=bool)
-    is_exclusive[exclusive] = True
-    mismatch = np.flatnonzero(is_exclusive != (table >= num_shared))
-    if mismatch.size:
-        page = mismatch[0]
-        kind = "exclusive" if is_exclusive[page] else "sharable"
-        raise _Invalid(f"task '{name}': page {page} is {kind} but its table entry is {table[page]} "
-                       f"(shared pages are < {num_shared}, exclusive rows >= {num_shared})")
-    pool_entries = table[~is_exclusive]
-    if len(np.unique(pool_entries)) != len(pool_entries):
-        values, counts = np.unique(pool_entries, return_counts=True)
-        raise _Invalid(f"task '{name}': uses shared page {values[counts > 1][0]} twice")
+def _vector_rel(task: str, kind: str) -> str:
+    """The registry key (and path relative to the state directory) of a per-task vector."""
+    if kind not in VECTOR_KINDS:
+        raise ValueError(f"vector kind {kind!r} is not one of {VECTOR_KINDS}")
+    try:
+        check_task_name(task)
+    except WeightSepError as e:
+        raise ValueError(str(e)) from None
+    return f"{task}/{task}_{kind}.npy"
+
+
+def _parse_vector_rel(rel: str) -> Optional[tuple[str, str]]:
+    """(task, kind) of a vector key, or None if rel is not exactly the key of one."""
+    match = _VECTOR_REL.match(rel) if isinstance(rel, str) else None
+    if not match:
+        return None
+    task = match.group(1)
+    for kind in VECTOR_KINDS:
+        if match.group(2) == f"{task}_{kind}":
+            try:
+                if _vector_rel(task, kind) == rel:
+                    return task, kind
+            except ValueError:
+                return None
+    return None
+
+
+def _open_regular(path: Path):
+    """Open a file for reading; StateError if it is not a regular file (a FIFO would block forever,
+    a device would never end).  FileNotFoundError and other OSErrors propagate."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        kind = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise StateError(f"{path} is {kind}; delete it, or restore the state from a backup")
+    return os.fdopen(fd, "rb")
+
+
+def _pending_name(name: str) -> str:
+    return name[:-len(".npy")] + ".pending.npy"
+
+
+# ---- registry validation -----------------------------------------------------------
+
+def _check_entry(rel: str, entry, dtype: np.dtype | None = None, shape: tuple | None = None) -> None:
+    if not isinstance(entry, dict) or sorted(entry) != sorted(_ENTRY_KEYS):
+        raise _Invalid(f"the entry of {rel} must hold exactly {', '.join(_ENTRY_KEYS)}")
+    if not isinstance(entry["sha256"], str) or not _SHA256.match(entry["sha256"]):
+        raise _Invalid(f"the sha256 of {rel} is not 64 lowercase hex digits")
+    got_shape = entry["shape"]
+    if not isinstance(got_shape, list) or not all(_is_int(d) and 0 <= d <= MAX_POOL_VALUES for d in got_shape):
+        raise _Invalid(f"the shape of {rel} is not a list of non-negative integers")
+    if dtype is not None and entry["dtype"] != str(dtype):
+        raise _Invalid(f"{rel} is recorded as {_short(entry['dtype'])}, expected {dtype}")
+    if shape is not None and tuple(got_shape) != tuple(shape):
+        raise _Invalid(f"{rel} is recorded with shape {got_shape}, expected {list(shape)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_task(item, page_size: int) -> TaskRecord:
+    """One task entry -> TaskRecord, checking its own types and spec (not yet its table bounds)."""
+    if not isinstance(item, dict):
+        raise _Invalid("a task entry is not an object")
+    name = item.get("name")
+    try:
+        check_task_name(name)
+    except WeightSepError as e:
+        raise _Invalid(str(e)) from None
+    if name in _TOP_FILES:
+        raise _Invalid(f"task name {name!r} is the name of a state file")
+    if sorted(item) != sorted(_TASK_KEYS):
+        raise _Invalid(f"task '{name}' must hold exactly the keys {', '.join(_TASK_KEYS)}")
+    n = item["num_weights"]
+    if not _is_int(n) or not 1 <= n <= MAX_WEIGHTS:
+        raise _Invalid(f"task '{name}': num_weights {_short(n)} is not an integer from 1 to {MAX_WEIGHTS}")
+    table, exclusive = item["page_table"], item["exclusive_pages"]
+    expected = pages.num_pages(n, page_size)
+    if not isinstance(table, list) or len(table) != expected:
+        size = len(table) if isinstance(table, list) else "no"
+        raise _Invalid(f"task '{name}': page table has {size} entries, but {n} weights in pages of "
+                       f"{page_size} need {expected}")
+    if not all(_is_int(e) and -MAX_TABLE_ENTRY - 1 <= e <= MAX_TABLE_ENTRY for e in table):
+        raise _Invalid(f"task '{name}': page_table is not a list of int32 entries")
+    if (not isinstance(exclusive, list) or len(exclusive) > expected
+            or not all(_is_int(i) and 0 <= i < expected for i in exclusive)):
+        raise _Invalid(f"task '{name}': exclusive_pages is not a list of its page indices (0 to {expected - 1})")
+    if len(set(exclusive)) != len(exclusive):
+        raise _Invalid(f"task '{name}': exclusive_pages {exclusive} repeat a page")
+    if not isinstance(item["network_path"], str) or len(item["network_path"]) > MAX_NETWORK_PATH:
+        raise _Invalid(f"task '{name}': network_path is not a path")
+    for key in ("settings", "accuracy"):
+        if not isinstance(item[key], dict):
+            raise _Invalid(f"task '{name}': {key} is not an object")
+    if not _is_int(item["id"]) or item["id"] < 0:
+        raise _Invalid(f"task '{name}': id {_short(item['id'])} is not a non-negative integer")
+    try:
+        spec = TaskSpec.from_json(item["spec"])
+    except WeightSepError as e:
+        raise _Invalid(f"task '{name}': {e}") from None
+    if spec.name != name:
+        raise _Invalid(f"task '{name}': its spec describes task {spec.name!r}")
+    return TaskRecord(name=name, id=item["id"], num_weights=n,
+                      page_table=np.array(table, dtype=np.int64).astype(np.int32), exclusive_pages=exclusive,
+                      spec=item["spec"], network_path=item["network_path"],
+                      settings=item["settings"], accuracy=item["accuracy"])
 
 
 def _check_tasks(tasks: list[TaskRecord], page_size: int, num_shared: int, num_exclusive: int) -> None:
-    """Raise _Invalid unless the tasks are consistent with each other and with E rows."""
+    """Raise _Invalid unless every table is valid (weightsep.pages), exclusive pages are the table's
+    exclusive entries, and every exclusive row belongs to exactly one task page."""
     names, ids = set(), set()
-    owner = np.full(num_exclusive, -1, dtype=np.int64)
-    for index, record in enumerate(tasks):
-        _check_task(record, page_size, num_shared, num_exclusive)
-        if record.name in names:
-            raise _Invalid(f"task '{record.name}' is listed twice")
-        if not _is_int(record.id) or record.id < 0 or record.id in ids:
-            raise _Invalid(f"task '{record.name}': id {record.id!r} is not a new non-negative integer")
-        names.add(record.name)
+    owner = np.zeros(num_exclusive, dtype=np.int64)
+    for record in tasks:
+        name = record.name
+        if name in names:
+            raise _Invalid(f"task '{name}' is listed twice")
+        if record.id in ids:
+            raise _Invalid(f"task '{name}': id {record.id} is used twice")
+        names.add(name)
         ids.add(record.id)
-        rows = record.page_table[record.exclusive_pages].astype(np.int64) - num_shared
-        taken = rows[owner[rows] >= 0]
-        if taken.size or len(np.unique(rows)) != len(rows):
-            row = taken[0] if taken.size else rows[0]
-            raise _Invalid(f"task '{record.name}': exclusive row {row} is used twice")
-        owner[rows] = index
-    unused = np.flatnonzero(owner < 0)
+        try:
+            table = pages.validate_page_table(record.page_table, num_shared, num_exclusive,
+                                              record.num_weights, page_size)
+        except WeightSepError as e:
+            raise _Invalid(f"task '{name}': {e}") from None
+        is_exclusive = np.zeros(len(table), dtype=bool)
+        is_exclusive[record.exclusive_pages] = True
+        mismatch = np.flatnonzero(is_exclusive != (table >= num_shared))
+        if mismatch.size:
+            page = mismatch[0]
+            kind = "exclusive" if is_exclusive[page] else "sharable"
+            raise _Invalid(f"task '{name}': page {page} is {kind} but its table entry is {table[page]} "
+                           f"(shared pages are < {num_shared}, exclusive rows >= {num_shared})")
+        rows = table[is_exclusive].astype(np.int64) - num_shared
+        taken = rows[owner[rows] > 0]
+        if taken.size:
+            raise _Invalid(f"task '{name}': exclusive row {taken[0]} is used twice")
+        owner[rows] += 1
+    unused = np.flatnonzero(owner == 0)
     if unused.size:
         raise _Invalid(f"exclusive rows {unused[:5].tolist()} are used by no task")
 
 
+def _parse_registry(raw) -> _Registry:
+    """Check a registry's structure and consistency (its checksum already removed)."""
+    if not isinstance(raw, dict):
+        raise _Invalid("not a JSON object")
+    unknown = sorted(str(k)[:40] for k in raw if k not in _REGISTRY_KEYS)
+    missing = [k for k in _REGISTRY_KEYS if k not in raw]
+    if unknown or missing:
+        raise _Invalid(f"unknown keys {unknown}" if unknown else f"missing keys {missing}")
+    for key, low, high in (("page_size", 1, MAX_PAGE_SIZE), ("num_pages", 1, MAX_NUM_PAGES),
+                           ("generation", 0, 1 << 62), ("next_id", 0, MAX_TABLE_ENTRY)):
+        if not _is_int(raw[key]) or not low <= raw[key] <= high:
+            raise _Invalid(f"'{key}' is {_short(raw[key])}, expected an integer from {low} to {high}")
+    page_size, num_pages = raw["page_size"], raw["num_pages"]
+    if page_size * num_pages > MAX_POOL_VALUES:
+        raise _Invalid(f"a pool of {num_pages} x {page_size} weights is larger than {MAX_POOL_VALUES}")
+    page_dtype, layout = raw["page_dtype"], raw["layout"]
+    if page_dtype not in quantize.PAGE_DTYPES:
+        raise _Invalid(f"page_dtype {_short(page_dtype)} is not one of {', '.join(quantize.PAGE_DTYPES)}")
+    if page_dtype == "int4" and page_size % 2:
+        raise _Invalid(f"int4 pages need an even page_size, not {page_size}")
+    if layout not in LAYOUTS:
+        raise _Invalid(f"layout {_short(layout)} is not one of {', '.join(LAYOUTS)}")
+    files, obsolete, items = raw["files"], raw["obsolete"], raw["tasks"]
+    if not isinstance(files, dict) or not isinstance(obsolete, dict) or not isinstance(items, list):
+        raise _Invalid("'files' and 'obsolete' must be objects and 'tasks' a list")
+
+    # The page arrays: their dtypes and shapes follow from P, S and the page dtype; E from the record.
+    values_dtype = quantize.values_dtype(page_dtype)
+    _check_entry(EXCLUSIVE_FILE, files.get(EXCLUSIVE_FILE))
+    exclusive_shape = files[EXCLUSIVE_FILE]["shape"]
+    num_exclusive = exclusive_shape[0] if exclusive_shape else -1
+    if not 0 <= num_exclusive <= MAX_TABLE_ENTRY - num_pages:
+        raise _Invalid(f"{EXCLUSIVE_FILE} is recorded with shape {exclusive_shape}")
+    expected = {SHARED_FILE: (values_dtype, quantize.values_shape(page_dtype, num_pages, page_size)),
+                EXCLUSIVE_FILE: (values_dtype, quantize.values_shape(page_dtype, num_exclusive, page_size))}
+    if quantize.has_scales(page_dtype):
+        expected[SHARED_SCALE_FILE] = (np.dtype(np.float32), (num_pages,))
+        expected[EXCLUSIVE_SCALE_FILE] = (np.dtype(np.float32), (num_exclusive,))
+
+    tasks = [_parse_task(item, page_size) for item in items]
+    for record in tasks:
+        if record.id >= raw["next_id"]:
+            raise _Invalid(f"task '{record.name}': id {record.id} is not below next_id {raw['next_id']}")
+        for kind in VECTOR_KINDS:
+            rel = _vector_rel(record.name, kind)
+            if rel in files:
+                expected[rel] = (np.dtype(np.float32), (record.num_weights,))
+            elif kind in REQUIRED_VECTORS:
+                raise _Invalid(f"task '{record.name}' has no {kind} vector ({rel})")
+    for rel in files:
+        if rel not in expected:
+            raise _Invalid(f"'files' lists {_short(rel)}, which this state does not use")
+    for rel, (dtype, shape) in expected.items():
+        if rel not in files:
+            raise _Invalid(f"'files' lacks {rel}")
+        _check_entry(rel, files[rel], dtype, shape)
+    for rel, entry in obsolete.items():
+        if _parse_vector_rel(rel) is None or rel in files:
+            raise _Invalid(f"'obsolete' lists {_short(rel)}, which is not a vector file the state dropped")
+        _check_entry(rel, entry, np.dtype(np.float32))
+    _check_tasks(tasks, page_size, num_pages, num_exclusive)
+    return _Registry(page_size=page_size, num_pages=num_pages, page_dtype=page_dtype, layout=layout,
+                     generation=raw["generation"], next_id=raw["next_id"], files=files, obsolete=obsolete,
+                     tasks=tasks, num_exclusive=num_exclusive)
+
+
+# ---- page writes -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Pages:
+    """One page array in memory: float32 values as used, and the stored values (+ scales)."""
+
+    floats: np.ndarray
+    values: np.ndarray
+    scales: Optional[np.ndarray]
+
+    def freeze(self) -> "_Pages":
+        for array in (self.floats, self.values, self.scales):
+            if array is not None:
+                array.setflags(write=False)
+        return self
+
+
+def _stored_pages(page_dtype: str, floats: np.ndarray) -> _Pages:
+    values, scales = quantize.quantize_pages(floats, page_dtype)
+    return _Pages(quantize.dequantize_pages(values, scales, page_dtype), values, scales)
+
+
+def _changed_rows(current: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Bool per row: whether any value differs bit for bit (-0.0 and 0.0 differ)."""
+    return np.any(current.view(np.uint32) != new.view(np.uint32), axis=1)
+
+
+def _rewrite(page_dtype: str, old: _Pages, rows: np.ndarray, new_pages: np.ndarray) -> Optional[_Pages]:
+    """old with pages `rows` set to new_pages (quantized as stored), or None if no page changes.
+
+    Pages whose float values equal the current ones keep their exact stored bytes.
+    """
+    changed = _changed_rows(old.floats[rows], new_pages)
+    if not changed.any():
+        return None
+    rows, new_pages = rows[changed], new_pages[changed]
+    update = _stored_pages(page_dtype, new_pages)
+    result = _Pages(old.floats.copy(), old.values.copy(), None if old.scales is None else old.scales.copy())
+    result.floats[rows] = update.floats
+    result.values[rows] = update.values
+    if result.scales is not None:
+        result.scales[rows] = update.scales
+    return result
+
+
+def _as_values(values, what: str) -> np.ndarray:
+    """A float32 C-order copy of floating-point values; ValueError if they are not finite."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{what} has dtype {array.dtype}, expected floating point")
+    array = np.array(array, dtype=np.float32, order="C", copy=True)  # the store owns its arrays
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return array
+
+
+# ---- the store ---------------------------------------------------------------------
+
 class Store:
     """The separated state of one directory.  See the module docstring for the files.
 
-    Reading needs no lock: `Store(d).load()`.  Changing the state needs the writer
-    lock: `with store.writer(): store.add_task(...)`.  Arrays handed out are
-    read-only views; change them through the methods, which write to disk first.
+    Reading needs no lock (and works on a read-only directory): `Store(d).load()`.
+    Changing the state needs the writer lock: `with store.writer(): store.add_task(...)`.
+    Each change is one commit.  Arrays handed out are read-only; change the state
+    through the methods, which write to disk first.
     """
 
     def __init__(self, state_dir: str | os.PathLike = "."):
@@ -238,28 +563,22 @@ class Store:
         self.registry_path = self.dir / REGISTRY_FILE
         self.lock_path = self.dir / LOCK_FILE
         self._lock_fd: int | None = None
-        self._loaded = False
-        self._page_size = 0
-        self._num_pages = 0
-        self._settings: dict = {}
-        self._tasks: list[TaskRecord] = []
-        self._shared = np.zeros((0, 0), np.float32)
-        self._exclusive = np.zeros((0, 0), np.float32)
-        self._generation = 0
-        self._next_id = 0
+        self._reg: _Registry | None = None
+        self._pages: dict[str, _Pages] = {}
+        self._sources: dict[str, Path] = {}
 
     def __repr__(self) -> str:
-        if not self._loaded:
+        if self._reg is None:
             return f"Store({str(self.dir)!r}, not loaded)"
-        return (f"Store({str(self.dir)!r}, P={self._num_pages}, S={self._page_size}, "
-                f"E={len(self._exclusive)}, tasks={[t.name for t in self._tasks]})")
+        return (f"Store({str(self.dir)!r}, P={self._reg.num_pages}, S={self._reg.page_size}, "
+                f"E={self._reg.num_exclusive}, {self._reg.page_dtype}, tasks={[t.name for t in self._reg.tasks]})")
 
     # ---- reading -----------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
         """Whether load() (or create()) has read the state into this object."""
-        return self._loaded
+        return self._reg is not None
 
     def exists(self) -> bool:
         """Whether the directory holds a registry (a created state)."""
@@ -268,536 +587,730 @@ class Store:
     def _start_over(self) -> str:
         return f"restore {self.dir} from a backup, or delete it and re-run -mode=a for each task to start over"
 
+    def _check_dir(self) -> None:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise StateError(f"-state_dir {self.dir} is a file, not a directory; pass the directory that "
+                             f"holds the state (a new one is created on first use)")
+
     def load(self) -> "Store":
-        """Read and validate the registry, the shared pool and the exclusive store."""
+        """Read and validate the registry and the page arrays (vectors are read by load_vector)."""
+        self._check_dir()
         for attempt in range(3):
-            raw = self._read_registry()
+            text, reg = self._read_registry()
             try:
-                shared, from_pending_s = self._read_committed(SHARED_FILE, raw)
-                exclusive, from_pending_e = self._read_committed(EXCLUSIVE_FILE, raw)
+                loaded = {which: self._read_pages(reg, which) for which in POOL_FILES}
                 break
             except StateError:
                 # A writer may have committed between our registry read and the array
                 # reads (it then renames pending files away); read again in that case.
-                if attempt < 2 and self._registry_changed(raw):
+                if attempt < 2 and self._registry_bytes() != text:
                     continue
                 raise
-        self._adopt(raw, shared, exclusive)
-        if self._lock_fd is not None:
-            self._finish_commit(promote=[name for name, pending in
-                                         ((SHARED_FILE, from_pending_s), (EXCLUSIVE_FILE, from_pending_e))
-                                         if pending])
+        self._reg = reg
+        self._pages = {which: item[0] for which, item in loaded.items()}
+        self._sources = {rel: path for item in loaded.values() for rel, path in item[1].items()}
         return self
 
-    def _registry_changed(self, raw: dict) -> bool:
+    def _registry_bytes(self) -> bytes | None:
         try:
-            return json.loads(self.registry_path.read_bytes()).get("generation") != raw["generation"]
-        except (OSError, ValueError, AttributeError):
-            return True
+            return self.registry_path.read_bytes()
+        except OSError:
+            return None
 
-    def _read_registry(self) -> dict:
+    def _read_registry(self) -> tuple[bytes, _Registry]:
         path = self.registry_path
         try:
-            text = path.read_bytes()
+            with _open_regular(path) as f:
+                if os.fstat(f.fileno()).st_size > MAX_REGISTRY_BYTES:
+                    raise StateError(f"{path} is larger than {MAX_REGISTRY_BYTES} bytes, too large for a registry; "
+                                     f"{self._start_over()}")
+                text = f.read(MAX_REGISTRY_BYTES + 1)
         except FileNotFoundError:
             raise StateError(f"no separated state in {self.dir}: {path} is missing; add a first task with "
                              f"-mode=a -vnn_name=<task>, or pass the -state_dir that holds the state") from None
+        except IsADirectoryError:
+            raise StateError(f"{path} is a directory, not the registry file; {self._start_over()}") from None
         except OSError as e:
-            raise StateError(f"cannot read {path}: {e.strerror}; check its permissions") from None
+            raise StateError(f"cannot read {path}: {atomic.reason(e)}; check its permissions") from None
         try:
-            raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise StateError(f"{path} is not valid JSON ({e}); {self._start_over()}") from None
-        if not isinstance(raw, dict):
-            raise StateError(f"{path} does not hold a JSON object; {self._start_over()}")
-        version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise StateError(f"{path} has schema_version {version!r}, but this toolkit reads version "
-                             f"{SCHEMA_VERSION}; use the toolkit version that wrote it, or delete {self.dir} "
-                             f"and re-run -mode=a for each task")
-        try:
-            self._parse_registry(raw)
+            raw = _decode_json(text)
+            if not isinstance(raw, dict):
+                raise _Invalid("not a JSON object")
+            version = raw.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise StateError(f"{path} has schema_version {_short(version)}, but this toolkit reads version "
+                                 f"{SCHEMA_VERSION}; use the toolkit version that wrote it, or delete {self.dir} "
+                                 f"and re-run -mode=a for each task")
+            recorded = raw.pop("checksum", None)
+            try:
+                actual = _checksum(raw)
+            except (ValueError, RecursionError):
+                raise _Invalid("holds values that have no canonical JSON encoding") from None
+            if recorded != actual:
+                raise StateError(f"{path} was edited outside the toolkit (its checksum does not match its "
+                                 f"content), so it would load as a silently different state; "
+                                 f"{self._start_over()}")
+            return text, _parse_registry(raw)
         except _Invalid as e:
             raise StateError(f"{path}: {e}; {self._start_over()}") from None
-        return raw
 
-    def _parse_registry(self, raw: dict) -> None:
-        """Check the registry's own structure; put TaskRecords into raw['_records']."""
-        for key in ("page_size", "num_pages", "generation", "next_id"):
-            if not _is_int(raw.get(key)) or raw[key] < (0 if key in ("generation", "next_id") else 1):
-                raise _Invalid(f"'{key}' is {raw.get(key)!r}, expected a positive integer")
-        if not isinstance(raw.get("settings"), dict):
-            raise _Invalid("'settings' is not an object")
-        arrays = raw.get("arrays")
-        for name in (SHARED_FILE, EXCLUSIVE_FILE):
-            entry = arrays.get(name) if isinstance(arrays, dict) else None
-            if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                    or not isinstance(entry.get("shape"), list) or len(entry["shape"]) != 2
-                    or not all(_is_int(d) and d >= 0 for d in entry["shape"])):
-                raise _Invalid(f"'arrays' lacks a valid shape and sha256 for {name}")
-        page_size, num_pages = raw["page_size"], raw["num_pages"]
-        if arrays[SHARED_FILE]["shape"] != [num_pages, page_size]:
-            raise _Invalid(f"{SHARED_FILE} is recorded as {arrays[SHARED_FILE]['shape']}, "
-                           f"but num_pages x page_size is {[num_pages, page_size]}")
-        num_rows, width = arrays[EXCLUSIVE_FILE]["shape"]
-        if width != page_size:
-            raise _Invalid(f"{EXCLUSIVE_FILE} is recorded with rows of {width}, not page_size {page_size}")
-        if not isinstance(raw.get("tasks"), list):
-            raise _Invalid("'tasks' is not a list")
-        records = []
-        for item in raw["tasks"]:
-            if not isinstance(item, dict):
-                raise _Invalid("a task entry is not an object")
-            name = item.get("name")
-            table, exclusive = item.get("page_table"), item.get("exclusive_pages")
-            if not isinstance(table, list) or not all(_is_int(e) for e in table):
-                raise _Invalid(f"task {name!r}: page_table is not a list of integers")
-            if not isinstance(exclusive, list) or not all(_is_int(e) for e in exclusive):
-                raise _Invalid(f"task {name!r}: exclusive_pages is not a list of integers")
-            if (not isinstance(item.get("network_path", ""), str)
-                    or not isinstance(item.get("settings", {}), dict)
-                    or not isinstance(item.get("accuracy", {}), dict)):
-                raise _Invalid(f"task {name!r}: network_path, settings or accuracy has the wrong type")
-            if any(abs(e) >= 2**31 for e in table):
-                raise _Invalid(f"task {name!r}: a page table entry does not fit int32")
-            records.append(TaskRecord(name=name, id=item.get("id"), num_weights=item.get("num_weights"),
-                                      page_table=np.array(table, dtype=np.int64).astype(np.int32),
-                                      exclusive_pages=exclusive,
-                                      network_path=item.get("network_path", ""),
-                                      settings=item.get("settings", {}), accuracy=item.get("accuracy", {})))
-        _check_tasks(records, page_size, num_pages, num_rows)
-        if any(r.id >= raw["next_id"] for r in records):
-            raise _Invalid("a task id is not below 'next_id'")
-        raw["_records"] = records
+    def _read_pages(self, reg: _Registry, which: str) -> tuple[_Pages, dict[str, Path]]:
+        """One page array from its committed files, dequantized; and the file each came from."""
+        names = [name for name in POOL_FILES[which] if name in reg.files]
+        arrays, sources = {}, {}
+        for name in names:
+            arrays[name], sources[name] = self._read_committed(reg, name, self._start_over())
+        values_name, scales_name = POOL_FILES[which]
+        scales = arrays.get(scales_name)
+        if scales is not None and np.any(scales < 0):
+            raise StateError(f"{sources[scales_name]} holds negative scales; {self._start_over()}")
+        floats = quantize.dequantize_pages(arrays[values_name], scales, reg.page_dtype)
+        return _Pages(floats, arrays[values_name], scales).freeze(), sources
 
-    def _read_committed(self, name: str, raw: dict) -> tuple[np.ndarray, bool]:
-        """The array the registry refers to: the real file, else its pending file (see top)."""
-        entry = raw["arrays"][name]
-        path, pending = self.dir / name, self._pending(name)
-        try:
-            return self._read_array(path, entry), False
-        except (StateError, FileNotFoundError) as error:
-            first = error
-        try:
-            return self._read_array(pending, entry), True
-        except (StateError, FileNotFoundError):
-            pass
+    def _path(self, rel: str) -> Path:
+        return self.dir / rel
+
+    def _pending_path(self, rel: str) -> Path:
+        return self.dir / _pending_name(rel)
+
+    def _read_committed(self, reg: _Registry, rel: str, fix: str) -> tuple[np.ndarray, Path]:
+        """The file the registry refers to: the real file, else its pending file (see top).
+
+        The real file is tried a second time: a writer may have renamed the pending file over
+        it meanwhile.  The error reported is the real file's.
+        """
+        entry = reg.files[rel]
+        real, pending = self._path(rel), self._pending_path(rel)
+        first: Exception | None = None
+        for path in (real, pending, real):
+            try:
+                return self._read_file(path, entry, fix), path
+            except (FileNotFoundError, StateError) as error:
+                first = first or error
         if isinstance(first, FileNotFoundError):
-            raise StateError(f"{path} is missing but {self.registry_path} refers to it; "
-                             f"{self._start_over()}") from None
+            raise StateError(f"{real} is missing but {REGISTRY_FILE} refers to it; {fix}")
         raise first
 
-    def _read_array(self, path: Path, entry: dict) -> np.ndarray:
+    def _read_file(self, path: Path, entry: dict, fix: str) -> np.ndarray:
+        """A .npy file checked against its registry entry (header first: no data is read blindly)."""
+        dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
         try:
-            array = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
+            with _open_regular(path) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    file_shape, fortran, file_dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    file_shape, fortran, file_dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                if file_dtype != dtype:
+                    raise StateError(f"{path} holds {file_dtype} values, expected {dtype}; {fix}")
+                if fortran or tuple(file_shape) != shape:
+                    raise StateError(f"{path} has shape {tuple(file_shape)}, but {REGISTRY_FILE} expects "
+                                     f"{shape}; {fix}")
+                nbytes = math.prod(shape) * dtype.itemsize
+                remaining = os.fstat(f.fileno()).st_size - f.tell()
+                if remaining != nbytes:
+                    raise StateError(f"{path} holds {remaining} data bytes where {nbytes} are expected: it is "
+                                     f"truncated or was changed; {fix}")
+                data = f.read(nbytes)
+        except (FileNotFoundError, StateError):
             raise
-        except (ValueError, OSError, EOFError) as e:
-            raise StateError(f"{path} is unreadable ({e}): it is truncated or not a .npy file; "
-                             f"{self._start_over()}") from None
-        expected = tuple(entry["shape"])
-        if array.dtype != np.float32:
-            raise StateError(f"{path} holds {array.dtype} values, expected float32; {self._start_over()}")
-        if array.shape != expected:
-            raise StateError(f"{path} has shape {array.shape}, but {REGISTRY_FILE} expects {expected}; "
-                             f"{self._start_over()}")
-        bad = np.count_nonzero(~np.isfinite(array))
-        if bad:
-            raise StateError(f"{path} contains {bad} NaN or infinite values; {self._start_over()}")
-        if _digest(array) != entry["sha256"]:
+        except (ValueError, EOFError) as e:
+            raise StateError(f"{path} is unreadable ({_one_line(e)}): it is truncated or not a .npy file; "
+                             f"{fix}") from None
+        except OSError as e:
+            raise StateError(f"cannot read {path}: {atomic.reason(e)}; {fix}") from None
+        if len(data) != nbytes:
+            raise StateError(f"{path} is truncated (changed while being read); {fix}")
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        if dtype.kind == "f":
+            bad = np.count_nonzero(~np.isfinite(array))
+            if bad:
+                raise StateError(f"{path} contains {bad} NaN or infinite values; {fix}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise StateError(f"{path} does not match {REGISTRY_FILE} (checksum differs): it was changed "
-                             f"by another program or copied from another state; {self._start_over()}")
-        array.setflags(write=False)
+                             f"outside the toolkit, copied from another state, or rewritten by a writer since "
+                             f"this state was loaded; {fix}")
         return array
 
-    def _adopt(self, raw: dict, shared: np.ndarray, exclusive: np.ndarray) -> None:
-        self._page_size, self._num_pages = raw["page_size"], raw["num_pages"]
-        self._settings = raw["settings"]
-        self._tasks = raw["_records"]
-        self._generation, self._next_id = raw["generation"], raw["next_id"]
-        shared.setflags(write=False)
-        exclusive.setflags(write=False)
-        self._shared, self._exclusive = shared, exclusive
-        self._loaded = True
-
-    def _require_loaded(self) -> None:
-        if not self._loaded:
+    def _require_loaded(self) -> _Registry:
+        if self._reg is None:
             raise StateError(f"the state in {self.dir} is not loaded: call load() (or create() "
                              f"inside writer()) first")
+        return self._reg
 
     @property
     def page_size(self) -> int:
-        self._require_loaded()
-        return self._page_size
+        """S, the number of weights per page."""
+        return self._require_loaded().page_size
 
     @property
     def num_pages(self) -> int:
         """P, the number of shared pages."""
-        self._require_loaded()
-        return self._num_pages
+        return self._require_loaded().num_pages
 
     @property
-    def settings(self) -> dict:
-        self._require_loaded()
-        return copy.deepcopy(self._settings)
+    def num_exclusive(self) -> int:
+        """E, the number of exclusive rows of all tasks."""
+        return self._require_loaded().num_exclusive
+
+    @property
+    def page_dtype(self) -> str:
+        """How pages are stored: "float32", "int8" or "int4" (weightsep.quantize)."""
+        return self._require_loaded().page_dtype
+
+    @property
+    def layout(self) -> str:
+        """The order of weights in the network vectors: "natural" or "transposed" (the original's -transpose)."""
+        return self._require_loaded().layout
 
     @property
     def tasks(self) -> list[TaskRecord]:
         """Copies of the task records, in registration order."""
-        self._require_loaded()
-        return copy.deepcopy(self._tasks)
+        return copy.deepcopy(self._require_loaded().tasks)
 
     @property
     def shared(self) -> np.ndarray:
-        """The shared pool, float32 [P, S], read-only."""
+        """The shared pool, float32 [P, S] (dequantized for quantized states), read-only."""
         self._require_loaded()
-        return self._shared
+        return self._pages["shared"].floats
 
     @property
     def exclusive(self) -> np.ndarray:
-        """The exclusive store, float32 [E, S], read-only."""
+        """The exclusive store, float32 [E, S] (dequantized for quantized states), read-only."""
         self._require_loaded()
-        return self._exclusive
+        return self._pages["exclusive"].floats
+
+    def quantized(self, which: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The stored arrays of "shared" or "exclusive": (values, scales), read-only.
+
+        values as on disk (int8 [r, S], uint8 [r, S / 2] for int4, float32 [r, S] for a
+        float32 state); scales float32 [r], None for a float32 state.
+        """
+        self._require_loaded()
+        if which not in POOL_FILES:
+            raise ValueError(f"which must be 'shared' or 'exclusive', not {which!r}")
+        return self._pages[which].values, self._pages[which].scales
+
+    def exclusive_file(self) -> StoredFiles:
+        """The committed file(s) holding the exclusive rows, as load read them (the real file, else
+        its pending file): what a runtime reads rows from.  Valid until a writer commits again."""
+        self._require_loaded()
+        values, scales = POOL_FILES["exclusive"]
+        return StoredFiles(self._sources[values], self._sources.get(scales))
 
     def _index(self, name: str) -> int:
-        self._require_loaded()
-        for index, record in enumerate(self._tasks):
+        reg = self._require_loaded()
+        for index, record in enumerate(reg.tasks):
             if record.name == name:
                 return index
-        known = ", ".join(t.name for t in self._tasks) or "none"
+        known = ", ".join(t.name for t in reg.tasks) or "none"
         raise StateError(f"task '{name}' is not in {self.registry_path} (known tasks: {known}); "
                          f"add it with -mode=a -vnn_name={name}")
 
     def task(self, name: str) -> TaskRecord:
         """A copy of one task's record; StateError naming the known tasks if absent."""
-        return copy.deepcopy(self._tasks[self._index(name)])
+        return copy.deepcopy(self._reg.tasks[self._index(name)])
 
     def has_task(self, name: str) -> bool:
-        self._require_loaded()
-        return any(t.name == name for t in self._tasks)
+        return any(t.name == name for t in self._require_loaded().tasks)
 
     def materialize(self, name: str) -> np.ndarray:
-        """The task's weight vector, float32[n]: its pages gathered from pool and store, cut to n."""
-        record = self._tasks[self._index(name)]
-        pages = gather_pages(self._shared, self._exclusive, record.page_table)
-        return pages.reshape(-1)[:record.num_weights].copy()
+        """The task's weight vector, float32[n], exactly as stored (weightsep.pages.materialize)."""
+        record = self._reg.tasks[self._index(name)]
+        return pages.materialize(self.shared, self.exclusive, record.page_table, record.num_weights)
 
-    def occupation(self) -> np.ndarray:
-        """int64[P]: how many (task, task page) pairs live on each shared page."""
-        self._require_loaded()
-        counts = np.zeros(self._num_pages, dtype=np.int64)
-        for record in self._tasks:
-            table = record.page_table
-            np.add.at(counts, table[table < self._num_pages], 1)
-        return counts
+    def _page_tables(self) -> dict[str, np.ndarray]:
+        return {r.name: r.page_table for r in self._require_loaded().tasks}
 
-    def occupants(self, page: int) -> list[tuple[str, int]]:
-        """The (task name, task page index) pairs on shared page `page`, in task order."""
-        self._require_loaded()
-        if not 0 <= page < self._num_pages:
-            raise IndexError(f"shared page {page} is outside 0..{self._num_pages - 1}")
-        return [(r.name, int(i)) for r in self._tasks for i in np.flatnonzero(r.page_table == page)]
+    def occupation(self) -> list[list[tuple[str, int]]]:
+        """Per shared page, the (task name, task page) pairs on it (weightsep.pages.occupation)."""
+        return pages.occupation(self._page_tables(), self.num_pages)
+
+    def occupation_counts(self) -> np.ndarray:
+        """int64[P]: how many task pages live on each shared page (weightsep.pages.occupation_counts)."""
+        return pages.occupation_counts(self._page_tables(), self.num_pages)
 
     # ---- per-task vectors ------------------------------------------------------------
 
     def vector_path(self, task: str, kind: str) -> Path:
-        if kind not in VECTOR_KINDS:
-            raise ValueError(f"vector kind {kind!r} is not one of {VECTOR_KINDS}")
-        if not isinstance(task, str) or not _TASK_NAME.match(task):
-            raise ValueError(f"task name {task!r} is not a plain folder name (letters, digits, _ . -)")
-        return self.dir / task / f"{task}_{kind}.npy"
+        """Where a per-task vector lives (its committed content may still be in its pending file)."""
+        return self._path(_vector_rel(task, kind))
 
     def has_vector(self, task: str, kind: str) -> bool:
-        return self.vector_path(task, kind).is_file()
+        """Whether the registry records that vector of the task."""
+        return _vector_rel(task, kind) in self._require_loaded().files
 
-    def _expected_length(self, task: str) -> int | None:
-        if self._loaded:
-            for record in self._tasks:
-                if record.name == task:
-                    return record.num_weights
-        return None
+    def _vector_fix(self, task: str, kind: str) -> str:
+        return {"weight": f"train the task with -mode=t -vnn_name={task}",
+                "fisher": f"compute it with -mode=f -vnn_name={task}"}.get(
+            kind, f"remove the task with -mode=r -vnn_name={task} and add it again with -mode=a")
 
     def load_vector(self, task: str, kind: str) -> np.ndarray:
-        """A per-task float32 vector; checked against num_weights when the task is registered."""
-        path = self.vector_path(task, kind)
-        fix = (f"train the task with -mode=t -vnn_name={task}" if kind == "weight"
-               else f"re-run -mode=a -vnn_name={task} (remove it first with -mode=r if it is registered)")
-        try:
-            vector = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise StateError(f"{path} is missing; {fix}") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise StateError(f"{path} is unreadable ({e}): it is truncated or not a .npy file; {fix}") from None
-        if vector.dtype != np.float32 or vector.ndim != 1:
-            raise StateError(f"{path} holds {vector.dtype} of shape {vector.shape}, expected a float32 "
-                             f"vector; {fix}")
-        expected = self._expected_length(task)
-        if expected is not None and len(vector) != expected:
-            raise StateError(f"{path} has {len(vector)} weights, but task '{task}' has {expected}; {fix}")
-        if not np.all(np.isfinite(vector)):
-            raise StateError(f"{path} contains NaN or infinite values; {fix}")
-        return vector
+        """A per-task float32 [n] vector, checked against the registry's checksum."""
+        reg = self._require_loaded()
+        rel = _vector_rel(task, kind)
+        self._index(task)
+        fix = self._vector_fix(task, kind)
+        if rel not in reg.files:
+            raise StateError(f"task '{task}' has no {kind} vector ({self._path(rel)}); {fix}")
+        array, _ = self._read_committed(reg, rel, fix)
+        return array.copy()
 
-    def save_vector(self, task: str, kind: str, vector: np.ndarray) -> None:
-        """Atomically write a per-task vector (float32, finite; length n if the task is registered)."""
-        self._require_writer("save_vector")
-        path = self.vector_path(task, kind)
-        vector = self._as_values(vector, f"{kind} vector of task '{task}'")
-        expected = self._expected_length(task)
-        if vector.ndim != 1 or (expected is not None and len(vector) != expected):
-            raise ValueError(f"{kind} vector of task '{task}' has shape {vector.shape}, "
-                             f"expected ({expected if expected is not None else 'n'},)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _save_npy(path, vector)
-
-    # ---- writing ---------------------------------------------------------------------
+    # ---- the writer lock and recovery --------------------------------------------------
 
     @contextlib.contextmanager
     def writer(self) -> Iterator["Store"]:
-        """Hold the writer lock; on entry, finish any interrupted commit and reload the state.
+        """Hold the writer lock (without waiting); on entry, finish or discard any interrupted commit
+        and reload the state.
 
-        Raises StateLockedError naming the holder's pid if another process holds it.
+        Raises StateLockedError (naming the holder's pid) if another process holds it, and
+        StateReadOnlyError if the directory cannot be written (reading it still works).
         """
         if self._lock_fd is not None:
             raise StateError(f"this Store already holds the writer lock of {self.dir}")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open_lock()
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+                    raise StateError(f"cannot lock {self.lock_path}: {atomic.reason(e)}") from None
                 pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 raise StateLockedError(
                     f"state in {self.dir} is locked by pid {pid} (another WeightSeparation.py is writing "
                     f"it); wait for it to finish or, if that process is gone, delete {self.lock_path} "
                     f"and retry") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise atomic.write_error("write", self.lock_path, e) from None
             self._lock_fd = fd
             try:
-                self._remove_leftovers()
-                if self.exists():
-                    self.load()
+                self._recover()
                 yield self
             finally:
                 self._lock_fd = None
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _open_lock(self) -> int:
+        """Open (create) the lock file; the errors say what is wrong with the directory."""
+        self._check_dir()
+        read_only = (f"the writer lock {self.lock_path} cannot be taken; the state can still be read "
+                     f"(-mode=e, -mode=l), or copy it to a writable -state_dir to change it")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            error = StateReadOnlyError if e.errno in _READ_ONLY else StateError
+            raise error(f"cannot create the state directory {self.dir}: {atomic.reason(e)}; "
+                        f"pass a -state_dir you can write") from None
+        effective = os.access in os.supports_effective_ids
+        if not os.access(self.dir, os.W_OK | os.X_OK, effective_ids=effective):
+            raise StateReadOnlyError(f"{self.dir} is read-only: {read_only}")
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.lock_path, flags, 0o644)
+        except IsADirectoryError:
+            raise StateError(f"{self.lock_path} is a directory, not a lock file; delete it and retry") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateError(f"{self.lock_path} is a symbolic link, not a lock file; delete it and retry") from None
+            if e.errno in _READ_ONLY:
+                raise StateReadOnlyError(f"cannot open {self.lock_path}: {atomic.reason(e)}; {read_only}") from None
+            raise StateError(f"cannot open {self.lock_path}: {atomic.reason(e)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{self.lock_path} is not a regular file; delete it and retry")
+        return fd
 
     def _require_writer(self, method: str) -> None:
         if self._lock_fd is None:
             raise StateError(f"Store.{method} changes {self.dir} and needs the writer lock: "
                              f"call it inside `with store.writer():`")
 
-    def _pending(self, name: str) -> Path:
-        return self.dir / name.replace(".npy", ".pending.npy")
+    def _task_dirs(self) -> list[Path]:
+        """Sub-directories that may hold per-task vector files (plain names, not symbolic links)."""
+        found = []
+        for path in self.dir.iterdir():
+            with contextlib.suppress(WeightSepError):
+                if check_task_name(path.name) and path.is_dir() and not path.is_symlink():
+                    found.append(path)
+        return found
 
-    def _remove_leftovers(self) -> None:
-        """Delete temp files of interrupted writes and uncommitted pending files (lock held)."""
-        targets = {self.dir: [SHARED_FILE, EXCLUSIVE_FILE, REGISTRY_FILE,
-                              self._pending(SHARED_FILE).name, self._pending(EXCLUSIVE_FILE).name]}
-        for folder in self.dir.iterdir():
-            if _TASK_NAME.match(folder.name) and folder.is_dir():
-                targets[folder] = [self.vector_path(folder.name, kind).name for kind in VECTOR_KINDS]
-        for folder, names in targets.items():
-            for path in folder.iterdir():
-                if any(_is_temp_of(path.name, name) for name in names):
-                    with contextlib.suppress(FileNotFoundError):
+    def _recover(self) -> None:
+        """With the lock held: finish a committed change (rename its pending files, delete what it
+        dropped), delete uncommitted pending and temp files, and load the state."""
+        if self.exists():
+            self.load()
+            reg = self._reg
+            for rel, entry in reg.files.items():
+                pending = self._pending_path(rel)
+                if not pending.is_file():
+                    continue
+                if self._sources.get(rel) == pending or self._matches(pending, entry):
+                    atomic.replace(pending, self._path(rel))
+                    if rel in self._sources:
+                        self._sources[rel] = self._path(rel)
+                else:
+                    with contextlib.suppress(OSError):
+                        pending.unlink()
+            for rel, entry in reg.obsolete.items():
+                self._delete_if_matches(rel, entry)
+        # Whatever pending or temp file is left now belongs to no commit.
+        self._discard_leftovers(self.dir, [SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE,
+                                           EXCLUSIVE_SCALE_FILE, REGISTRY_FILE])
+        for folder in self._task_dirs():
+            names = [Path(_vector_rel(folder.name, kind)).name for kind in VECTOR_KINDS]
+            if self._discard_leftovers(folder, names):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty: a folder made for pending files of no commit
+
+    def _discard_leftovers(self, folder: Path, names: list[str]) -> bool:
+        """Delete the pending files of `names` and the temp files of both; whether any was deleted."""
+        pendings = {_pending_name(name) for name in names if name.endswith(".npy")}
+        targets = list(names) + sorted(pendings)
+        removed = False
+        for path in folder.iterdir():
+            if path.name in pendings or (path.name.startswith(".")
+                                         and any(atomic.is_temp_of(path.name, t) for t in targets)):
+                if path.is_file() and not path.is_symlink():
+                    with contextlib.suppress(OSError):
                         path.unlink()
-        if not self.exists():
-            self._finish_commit(promote=[])
+                        removed = True
+        return removed
 
-    def _finish_commit(self, promote: list[str]) -> None:
-        """Step 3 of a commit: rename committed pending files over the real ones; drop stale ones."""
-        for name in (SHARED_FILE, EXCLUSIVE_FILE):
-            pending = self._pending(name)
-            if name in promote:
-                os.replace(pending, self.dir / name)
-            elif pending.exists():
-                pending.unlink()
-        if promote:
-            _fsync_dir(self.dir)
-
-    def _commit(self, *, tasks: list[TaskRecord], shared: np.ndarray | None = None,
-                exclusive: np.ndarray | None = None, settings: dict | None = None,
-                page_size: int | None = None, num_pages: int | None = None, next_id: int | None = None) -> None:
-        """Write arrays (pending), then the registry (commit point), then rename; see the module doc."""
-        page_size = self._page_size if page_size is None else page_size
-        num_pages = self._num_pages if num_pages is None else num_pages
-        settings = self._settings if settings is None else settings
-        next_id = self._next_id if next_id is None else next_id
-        new_shared = self._shared if shared is None else shared
-        new_exclusive = self._exclusive if exclusive is None else exclusive
+    def _matches(self, path: Path, entry: dict) -> bool:
         try:
-            _check_tasks(tasks, page_size, num_pages, len(new_exclusive))
+            self._read_file(path, entry, "")
+            return True
+        except (StateError, FileNotFoundError):
+            return False
+
+    def _delete_if_matches(self, rel: str, entry: dict) -> None:
+        """Delete a dropped file (and its pending copy) only if it holds exactly what was recorded."""
+        for path in (self._path(rel), self._pending_path(rel)):
+            if self._matches(path, entry):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        # The folder may be the task's spec folder (default state_dir): remove it only if empty.
+        with contextlib.suppress(OSError):
+            self._path(rel).parent.rmdir()
+
+    # ---- commits ---------------------------------------------------------------------
+
+    def _commit(self, *, tasks: list[TaskRecord], next_id: int | None = None, header: dict | None = None,
+                new_pages: dict[str, _Pages] | None = None, vectors: dict[str, np.ndarray] | None = None,
+                drop: tuple = ()) -> None:
+        """One commit: changed files as pending files, then the registry (the commit point), then
+        renames and deletions; see the module docstring.
+
+        new_pages: replaced page arrays ("shared" / "exclusive"); vectors: rel -> float32 vector;
+        drop: vector files the new state no longer refers to.  header: the state-wide fields
+        (create and convert_state only).
+        """
+        old = self._reg
+        new_pages = new_pages or {}
+        writes: dict[str, np.ndarray] = dict(vectors or {})
+        for which, item in new_pages.items():
+            values_name, scales_name = POOL_FILES[which]
+            writes[values_name] = item.values
+            if item.scales is not None:
+                writes[scales_name] = item.scales
+        files = {} if old is None else {rel: e for rel, e in old.files.items() if rel not in drop}
+        files.update({rel: _entry(array) for rel, array in writes.items()})
+        obsolete = {rel: old.files[rel] for rel in drop if rel not in files} if old is not None else {}
+        if old is not None:
+            for rel, entry in old.obsolete.items():
+                if rel not in files and rel not in obsolete and (
+                        self._path(rel).exists() or self._pending_path(rel).exists()):
+                    obsolete[rel] = entry
+        fields = header if header is not None else {
+            "page_size": old.page_size, "num_pages": old.num_pages, "page_dtype": old.page_dtype,
+            "layout": old.layout}
+        data = {"schema_version": SCHEMA_VERSION, "generation": (old.generation if old else 0) + 1,
+                **fields, "next_id": old.next_id if next_id is None else next_id,
+                "files": files, "obsolete": obsolete, "tasks": [t.to_json() for t in tasks]}
+        try:
+            text = _encode_registry(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"settings, accuracy and spec must be plain finite JSON values: {e}") from None
+        try:
+            # What is adopted is what a load of these bytes gives: memory and disk agree exactly.
+            raw = json.loads(text)
+            raw.pop("checksum")
+            reg = _parse_registry(raw)
         except _Invalid as e:
             raise ValueError(f"refusing to write an inconsistent state to {self.dir}: {e}") from None
-        registry = {
-            "schema_version": SCHEMA_VERSION, "generation": self._generation + 1,
-            "page_size": page_size, "num_pages": num_pages, "next_id": next_id, "settings": settings,
-            "arrays": {SHARED_FILE: {"shape": list(new_shared.shape), "sha256": _digest(new_shared)},
-                       EXCLUSIVE_FILE: {"shape": list(new_exclusive.shape), "sha256": _digest(new_exclusive)}},
-            "tasks": [t.to_json() for t in tasks],
-        }
-        try:
-            text = json.dumps(registry, indent=1, allow_nan=False).encode()
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"settings or accuracy must be plain finite JSON values: {e}") from None
-        changed = [name for name, array in ((SHARED_FILE, shared), (EXCLUSIVE_FILE, exclusive))
-                   if array is not None]
-        for name, array in ((SHARED_FILE, shared), (EXCLUSIVE_FILE, exclusive)):
-            if array is not None:
-                _save_npy(self._pending(name), array)
-        _atomic_write(self.registry_path, lambda f: f.write(text))
-        # Committed: memory follows disk even if the renames below fail (loads use pending then).
-        registry["_records"] = copy.deepcopy(tasks)
-        self._adopt(registry, new_shared, new_exclusive)
-        self._finish_commit(promote=changed)
 
-    def _as_values(self, values, what: str) -> np.ndarray:
-        array = np.asarray(values)
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{what} has dtype {array.dtype}, expected floating point")
-        array = np.array(array, dtype=np.float32, order="C", copy=True)  # the store owns its arrays
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{what} contains NaN or infinite values")
-        return array
+        for rel, array in writes.items():
+            folder = self._pending_path(rel).parent
+            if folder != self.dir:
+                if folder.is_symlink():
+                    raise StateError(f"{folder} is a symbolic link; the state writes task files only into "
+                                     f"its own folders: replace the link by a folder")
+                atomic.ensure_dir(folder)
+            atomic.save_npy(self._pending_path(rel), array)
+        try:
+            atomic.write_bytes(self.registry_path, text)
+        except WriteError:
+            if self._registry_bytes() == text:  # replaced, only the directory sync failed: committed
+                self._adopt(reg, new_pages, writes)
+            raise
+        self._adopt(reg, new_pages, writes)
+        for rel in writes:
+            atomic.replace(self._pending_path(rel), self._path(rel))
+            if rel in self._sources:
+                self._sources[rel] = self._path(rel)
+        for rel, entry in reg.obsolete.items():
+            self._delete_if_matches(rel, entry)
+
+    def _adopt(self, reg: _Registry, new_pages: dict[str, _Pages], writes: dict) -> None:
+        """Make memory follow a committed registry; written files are in their pending files for now."""
+        self._reg = reg
+        for which, item in new_pages.items():
+            self._pages[which] = item.freeze()
+        for rel in writes:
+            if rel in (SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE):
+                self._sources[rel] = self._pending_path(rel)
+
+    # ---- changes ---------------------------------------------------------------------
 
     def create(self, page_size: int = 512, num_pages: int = 128, seed: int = 0,
-               settings: dict | None = None) -> "Store":
-        """Start an empty state: pool ~ N(0, 0.01) (std, seeded), exclusive store [0, S], no tasks."""
+               page_dtype: str = "float32", layout: str = "natural") -> "Store":
+        """Start an empty state: pool ~ N(0, 0.01) (std, seeded; quantized for int8/int4 states),
+        no exclusive rows, no tasks."""
         self._require_writer("create")
         if self.exists():
             raise StateError(f"a separated state already exists in {self.dir} ({self.registry_path}); "
                              f"add tasks to it, or delete it to start over")
-        if not (_is_int(page_size) and page_size > 0 and _is_int(num_pages) and num_pages > 0):
-            raise ValueError(f"page_size and num_pages must be positive integers, got {page_size}, {num_pages}")
+        for flag, value, limit in (("page_size", page_size, MAX_PAGE_SIZE), ("num_pages", num_pages, MAX_NUM_PAGES)):
+            if not _is_int(value) or not 1 <= value <= limit:
+                raise WeightSepError(f"-{flag}={value!r} must be an integer from 1 to {limit}")
+        if page_size * num_pages > MAX_POOL_VALUES:
+            raise WeightSepError(f"a pool of -num_pages={num_pages} x -page_size={page_size} weights is larger "
+                                 f"than {MAX_POOL_VALUES}; choose smaller values")
+        if page_dtype not in quantize.PAGE_DTYPES:
+            raise WeightSepError(f"-page_dtype={page_dtype!r} must be one of {', '.join(quantize.PAGE_DTYPES)}")
+        if page_dtype == "int4" and page_size % 2:
+            raise WeightSepError(f"int4 pages pack two weights per byte: -page_size={page_size} must be even")
+        if layout not in LAYOUTS:
+            raise WeightSepError(f"layout {layout!r} must be one of {', '.join(LAYOUTS)}")
         rng = np.random.default_rng(seed)
         pool = rng.normal(0.0, 0.01, size=(num_pages, page_size)).astype(np.float32)
-        self._generation = 0
-        self._commit(tasks=[], shared=pool, exclusive=np.zeros((0, page_size), np.float32),
-                     settings=dict(settings or {}), page_size=page_size, num_pages=num_pages, next_id=0)
+        self._reg = None
+        self._pages, self._sources = {}, {}
+        self._commit(tasks=[], next_id=0,
+                     header={"page_size": page_size, "num_pages": num_pages, "page_dtype": page_dtype,
+                             "layout": layout},
+                     new_pages={"shared": _stored_pages(page_dtype, pool),
+                                "exclusive": _stored_pages(page_dtype, np.zeros((0, page_size), np.float32))})
         return self
 
-    def update_settings(self, settings: dict) -> None:
-        """Replace the state-wide settings (free-form JSON)."""
-        self._require_writer("update_settings")
-        self._require_loaded()
-        self._commit(tasks=self._tasks, settings=dict(settings))
+    def _check_vectors(self, name: str, num_weights: int, vectors) -> dict[str, np.ndarray]:
+        """{registry key: float32 [n] finite copy} for a dict of vectors by kind."""
+        if not isinstance(vectors, dict):
+            raise ValueError(f"vectors of task '{name}' must be a dict of kind -> float32 [n] vector")
+        checked = {}
+        for kind, vector in vectors.items():
+            rel = _vector_rel(name, kind)
+            array = _as_values(vector, f"{kind} vector of task '{name}'")
+            if array.shape != (num_weights,):
+                raise ValueError(f"{kind} vector of task '{name}' has shape {array.shape}, expected ({num_weights},)")
+            checked[rel] = array
+        return checked
 
-    def add_task(self, record: TaskRecord, exclusive_values: np.ndarray) -> TaskRecord:
-        """Register a task and append its exclusive pages to the exclusive store.
+    def add_task(self, record: TaskRecord, exclusive_values: np.ndarray, vectors: dict[str, np.ndarray],
+                 shared: np.ndarray | None = None) -> TaskRecord:
+        """Register a task, append its exclusive pages and write its vectors: one commit.
 
         record.page_table holds the shared page of every sharable page; the entries of
         record.exclusive_pages are filled in here (P + row, rows appended in
-        exclusive_pages order).  exclusive_values: [len(exclusive_pages), S].
+        exclusive_pages order).  exclusive_values: float32 [len(exclusive_pages), S].
+        vectors: kind -> float32 [n], at least network_weight and network_fisher.
+        shared: optionally, new values for the whole pool (float32 [P, S], -init=merge).
         Returns the stored record (with its id).
         """
         self._require_writer("add_task")
-        self._require_loaded()
+        reg = self._require_loaded()
         if self.has_task(record.name):
             raise StateError(f"task '{record.name}' is already in {self.registry_path}; remove it first "
                              f"with -mode=r -vnn_name={record.name}")
-        values = self._as_values(exclusive_values, f"exclusive pages of task '{record.name}'")
+        values = _as_values(exclusive_values, f"exclusive pages of task '{record.name}'")
         k = len(record.exclusive_pages)
         if any(not 0 <= i < record.num_pages for i in record.exclusive_pages):
             raise ValueError(f"exclusive_pages {record.exclusive_pages} of task '{record.name}' lie "
                              f"outside its {record.num_pages} pages")
-        if values.shape != (k, self._page_size):
+        if values.shape != (k, reg.page_size):
             raise ValueError(f"exclusive pages of task '{record.name}' have shape {values.shape}, "
-                             f"expected ({k}, {self._page_size})")
+                             f"expected ({k}, {reg.page_size})")
+        missing = [kind for kind in REQUIRED_VECTORS if kind not in (vectors or {})]
+        if missing:
+            raise ValueError(f"add_task of '{record.name}' needs the vectors {', '.join(missing)}")
+        checked = self._check_vectors(record.name, record.num_weights, vectors)
         stored = copy.deepcopy(record)
-        stored.id = self._next_id
-        first_row = len(self._exclusive)
+        stored.id = reg.next_id
         table = stored.page_table.copy()
-        table[stored.exclusive_pages] = self._num_pages + first_row + np.arange(k)
+        table[stored.exclusive_pages] = reg.num_pages + reg.num_exclusive + np.arange(k)
         stored.page_table = table
-        self._commit(tasks=self._tasks + [stored], exclusive=np.concatenate([self._exclusive, values]),
-                     next_id=self._next_id + 1)
-        return copy.deepcopy(stored)
+        old = self._pages["exclusive"]
+        added = _stored_pages(reg.page_dtype, values)
+        new_pages = {"exclusive": _Pages(
+            np.concatenate([old.floats, added.floats]), np.concatenate([old.values, added.values]),
+            None if old.scales is None else np.concatenate([old.scales, added.scales]))}
+        if shared is not None:
+            pool = self._check_pool(shared)
+            rewritten = _rewrite(reg.page_dtype, self._pages["shared"], np.arange(reg.num_pages), pool)
+            if rewritten is not None:
+                new_pages["shared"] = rewritten
+        self._commit(tasks=reg.tasks + [stored], next_id=reg.next_id + 1, new_pages=new_pages, vectors=checked)
+        return self.task(record.name)
+
+    def _check_pool(self, pool) -> np.ndarray:
+        pool = _as_values(pool, "shared pool")
+        if pool.shape != self.shared.shape:
+            raise ValueError(f"shared pool has shape {pool.shape}, expected {self.shared.shape}")
+        return pool
+
+    def _task_pages(self, record: TaskRecord, weights) -> np.ndarray:
+        """The task's pages with `weights` written in; the padding of its last page keeps the stored values."""
+        vector = _as_values(weights, f"weights of task '{record.name}'")
+        if vector.shape != (record.num_weights,):
+            raise ValueError(f"weights of task '{record.name}' have shape {vector.shape}, "
+                             f"expected ({record.num_weights},)")
+        new = pages.gather_pages(self.shared, self.exclusive, record.page_table)
+        new.reshape(-1)[:record.num_weights] = vector
+        return new
+
+    def as_stored(self, name: str, weights: np.ndarray) -> np.ndarray:
+        """float32[n]: what materialize(name) returns after commit_task(name, weights=weights).
+
+        Equal to weights for a float32 state; their quantized values for int8/int4 (pages
+        whose values do not change keep their stored values).  Writes nothing.
+        """
+        record = self._reg.tasks[self._index(name)]
+        new = self._task_pages(record, weights)
+        current = pages.gather_pages(self.shared, self.exclusive, record.page_table)
+        changed = _changed_rows(current, new)
+        if changed.any():
+            new[changed] = quantize.round_trip(new[changed], self.page_dtype)
+        return pages.from_pages(new, record.num_weights)
+
+    def commit_task(self, name: str, *, weights: np.ndarray | None = None,
+                    vectors: dict[str, np.ndarray] | None = None, settings: dict | None = None,
+                    accuracy: dict | None = None) -> TaskRecord:
+        """Change one task in one commit (all or nothing).
+
+        weights: float32 [n], written into the task's pages (sharable pages into the pool,
+        exclusive pages into the exclusive store; the padding of its last page is not
+        written).  vectors: kind -> float32 [n], replacing those vectors.  settings,
+        accuracy: replace the task's.  Returns the stored record.
+        """
+        self._require_writer("commit_task")
+        reg = self._require_loaded()
+        index = self._index(name)
+        record = copy.deepcopy(reg.tasks[index])
+        new_pages = {}
+        if weights is not None:
+            new = self._task_pages(record, weights)
+            table, num_shared = record.page_table, reg.num_pages
+            on_pool = table < num_shared
+            for which, rows, part in (("shared", table[on_pool], new[on_pool]),
+                                      ("exclusive", table[~on_pool] - num_shared, new[~on_pool])):
+                rewritten = _rewrite(reg.page_dtype, self._pages[which], rows.astype(np.int64), part)
+                if rewritten is not None:
+                    new_pages[which] = rewritten
+        checked = self._check_vectors(name, record.num_weights, vectors or {})
+        for key, value in (("settings", settings), ("accuracy", accuracy)):
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key} of task '{name}' must be a dict, got {type(value).__name__}")
+                setattr(record, key, copy.deepcopy(value))
+        tasks = reg.tasks[:index] + [record] + reg.tasks[index + 1:]
+        self._commit(tasks=tasks, new_pages=new_pages, vectors=checked)
+        return self.task(name)
+
+    def save_shared(self, pool: np.ndarray) -> None:
+        """Replace the shared pool's values (float32 [P, S], finite): one commit."""
+        self._require_writer("save_shared")
+        reg = self._require_loaded()
+        pool = self._check_pool(pool)
+        rewritten = _rewrite(reg.page_dtype, self._pages["shared"], np.arange(reg.num_pages), pool)
+        self._commit(tasks=reg.tasks, new_pages={} if rewritten is None else {"shared": rewritten})
 
     def remove_task(self, name: str) -> None:
-        """Unregister a task, compact the exclusive store, then delete its vector files.
+        """Unregister a task, compact the exclusive store and drop its vectors: one commit.
 
-        Shared pages it used just lose an occupant; their values stay.
+        Shared pages it used just lose an occupant; their values stay.  Its vector files
+        are deleted after the commit.
         """
         self._require_writer("remove_task")
+        reg = self._require_loaded()
         index = self._index(name)
-        gone = self._tasks[index]
-        num_shared = self._num_pages
-        gone_rows = gone.page_table[gone.exclusive_pages] - num_shared
-        keep = np.ones(len(self._exclusive), dtype=bool)
-        keep[gone_rows] = False
+        gone = reg.tasks[index]
+        num_shared = reg.num_pages
+        keep = np.ones(reg.num_exclusive, dtype=bool)
+        keep[gone.page_table[gone.exclusive_pages] - num_shared] = False
         new_row = np.cumsum(keep) - 1  # old row -> row after compaction
         tasks = []
-        for record in self._tasks[:index] + self._tasks[index + 1:]:
+        for record in reg.tasks[:index] + reg.tasks[index + 1:]:
             record = copy.deepcopy(record)
             on_store = record.page_table >= num_shared
             record.page_table[on_store] = num_shared + new_row[record.page_table[on_store] - num_shared]
             tasks.append(record)
-        self._commit(tasks=tasks, exclusive=self._exclusive[keep])
-        for kind in VECTOR_KINDS:
-            with contextlib.suppress(FileNotFoundError):
-                self.vector_path(name, kind).unlink()
-        # The folder may be the task's spec folder (default state_dir): remove it only if empty.
-        with contextlib.suppress(OSError):
-            (self.dir / name).rmdir()
+        old = self._pages["exclusive"]
+        compacted = _Pages(old.floats[keep], old.values[keep], None if old.scales is None else old.scales[keep])
+        drop = tuple(_vector_rel(name, kind) for kind in VECTOR_KINDS if _vector_rel(name, kind) in reg.files)
+        self._commit(tasks=tasks, new_pages={} if keep.all() else {"exclusive": compacted}, drop=drop)
 
-    def update_task(self, record: TaskRecord) -> None:
-        """Replace a task's network_path, settings and accuracy; its placement must not change."""
-        self._require_writer("update_task")
-        index = self._index(record.name)
-        old = self._tasks[index]
-        if (record.num_weights != old.num_weights or record.exclusive_pages != old.exclusive_pages
-                or not np.array_equal(record.page_table, old.page_table)):
-            raise ValueError(f"update_task changes only network_path, settings and accuracy of "
-                             f"'{record.name}'; to place it anew, remove_task then add_task")
-        new = copy.deepcopy(old)
-        new.network_path = record.network_path
-        new.settings = copy.deepcopy(record.settings)
-        new.accuracy = copy.deepcopy(record.accuracy)
-        self._commit(tasks=self._tasks[:index] + [new] + self._tasks[index + 1:])
 
-    def save_shared(self, pool: np.ndarray) -> None:
-        """Replace the shared pool (float32 [P, S], finite)."""
-        self._require_writer("save_shared")
-        self._require_loaded()
-        pool = self._as_values(pool, "shared pool")
-        if pool.shape != self._shared.shape:
-            raise ValueError(f"shared pool has shape {pool.shape}, expected {self._shared.shape}")
-        self._commit(tasks=self._tasks, shared=pool)
+def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str) -> Store:
+    """A quantized copy of a float32 state in a new directory: one commit at the destination.
 
-    def save_exclusive(self, store: np.ndarray) -> None:
-        """Replace the exclusive store's values (float32 [E, S], same E: rows belong to tasks)."""
-        self._require_writer("save_exclusive")
-        self._require_loaded()
-        store = self._as_values(store, "exclusive store")
-        if store.shape != self._exclusive.shape:
-            raise ValueError(f"exclusive store has shape {store.shape}, expected {self._exclusive.shape}")
-        self._commit(tasks=self._tasks, exclusive=store)
-
-    def write_task_pages(self, name: str, vector: np.ndarray) -> None:
-        """Write a task's weight vector back: sharable pages into the pool, exclusive ones into the store.
-
-        The zero padding of the last page is not written: other tasks on that shared
-        page keep their values there.
-        """
-        self._require_writer("write_task_pages")
-        record = self._tasks[self._index(name)]
-        vector = self._as_values(vector, f"weights of task '{name}'")
-        if vector.shape != (record.num_weights,):
-            raise ValueError(f"weights of task '{name}' have shape {vector.shape}, "
-                             f"expected ({record.num_weights},)")
-        pages = gather_pages(self._shared, self._exclusive, record.page_table)
-        pages.reshape(-1)[:record.num_weights] = vector
-        table = record.page_table
-        on_pool = table < self._num_pages
-        shared, exclusive = self._shared.copy(), self._exclusive.copy()
-        shared[table[on_pool]] = pages[on_pool]
-        exclusive[table[~on_pool] - self._num_pages] = pages[~on_pool]
-        self._commit(tasks=self._tasks, shared=shared if on_pool.any() else None,
-                     exclusive=exclusive if (~on_pool).any() else None)
+    Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
+    and the exclusive pages quantized to page_dtype ("int8" or "int4").  The source is only
+    read.  A task's "separated" accuracy was measured on the float32 pages, so the copy drops
+    it (re-run -mode=e there).  dest_dir must not exist or be empty, and must not be the
+    source or inside it.  A crash leaves the destination without a registry, or complete.
+    """
+    if page_dtype not in ("int8", "int4"):
+        raise WeightSepError(f"a state can be converted to int8 or int4 pages, not {page_dtype!r}")
+    source_path, dest_path = Path(source_dir), Path(dest_dir)
+    source = Store(source_path).load()
+    if source.page_dtype != "float32":
+        raise StateError(f"{source.registry_path} holds {source.page_dtype} pages; only a float32 state "
+                         f"can be converted (quantizing twice would add the errors of both)")
+    if page_dtype == "int4" and source.page_size % 2:
+        raise WeightSepError(f"int4 pages pack two weights per byte, but {source_path} has an odd page size "
+                             f"{source.page_size}; convert it to int8 instead")
+    src, dst = source_path.resolve(), dest_path.resolve()
+    if dst == src or dst.is_relative_to(src):
+        raise WeightSepError(f"the converted state must go to a new directory outside {source_path}, "
+                             f"not {dest_path}")
+    if dest_path.exists() and (not dest_path.is_dir() or any(dest_path.iterdir())):
+        raise WeightSepError(f"{dest_path} exists and is not an empty directory; choose a new directory "
+                             f"for the converted state (an interrupted conversion leaves one without a "
+                             f"registry: delete it)")
+    # Everything is read (and verified) before anything is written.
+    vectors = {rel: source.load_vector(*_parse_vector_rel(rel)) for rel in source._reg.files
+               if _parse_vector_rel(rel) is not None}
+    tasks = source.tasks
+    for record in tasks:
+        record.accuracy.pop("separated", None)
+    dest = Store(dest_path)
+    with dest.writer():
+        if dest.exists():
+            raise StateError(f"a separated state appeared in {dest_path} meanwhile; choose a new directory")
+        dest._commit(tasks=tasks, next_id=source._reg.next_id,
+                     header={"page_size": source.page_size, "num_pages": source.num_pages,
+                             "page_dtype": page_dtype, "layout": source.layout},
+                     new_pages={"shared": _stored_pages(page_dtype, np.array(source.shared)),
+                                "exclusive": _stored_pages(page_dtype, np.array(source.exclusive))},
+                     vectors=vectors)
+    return dest

@@ -1,19 +1,32 @@
-"""Training: pretraining a task's own network, and the paper's per-task optimization
-of a separated task with the overlapping loss.
+"""Training: pretraining a task's own network, and the paper's per-task optimization of a
+separated task with the overlapping loss.
 
-Optimization of task t (DESIGN.md section 3): start from its materialized weights
-(shared pool + its exclusive pages); loss = cross-entropy + lamb * overlap, where
-overlap pulls the weights of every shared page towards the other tasks that sit on
-the same shared page, weighted by their Fisher information:
+Optimization of task t (DESIGN.md section 3), as the original's ``train_vnn`` +
+``pintle.v_train``: start from its materialized weights (shared pool + its exclusive pages);
+loss = cross-entropy + lamb * overlap with
 
-    overlap(w) = sum_j  mean_{o contributing at j}  F_o[j] * (w[j] - w_o[j])^2
+    overlap(w) = sum_j  [sum_o F_o[j] (w[j] - w_o[j])^2] / max(1, #{o : F_o[j] (w[j] - w_o[j])^2 != 0})
 
-A task o "contributes" at element j when its (aligned) Fisher is nonzero there.
-Per element, sum_o F_o (w - w_o)^2 / c = A (w - M)^2 + R with A = sum F_o / c,
-M = sum F_o w_o / sum F_o, R = the constant rest; we train on that form because it
-has fixed-size tensors whatever the number of overlapping tasks, so one compiled
-step serves every round.  Adam, fresh state per call; the weights kept are the
-best on the validation split, evaluated at step 0, every 100 steps and at the end.
+over the other tasks o aligned to t through the pool (where page i of t and page j of o sit on
+the same shared page, o's page j of its network Fisher F_o and of its ``_weight`` vector w_o go
+to t's page i; elsewhere zero).  The count of contributing tasks is the original's
+``count_nonzero`` of the per-task costs, recomputed at every step (it carries no gradient).
+Adam as TensorFlow 1's AdamOptimizer (lr 1e-3, beta 0.9 / 0.999, epsilon 1e-8, the bias
+correction folded into the step size), fresh state per call, batches drawn without
+replacement within a batch.
+
+Two choices of the original are defaults, each with our alternative one flag away:
+- ``-loss=batch_softmax``: the original graphs' ``cross_entropy``, whose softmax is normalized
+  over the whole batch x classes: mean over examples of -(z_iy - logsumexp over all of z).
+  ``-loss=per_example`` is the usual per-example cross-entropy.
+- ``-select_on=test``: evaluate at step i when i % 100 == 0 and at i == iter - 1, before that
+  step's update, on the test split; keep the weights of the best evaluation after step 0.
+  ``-select_on=validation`` evaluates the starting weights, every 100 updates and after the
+  last update on a validation split, and keeps the best that beats the start.
+
+With quantized weight-pages (int8 / int4 states) the forward pass runs on fake-quantized pages
+(each page of the task's padded weight vector quantized as weightsep.quantize does it, bit for
+bit, with a straight-through gradient), so training sees exactly what the store will keep.
 """
 
 from __future__ import annotations
@@ -21,28 +34,73 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from typing import Callable, Optional
 
 import numpy as np
 
-from weightsep.networks import Network
+from weightsep import data as datasets
+from weightsep.errors import WeightSepError
+from weightsep.networks import Network, save_network
 from weightsep.pages import num_pages, to_pages
+from weightsep.tasks import TaskSpec
 from weightsep.tf import keras, tf
+
+LOSSES = ("batch_softmax", "per_example")
+SELECTIONS = ("test", "validation")
+QMAX = {"float32": None, "int8": 127.0, "int4": 7.0}
+EVAL_EVERY = 100
+
+Log = Callable[[object], None]
+
+
+class TrainingDiverged(WeightSepError):
+    """The loss or the weights became NaN or infinite; nothing was written."""
+
+
+# --- losses -----------------------------------------------------------------------------
+
+def batch_softmax_cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Per-example terms of the original's cross-entropy: the softmax normalized over the whole
+    batch x classes.  Their mean is the loss: mean_i -(z_{i,y_i} - logsumexp(z))."""
+    true = tf.gather(logits, y, axis=1, batch_dims=1)
+    return tf.reduce_logsumexp(logits) - true
+
+
+def cross_entropy(net: Network, w: tf.Tensor, x: tf.Tensor, y: tf.Tensor, loss: str,
+                  training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """(mean cross-entropy, class probabilities) of the weights w on a batch."""
+    if loss == "batch_softmax":
+        logits = net.logits(w, x, training=training)
+        return tf.reduce_mean(batch_softmax_cross_entropy(logits, y)), tf.nn.softmax(logits)
+    probs = net.forward(w, x, training=training)
+    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs)), probs
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise WeightSepError(f"-loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+    return loss
 
 
 # --- pretraining ----------------------------------------------------------------------
 
 class _KeepBest(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best validation accuracy (in memory)."""
+    """Keeps the weights of the epoch with the best validation accuracy among finite epochs."""
 
     def __init__(self):
         super().__init__()
-        self.best_acc, self.best_epoch, self.best_weights = -1.0, -1, None
+        self.best_acc, self.best_weights, self.diverged = -1.0, None, False
 
     def on_epoch_end(self, epoch, logs=None):
-        acc = (logs or {}).get("val_accuracy", -1.0)
+        logs = logs or {}
+        weights = [np.array(v) for v in self.model.get_weights()]
+        if not math.isfinite(logs.get("loss", math.nan)) or not all(np.all(np.isfinite(v)) for v in weights):
+            self.diverged = True
+            self.model.stop_training = True
+            return
+        acc = logs.get("val_accuracy", -1.0)
         if acc > self.best_acc:
-            self.best_acc, self.best_epoch = acc, epoch
-            self.best_weights = [np.array(v) for v in self.model.get_weights()]
+            self.best_acc, self.best_weights = acc, weights
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
@@ -50,182 +108,317 @@ class _KeepBest(keras.callbacks.Callback):
 
 
 def pretrain(net: Network, x_train, y_train, x_val, y_val, iters: int, batch_size: int = 100,
-             lr: float = 1e-3, seed: int = 0, verbose: int = 1) -> float:
+             lr: float = 1e-3, seed: int = 0, verbose: int = 1, loss: str = "batch_softmax") -> float:
     """Train the network for about ``iters`` Adam steps; keep the best-validation weights.
 
-    Training runs in whole epochs of the training split (ceil(iters / steps per epoch)
-    of them), with Keras' progress output.  Returns the best validation accuracy.
+    Training runs in whole epochs of the training split (ceil(iters / steps per epoch) of them),
+    with Keras' progress output.  Returns the best validation accuracy.  A run whose loss or
+    weights become non-finite stops; the best finite epoch is kept (TrainingDiverged if none).
     """
+    check_loss(loss)
     keras.utils.set_random_seed(seed)
     steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
     epochs = max(1, math.ceil(iters / steps_per_epoch))
-    net.model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+    if loss == "batch_softmax":
+        model = net.logits_model()
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=batch_softmax_cross_entropy_keras,
+                      metrics=["accuracy"])
+    else:
+        model = net.model
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
     keeper = _KeepBest()
-    net.model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val),
-                  callbacks=[keeper], verbose=verbose, shuffle=True)
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val),
+              callbacks=[keeper], verbose=verbose, shuffle=True)
+    if keeper.best_weights is None:
+        raise TrainingDiverged(f"pretraining {net.task.name} diverged in its first epoch (the loss became NaN "
+                               f"or infinite at lr {lr}); nothing was saved; lower -lr")
     return float(keeper.best_acc)
+
+
+def batch_softmax_cross_entropy_keras(y_true, logits):
+    """The batch-softmax loss with Keras' (y_true, y_pred) signature; labels arrive as [B] or [B, 1]."""
+    y = tf.reshape(tf.cast(y_true, tf.int64), [-1])
+    return batch_softmax_cross_entropy(logits, y)
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    path: object
+    num_weights: int
+    best_validation: float
+    test_accuracy: float
+
+
+def pretrain_task(task: TaskSpec, data: str = "real", seed: int = 0, iters: int = 2000,
+                  batch_size: int = 100, lr: float = 1e-3, loss: str = "batch_softmax",
+                  verbose: int = 1) -> PretrainResult:
+    """The one pretraining workflow: load the splits, train, save ``<task>/<task>.weights.h5``."""
+    train = datasets.load_split(task, "train", data, seed)
+    val = datasets.load_split(task, "validation", data, seed)
+    test = datasets.load_split(task, "test", data, seed)
+    net = Network(task)
+    best = pretrain(net, train.x, train.y, val.x, val.y, iters, batch_size, lr, seed, verbose, loss)
+    path = save_network(net)
+    return PretrainResult(path, net.num_weights, best, net.accuracy(test.x, test.y))
+
+
+def time_training_step(task: TaskSpec, batch_size: int = 100, repeats: int = 5) -> float:
+    """Median seconds of one compiled training step of the task's network on random data (after
+    one untimed step that compiles it): a calibration of this CPU for schedule estimates."""
+    import time
+    net = Network(task)
+    trainer = SeparatedTrainer(net, page_size=net.num_weights, loss="per_example")
+    trainer.reset(net.get_vector()[None, :], OverlapTargets(np.zeros((0, net.num_weights), np.float32),
+                                                            np.zeros((0, net.num_weights), np.float32)))
+    rng = np.random.default_rng(0)
+    x = rng.random((batch_size, *task.input_shape), dtype=np.float32)
+    y = rng.integers(0, task.num_classes, batch_size)
+    trainer._step(x, y)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trainer._step(x, y)[0].numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 # --- the overlapping loss -----------------------------------------------------------
 
 @dataclasses.dataclass
-class OverlapTerms:
-    """The overlapping loss of one task as A (w - M)^2 summed, plus a constant R."""
+class OverlapTargets:
+    """The other tasks aligned to one task: Fisher and weights, [K, n] each (zero off-share)."""
 
-    strength: np.ndarray   # A, float32 [n]
-    target: np.ndarray     # M, float32 [n]
-    constant: float        # R
-    num_tasks: int         # how many other tasks share at least one page with this one
+    fisher: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.fisher.shape[0])
 
     def value(self, w: np.ndarray) -> float:
-        return float(np.sum(self.strength.astype(np.float64) * (w - self.target) ** 2) + self.constant)
+        """The overlap term (without lamb) at weights w, as the trainer computes it."""
+        cost = self.fisher * np.square(np.asarray(w, np.float32)[None, :] - self.weights)
+        count = np.count_nonzero(cost, axis=0)
+        return float(np.sum(cost.sum(axis=0) / np.where(count == 0, 1, count)))
 
 
-def overlap_terms(page_table: np.ndarray, n: int, page_size: int, num_shared: int,
-                  others: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> OverlapTerms:
-    """Align every other task to this one through the shared pool and fold them.
+def overlap_targets(page_table: np.ndarray, n: int, page_size: int, num_shared: int,
+                    others: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> OverlapTargets:
+    """Align every other task to this one through the shared pool.
 
-    others: (page_table_o, fisher_o [n_o], weights_o [n_o]) per other task.  Where page i
-    of this task and page j of task o sit on the same shared page, o's page j of Fisher
-    and weights go to our page i; elsewhere zero.
+    others: (page_table_o, fisher_o [n_o], weights_o [n_o]) per other task.  Tasks that share no
+    page contribute nothing (their cost is zero everywhere) and are left out.
     """
     n_p = num_pages(n, page_size)
     ours = np.asarray(page_table)
-    shared_rows = np.nonzero(ours < num_shared)[0]
-    sum_f = np.zeros((n_p, page_size))
-    sum_fw = np.zeros((n_p, page_size))
-    sum_fww = np.zeros((n_p, page_size))
-    count = np.zeros((n_p, page_size))
-    sharing = 0
+    shared_rows = np.flatnonzero(ours < num_shared)
+    fishers, weights = [], []
     for table_o, fisher_o, weights_o in others:
         table_o = np.asarray(table_o)
         where_o = np.full(num_shared, -1)
-        on_pool = np.nonzero(table_o < num_shared)[0]
+        on_pool = np.flatnonzero(table_o < num_shared)
         where_o[table_o[on_pool]] = on_pool
         j = where_o[ours[shared_rows]]
         hit = j >= 0
         if not np.any(hit):
             continue
-        sharing += 1
         i = shared_rows[hit]
-        f = to_pages(fisher_o, page_size)[j[hit]].astype(np.float64)
-        w = to_pages(weights_o, page_size)[j[hit]].astype(np.float64)
-        sum_f[i] += f
-        sum_fw[i] += f * w
-        sum_fww[i] += f * w * w
-        count[i] += f != 0
-    c = np.maximum(count, 1)
-    a = sum_f / c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = np.where(sum_f > 0, sum_fw / sum_f, 0.0)
-    rest = float(np.sum((sum_fww - sum_fw * m) / c))
-    return OverlapTerms(a.ravel()[:n].astype(np.float32), m.ravel()[:n].astype(np.float32), rest, sharing)
+        f = np.zeros((n_p, page_size), np.float32)
+        v = np.zeros((n_p, page_size), np.float32)
+        f[i] = to_pages(fisher_o, page_size)[j[hit]]
+        v[i] = to_pages(weights_o, page_size)[j[hit]]
+        fishers.append(f.reshape(-1)[:n])
+        weights.append(v.reshape(-1)[:n])
+    if not fishers:
+        return OverlapTargets(np.zeros((0, n), np.float32), np.zeros((0, n), np.float32))
+    return OverlapTargets(np.stack(fishers), np.stack(weights))
 
 
 # --- per-task optimization ------------------------------------------------------------
 
 @dataclasses.dataclass
 class StepLog:
+    """One evaluation point: the batch statistics (before the step's update) and the
+    selection accuracy.  overlapping_loss includes lamb, as the original printed it."""
+
     step: int
     train_accuracy: float
     original_loss: float
     overlapping_loss: float
-    val_accuracy: float | None = None
+    selection_accuracy: float | None = None
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    best_weights: Optional[np.ndarray]   # padded [n_p * S]; None when nothing beat the start
+    best_accuracy: float
+    start_accuracy: float
+
+
+def fake_quantize(pages: tf.Tensor, qmax) -> tf.Tensor:
+    """Per-page symmetric quantize-dequantize, bit for bit as weightsep.quantize in NumPy:
+    scale = max|x| / qmax; q = clip(rint(x / scale), -qmax, qmax); value = q * scale
+    (all in float32; a page whose scale is zero or subnormal becomes zero).
+
+    Inside tf.function pass qmax as a variable, not a constant: Grappler's constant folding
+    turns a division by a constant into a multiplication by its reciprocal, which can differ
+    from the true division (what NumPy computes) by one unit in the last place."""
+    scale = tf.reduce_max(tf.abs(pages), axis=1, keepdims=True) / qmax
+    nonzero = scale >= np.finfo(np.float32).tiny  # a subnormal scale counts as zero (weightsep.quantize)
+    q = tf.clip_by_value(tf.round(pages / tf.where(nonzero, scale, 1.0)), -qmax, qmax)
+    return tf.where(nonzero, q * scale, 0.0)
 
 
 class SeparatedTrainer:
     """The compiled training step of one separated task, built once and reused.
 
-    Holds the task's weights as one flat variable, the overlap terms and a hand-written
-    Adam state (m, v, t) as variables, so that resetting between calls (a fresh
-    optimizer, new starting weights, new overlap terms) never retraces.
+    Holds the task's padded weight vector (its n_p pages; the padding of the last page holds
+    what the pool has there and never changes), the overlap targets and a hand-written Adam
+    state as variables, so that resetting between calls never retraces.
     """
 
-    def __init__(self, net: Network, lr: float = 1e-3, lamb: float = 0.1,
-                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
-        self.net = net
+    def __init__(self, net: Network, page_size: int, lr: float = 1e-3, lamb: float = 0.1,
+                 loss: str = "batch_softmax", page_dtype: str = "float32",
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8):
+        if page_dtype not in QMAX:
+            raise WeightSepError(f"page dtype must be one of {', '.join(QMAX)}, not {page_dtype!r}")
+        self.net, self.loss, self.page_size = net, check_loss(loss), page_size
+        self.qmax = QMAX[page_dtype]
+        self._qmax = None if self.qmax is None else tf.Variable(self.qmax, trainable=False, name="qmax")
         n = net.num_weights
+        self.padded = num_pages(n, page_size) * page_size
         self.lr, self.lamb, self.beta1, self.beta2, self.epsilon = lr, lamb, beta1, beta2, epsilon
-        self.w = tf.Variable(tf.zeros([n]), name="w")
-        self.m = tf.Variable(tf.zeros([n]), name="adam_m")
-        self.v = tf.Variable(tf.zeros([n]), name="adam_v")
+        self.w = tf.Variable(tf.zeros([self.padded]), name="w")
+        self.m = tf.Variable(tf.zeros([self.padded]), name="adam_m")
+        self.v = tf.Variable(tf.zeros([self.padded]), name="adam_v")
         self.t = tf.Variable(0.0, name="adam_t")
-        self.strength = tf.Variable(tf.zeros([n]), name="overlap_strength")
-        self.target = tf.Variable(tf.zeros([n]), name="overlap_target")
-        self.constant = tf.Variable(0.0, dtype=tf.float64, name="overlap_constant")
+        self.ov_fisher = tf.Variable(tf.zeros([0, n]), shape=tf.TensorShape([None, n]), name="overlap_fisher")
+        self.ov_weights = tf.Variable(tf.zeros([0, n]), shape=tf.TensorShape([None, n]), name="overlap_weights")
         shape = (None, *net.task.input_shape)
         self._step = tf.function(self._train_step, input_signature=[
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec([None], tf.int64)])
-        self._predict = tf.function(lambda x: tf.argmax(net.forward(self.w, x), axis=1),
+        self._predict = tf.function(lambda x: tf.argmax(net.forward(self._effective(self.w), x), axis=1),
                                     input_signature=[tf.TensorSpec(shape, tf.float32)])
+        self._effective_fn = tf.function(lambda: self._effective(self.w))
 
-    def reset(self, w0: np.ndarray, terms: OverlapTerms) -> None:
-        """New starting weights and overlap terms; a fresh optimizer."""
-        self.w.assign(np.asarray(w0, np.float32))
-        for var in (self.m, self.v):
-            var.assign(tf.zeros_like(var))
-        self.t.assign(0.0)
-        self.strength.assign(terms.strength)
-        self.target.assign(terms.target)
-        self.constant.assign(terms.constant)
+    # -- pieces of the step --
+    def _effective(self, w: tf.Tensor) -> tf.Tensor:
+        """The weights the network runs with: w, or its fake-quantized pages (straight-through)."""
+        if self.qmax is None:
+            return w
+        qmax, size = self._qmax, self.page_size
 
-    def _overlap(self):
-        quad = tf.reduce_sum(self.strength * tf.square(self.w - self.target))
-        return tf.cast(quad, tf.float64) + self.constant
+        @tf.custom_gradient
+        def straight_through(x):
+            out = tf.reshape(fake_quantize(tf.reshape(x, [-1, size]), qmax), [-1])
+            return out, lambda dy: dy
+        return straight_through(w)
+
+    def _overlap(self, w: tf.Tensor) -> tf.Tensor:
+        cost = self.ov_fisher * tf.square(w[: self.net.num_weights] - self.ov_weights)
+        count = tf.math.count_nonzero(cost, axis=0, dtype=tf.float32)
+        return tf.reduce_sum(tf.reduce_sum(cost, axis=0) / tf.where(count == 0, 1.0, count))
 
     def _train_step(self, x, y):
         with tf.GradientTape() as tape:
-            probs = self.net.forward(self.w, x, training=True)
-            ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
-            quad = tf.reduce_sum(self.strength * tf.square(self.w - self.target))
-            loss = ce + self.lamb * quad
+            ce, probs = cross_entropy(self.net, self._effective(self.w), x, y, self.loss, training=True)
+            overlap = self.lamb * self._overlap(self.w)
+            loss = ce + overlap
         g = tape.gradient(loss, self.w)
         self.t.assign_add(1.0)
         self.m.assign(self.beta1 * self.m + (1 - self.beta1) * g)
         self.v.assign(self.beta2 * self.v + (1 - self.beta2) * tf.square(g))
-        m_hat = self.m / (1 - tf.pow(self.beta1, self.t))
-        v_hat = self.v / (1 - tf.pow(self.beta2, self.t))
-        self.w.assign_sub(self.lr * m_hat / (tf.sqrt(v_hat) + self.epsilon))
+        step = self.lr * tf.sqrt(1 - tf.pow(self.beta2, self.t)) / (1 - tf.pow(self.beta1, self.t))
+        self.w.assign_sub(step * self.m / (tf.sqrt(self.v) + self.epsilon))
         accuracy = tf.reduce_mean(tf.cast(tf.argmax(probs, axis=1) == y, tf.float32))
-        return accuracy, ce, self._overlap()
+        finite = tf.reduce_all(tf.math.is_finite(self.w))
+        return accuracy, ce, overlap, finite
 
-    def evaluate(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        """Accuracy of the weights ``w`` (they become the trainer's current weights)."""
-        self.w.assign(np.asarray(w, np.float32))
+    # -- public --
+    def reset(self, pages: np.ndarray, targets: OverlapTargets) -> None:
+        """New starting weights (the task's pages, [n_p, S]) and overlap targets; a fresh optimizer."""
+        self.w.assign(np.asarray(pages, np.float32).reshape(-1))
+        for var in (self.m, self.v):
+            var.assign(tf.zeros_like(var))
+        self.t.assign(0.0)
+        self.ov_fisher.assign(targets.fisher)
+        self.ov_weights.assign(targets.weights)
+
+    def effective_weights(self) -> np.ndarray:
+        """The task's weights as the network runs them (float32[n])."""
+        return self._effective_fn().numpy()[: self.net.num_weights]
+
+    def evaluate(self, pages: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy of the task's pages [n_p, S] (they become the trainer's current weights)."""
+        self.w.assign(np.asarray(pages, np.float32).reshape(-1))
         return self.accuracy(x, y)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+        if not len(y):
+            raise WeightSepError(f"task {self.net.task.name}: no examples to evaluate")
         hits = 0
         for i in range(0, len(x), batch_size):
             hits += int(np.sum(self._predict(x[i:i + batch_size]).numpy() == y[i:i + batch_size]))
-        return hits / max(len(y), 1)
+        return hits / len(y)
 
-    def train(self, x_train, y_train, x_val, y_val, iters: int, rng: np.random.Generator,
-              batch_size: int = 100, eval_every: int = 100, log=None):
-        """Run ``iters`` steps; return (best weights or None if step 0 stayed best, best acc, start acc).
+    def _checked_step(self, x, y, step: int):
+        accuracy, ce, overlap, finite = self._step(x, y)
+        ce, overlap = float(ce), float(overlap)
+        if not (bool(finite) and math.isfinite(ce) and math.isfinite(overlap)):
+            raise TrainingDiverged(
+                f"training of {self.net.task.name} diverged at step {step} (loss {ce + overlap}, weights "
+                f"finite: {bool(finite)}) with lr {self.lr}; nothing was written: the state is unchanged; "
+                f"lower -lr")
+        return float(accuracy), ce, overlap
 
-        Validation at step 0 (the starting weights), after every ``eval_every`` updates
-        and after the last; ``log`` receives a StepLog at each of those points.
-        """
-        start_acc = self.accuracy(x_val, y_val)
+    def train(self, x_train, y_train, x_sel, y_sel, iters: int, rng: np.random.Generator,
+              batch_size: int = 100, select_on: str = "test", log: Optional[Log] = None) -> TrainOutcome:
+        """Run ``iters`` steps and keep the best weights, as ``select_on`` says (module doc)."""
+        if select_on not in SELECTIONS:
+            raise WeightSepError(f"-select_on must be one of {', '.join(SELECTIONS)}, not {select_on!r}")
+        if batch_size > len(x_train):
+            raise WeightSepError(f"-batch_size={batch_size} is larger than the {len(x_train)} training examples "
+                                 f"of {self.net.task.name}")
+        log = log or (lambda entry: None)
+        batches = (rng.choice(len(x_train), size=batch_size, replace=False) for _ in range(iters))
+        if select_on == "test":
+            return self._train_select_before_update(x_train, y_train, x_sel, y_sel, iters, batches, log)
+        return self._train_select_after_update(x_train, y_train, x_sel, y_sel, iters, batches, log)
+
+    def _train_select_before_update(self, x_train, y_train, x_sel, y_sel, iters, batches, log):
+        best_w, best_acc, start_acc = None, math.nan, math.nan
+        for i, idx in enumerate(batches):
+            evaluate = i % EVAL_EVERY == 0 or i == iters - 1
+            improved = False
+            if evaluate:
+                acc = self.accuracy(x_sel, y_sel)
+                if i == 0:
+                    best_acc = start_acc = acc
+                elif acc > best_acc:
+                    best_acc, best_w, improved = acc, self.w.numpy(), True
+            stats = self._checked_step(x_train[idx], y_train[idx], i)
+            if evaluate:
+                log(StepLog(i, *stats, acc))
+                if improved:
+                    log(f"get new weight for {best_acc:.6f}")
+        return TrainOutcome(best_w, best_acc, start_acc)
+
+    def _train_select_after_update(self, x_train, y_train, x_sel, y_sel, iters, batches, log):
+        start_acc = self.accuracy(x_sel, y_sel)
         best_acc, best_w = start_acc, None
-        for step in range(iters):
-            idx = rng.integers(0, len(x_train), size=batch_size)
-            # The batch statistics are those of the weights before this update.
-            acc, ce, ov = self._step(x_train[idx], y_train[idx])
-            if step == 0 and log is not None:
-                log(StepLog(0, float(acc), float(ce), float(ov), start_acc))
-            done = step + 1
-            if done % eval_every == 0 or done == iters:
-                val = self.accuracy(x_val, y_val)
-                if log is not None:
-                    log(StepLog(done, float(acc), float(ce), float(ov), val))
-                if val > best_acc:
-                    best_acc, best_w = val, self.w.numpy()
-                    if log is not None:
-                        log(f"get new weight for {val:.6f}")
-        return best_w, best_acc, start_acc
+        for i, idx in enumerate(batches):
+            stats = self._checked_step(x_train[idx], y_train[idx], i)
+            if i == 0:
+                log(StepLog(0, *stats, start_acc))
+            done = i + 1
+            if done % EVAL_EVERY == 0 or done == iters:
+                acc = self.accuracy(x_sel, y_sel)
+                log(StepLog(done, *stats, acc))
+                if acc > best_acc:
+                    best_acc, best_w = acc, self.w.numpy()
+                    log(f"get new weight for {acc:.6f}")
+        return TrainOutcome(best_w, best_acc, start_acc)
 
 
 def print_log(entry) -> None:
@@ -233,9 +426,8 @@ def print_log(entry) -> None:
     if isinstance(entry, StepLog):
         print(f"step {entry.step}, training accuracy: {entry.train_accuracy:.6f} "
               f"original loss: {entry.original_loss:.6f} overlapping loss: {entry.overlapping_loss:.6f}")
-        if entry.val_accuracy is not None:
-            print(f"step {entry.step}, Validation accuracy: {entry.val_accuracy:.6f}")
+        if entry.selection_accuracy is not None:
+            print(f"step {entry.step}, Validation accuracy: {entry.selection_accuracy:.6f}")
     else:
         print(entry)
     sys.stdout.flush()
-

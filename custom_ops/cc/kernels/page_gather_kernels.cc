@@ -1,4 +1,6 @@
-// PageGather kernels: the OpKernel (validation, output) and the CPU and GPU functors.
+// PageGather kernels: the OpKernel (validation, output) and the CPU and GPU
+// functors, and the staging of a switch's exclusive pages that the GPU kernels
+// of PageGather and PageGatherQuantized share.
 //
 // Both devices check the whole page table on the host before any weight is
 // read, so a bad entry is an InvalidArgument error, never a wild read. On the
@@ -15,7 +17,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,15 +40,15 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 using GPUDevice = Eigen::GpuDevice;
 #endif
 
+namespace {
+
 // "PageGather: " + the message, as the error the user sees.
 template <typename... Args>
 absl::Status Invalid(const Args&... args) {
   return absl::InvalidArgumentError(absl::StrCat("PageGather: ", args...));
 }
-template <typename... Args>
-absl::Status Internal(const Args&... args) {
-  return absl::InternalError(absl::StrCat("PageGather: ", args...));
-}
+
+}  // namespace
 
 namespace functor {
 
@@ -58,7 +59,7 @@ struct PageGather<CPUDevice> {
     const int64_t page_size = args.shared->dim_size(1);
     const float* shared = args.shared->flat<float>().data();
     const float* exclusive = args.exclusive->flat<float>().data();
-    const int32_t* table = args.table->flat<int32_t>().data();
+    const int32_t* table = args.table;
     const int64_t num_weights = args.num_weights;
     float* dst = out->flat<float>().data();
     auto copy_pages = [&](int64_t begin, int64_t end) {
@@ -73,7 +74,7 @@ struct PageGather<CPUDevice> {
     // Cost of a page in Shard's units (about a cycle per float read and
     // written): small tasks stay on this thread, large ones use the pool.
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    tensorflow::Shard(workers->num_threads, workers->workers, args.table->NumElements(),
+    tensorflow::Shard(workers->num_threads, workers->workers, args.num_pages,
                       /*cost_per_unit=*/2 * page_size, copy_pages);
   }
 };
@@ -84,70 +85,88 @@ struct PageGather<GPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherArgs& args, Tensor* out) {
     const int64_t num_shared = args.shared->dim_size(0);
     const int64_t page_size = args.shared->dim_size(1);
-    const int64_t num_exclusive = args.exclusive->dim_size(0);
-    const int64_t num_pages = args.table->NumElements();
-    const int32_t* table = args.table->flat<int32_t>().data();
-    const float* exclusive = args.exclusive->flat<float>().data();
-
-    // Number the distinct exclusive rows the table references, in table order.
-    std::vector<int32_t> slot(num_exclusive, -1);
-    int64_t used = 0;
-    for (int64_t i = 0; i < num_pages; ++i) {
-      const int64_t e = table[i];
-      if (e >= num_shared && slot[e - num_shared] < 0) slot[e - num_shared] = used++;
-    }
-    // One pinned staging buffer: the remapped table (rounded up to 16 bytes),
-    // then the referenced exclusive rows; one copy brings both to the device.
-    const int64_t table_words = (num_pages + 3) / 4 * 4;
-    const int64_t words = table_words + used * page_size;
-    AllocatorAttributes pinned;
-    pinned.set_on_host(true);
-    pinned.set_gpu_compatible(true);
-    Tensor staging, device_copy;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({words}),
-                                           &staging, pinned));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({words}),
-                                           &device_copy));
-    float* host = staging.flat<float>().data();
-    int32_t* host_table = reinterpret_cast<int32_t*>(host);
-    float* host_rows = host + table_words;
-    std::fill(host_table + num_pages, host_table + table_words, 0);
-    for (int64_t i = 0; i < num_pages; ++i) {
-      const int64_t e = table[i];
-      host_table[i] = e < num_shared ? e : num_shared + slot[e - num_shared];
-    }
-    for (int64_t r = 0; r < num_exclusive; ++r) {
-      if (slot[r] >= 0)
-        std::memcpy(host_rows + slot[r] * page_size, exclusive + r * page_size,
-                    page_size * sizeof(float));
-    }
-
     cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
-    float* dev = device_copy.flat<float>().data();
-    cudaError_t err = cudaMemcpyAsync(dev, host, words * sizeof(float),
-                                      cudaMemcpyHostToDevice, stream);
+    StagedSwitch staged;
+    const HostRows rows{reinterpret_cast<const uint8_t*>(args.exclusive->flat<float>().data()),
+                        page_size * static_cast<int64_t>(sizeof(float))};
+    OP_REQUIRES_OK(ctx, StageSwitch(ctx, stream, args.table, args.num_pages, num_shared,
+                                    args.exclusive->dim_size(0), {rows}, &staged));
+    const cudaError_t err = LaunchPageGather(
+        args.shared->flat<float>().data(), reinterpret_cast<const float*>(staged.rows[0]),
+        staged.table, static_cast<int>(num_shared), static_cast<int>(page_size), args.num_pages,
+        args.num_weights, out->flat<float>().data(), stream);
     OP_REQUIRES(ctx, err == cudaSuccess,
-                Internal("copying the exclusive pages to the GPU failed: ",
-                         cudaGetErrorString(err)));
-    // The pinned buffer must outlive the asynchronous copy: a reference to it
-    // is released by a host function queued behind the copy on the same stream.
-    err = cudaLaunchHostFunc(
-        stream, [](void* tensor) { delete static_cast<Tensor*>(tensor); }, new Tensor(staging));
-    OP_REQUIRES(ctx, err == cudaSuccess,
-                Internal("queueing the staging release failed: ", cudaGetErrorString(err)));
-    err = LaunchPageGather(args.shared->flat<float>().data(), used ? dev + table_words : nullptr,
-                           reinterpret_cast<const int32_t*>(dev), static_cast<int>(num_shared),
-                           static_cast<int>(page_size), num_pages, args.num_weights,
-                           out->flat<float>().data(), stream);
-    OP_REQUIRES(ctx, err == cudaSuccess,
-                Internal("the CUDA kernel failed to launch: ", cudaGetErrorString(err)));
+                absl::InternalError(absl::StrCat("PageGather: the CUDA kernel failed to launch: ",
+                                                 cudaGetErrorString(err))));
   }
 };
 #endif  // GOOGLE_CUDA
 
 }  // namespace functor
 
-template <typename Device>
+#if GOOGLE_CUDA
+absl::Status StageSwitch(OpKernelContext* ctx, cudaStream_t stream, const int32_t* table,
+                         int64_t num_pages, int64_t num_shared, int64_t num_exclusive,
+                         const std::vector<HostRows>& stores, StagedSwitch* staged) {
+  // Number the distinct exclusive rows the table references, in table order.
+  std::vector<int32_t> slot(num_exclusive, -1);
+  int64_t used = 0;
+  for (int64_t i = 0; i < num_pages; ++i) {
+    const int64_t e = table[i];
+    if (e >= num_shared && slot[e - num_shared] < 0) slot[e - num_shared] = used++;
+  }
+  // Each block starts on 16 bytes, so that the kernels' vector paths apply.
+  auto round16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
+  std::vector<int64_t> offsets;
+  int64_t total = round16(num_pages * static_cast<int64_t>(sizeof(int32_t)));
+  for (const HostRows& store : stores) {
+    offsets.push_back(total);
+    total += round16(used * store.row_bytes);
+  }
+  AllocatorAttributes pinned;
+  pinned.set_on_host(true);
+  pinned.set_gpu_compatible(true);
+  Tensor staging;
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(tensorflow::DT_UINT8, TensorShape({total}), &staging, pinned));
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(tensorflow::DT_UINT8, TensorShape({total}), &staged->buffer));
+  uint8_t* host = staging.flat<uint8_t>().data();
+  int32_t* host_table = reinterpret_cast<int32_t*>(host);
+  for (int64_t i = 0; i < num_pages; ++i) {
+    const int64_t e = table[i];
+    host_table[i] = static_cast<int32_t>(e < num_shared ? e : num_shared + slot[e - num_shared]);
+  }
+  for (size_t k = 0; k < stores.size(); ++k) {
+    const int64_t row_bytes = stores[k].row_bytes;
+    for (int64_t r = 0; r < num_exclusive; ++r) {
+      if (slot[r] >= 0)
+        std::memcpy(host + offsets[k] + slot[r] * row_bytes, stores[k].data + r * row_bytes,
+                    row_bytes);
+    }
+  }
+  uint8_t* dev = staged->buffer.flat<uint8_t>().data();
+  cudaError_t err = cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, stream);
+  if (err != cudaSuccess) {
+    return absl::InternalError(absl::StrCat(
+        "copying the exclusive pages to the GPU failed: ", cudaGetErrorString(err)));
+  }
+  // The pinned buffer must outlive the asynchronous copy: a reference to it
+  // is released by a host function queued behind the copy on the same stream.
+  err = cudaLaunchHostFunc(
+      stream, [](void* tensor) { delete static_cast<Tensor*>(tensor); }, new Tensor(staging));
+  if (err != cudaSuccess) {
+    return absl::InternalError(
+        absl::StrCat("queueing the staging release failed: ", cudaGetErrorString(err)));
+  }
+  staged->table = reinterpret_cast<const int32_t*>(dev);
+  staged->rows.clear();
+  for (int64_t offset : offsets) staged->rows.push_back(used ? dev + offset : nullptr);
+  return absl::OkStatus();
+}
+#endif  // GOOGLE_CUDA
+
+template <typename Device, typename Tindex>
 class PageGatherOp : public OpKernel {
  public:
   explicit PageGatherOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -167,54 +186,50 @@ class PageGatherOp : public OpKernel {
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(table.shape()),
                 Invalid("page_table must be a vector, but its shape is ",
                         table.shape().DebugString(), "."));
-    const int64_t num_shared = shared.dim_size(0);
     const int64_t page_size = shared.dim_size(1);
-    const int64_t num_exclusive = exclusive.dim_size(0);
     OP_REQUIRES(ctx, page_size > 0,
                 Invalid("the page size (shared.shape[1]) must be positive, but it is 0."));
     OP_REQUIRES(ctx, exclusive.dim_size(1) == page_size,
                 Invalid("exclusive pages hold ", exclusive.dim_size(1),
                         " weights but shared pages hold ", page_size,
                         "; both stores must use the same page size."));
-    OP_REQUIRES(ctx, num_shared + num_exclusive <= std::numeric_limits<int32_t>::max(),
-                Invalid(num_shared, " shared + ", num_exclusive,
-                        " exclusive pages do not fit int32 page-table entries."));
-    const int64_t num_pages = table.dim_size(0);
-    const int64_t needed = (num_weights_ + page_size - 1) / page_size;
-    OP_REQUIRES(ctx, num_pages == needed,
-                Invalid("page_table has ", num_pages, " entries but num_weights = ", num_weights_,
-                        " with page size ", page_size, " needs ceil(", num_weights_, " / ",
-                        page_size, ") = ", needed, " pages."));
-    const int32_t* entries = table.flat<int32_t>().data();
-    const int64_t num_rows = num_shared + num_exclusive;
-    for (int64_t i = 0; i < num_pages; ++i) {
-      OP_REQUIRES(ctx, entries[i] >= 0 && entries[i] < num_rows,
-                  Invalid("page_table[", i, "] = ", entries[i], " is out of range [0, ", num_rows,
-                          "): there are ", num_shared, " shared and ", num_exclusive,
-                          " exclusive pages."));
-    }
+    std::vector<int32_t> narrowed;
+    const int32_t* entries = nullptr;
+    OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>("PageGather", table, shared.dim_size(0),
+                                               exclusive.dim_size(0), page_size, num_weights_,
+                                               &narrowed, &entries));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_weights_}), &out));
     if (num_weights_ == 0) return;
-    functor::PageGather<Device>()(ctx, PageGatherArgs{&shared, &exclusive, &table, num_weights_},
-                                  out);
+    functor::PageGather<Device>()(
+        ctx, PageGatherArgs{&shared, &exclusive, entries, table.dim_size(0), num_weights_}, out);
   }
 
  private:
   int64_t num_weights_ = 0;
 };
 
-REGISTER_KERNEL_BUILDER(Name("PageGather").Device(tensorflow::DEVICE_CPU),
-                        PageGatherOp<CPUDevice>);
+#define REGISTER_CPU(Tindex)                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("PageGather").Device(tensorflow::DEVICE_CPU).TypeConstraint<Tindex>("Tindex"), \
+      PageGatherOp<CPUDevice, Tindex>);
+REGISTER_CPU(int32_t)
+REGISTER_CPU(int64_t)
+#undef REGISTER_CPU
 
 #if GOOGLE_CUDA
 // The pool is resident on the GPU; the exclusive store and the table stay in
 // host memory (level 2) and are validated and staged there.
-REGISTER_KERNEL_BUILDER(Name("PageGather")
-                            .Device(tensorflow::DEVICE_GPU)
-                            .HostMemory("exclusive")
-                            .HostMemory("page_table"),
-                        PageGatherOp<GPUDevice>);
+#define REGISTER_GPU(Tindex)                                         \
+  REGISTER_KERNEL_BUILDER(Name("PageGather")                         \
+                              .Device(tensorflow::DEVICE_GPU)        \
+                              .TypeConstraint<Tindex>("Tindex")      \
+                              .HostMemory("exclusive")               \
+                              .HostMemory("page_table"),             \
+                          PageGatherOp<GPUDevice, Tindex>);
+REGISTER_GPU(int32_t)
+REGISTER_GPU(int64_t)
+#undef REGISTER_GPU
 #endif  // GOOGLE_CUDA
 
 }  // namespace weightsep

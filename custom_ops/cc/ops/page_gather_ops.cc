@@ -4,7 +4,9 @@
 // exclusive row e - P; the rows concatenated and cut to num_weights. This is
 // the page-table encoding of the original runtime. num_weights is an attribute
 // rather than an input so that the output shape is known when the graph is
-// built (a task's size never changes while its model exists).
+// built (a task's size never changes while its model exists). The table may be
+// int32 or int64: the kernel checks int64 entries before narrowing them, so a
+// large entry is an error rather than a wrapped index.
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -21,7 +23,8 @@ using ::tensorflow::shape_inference::ShapeHandle;
 REGISTER_OP("PageGather")
     .Input("shared: float")
     .Input("exclusive: float")
-    .Input("page_table: int32")
+    .Input("page_table: Tindex")
+    .Attr("Tindex: {int32, int64} = DT_INT32")
     .Attr("num_weights: int >= 0")
     .Output("weights: float")
     .SetShapeFn([](InferenceContext* c) {
@@ -51,7 +54,8 @@ Materializes a task's weight vector from the shared pool and exclusive pages.
 
 shared: [P, S] shared weight-pages.
 exclusive: [E, S] exclusive weight-pages (E may be 0).
-page_table: [n_p] entries; e < P selects shared row e, e >= P exclusive row e - P.
+page_table: [n_p] int32 or int64 entries; e < P selects shared row e, e >= P
+  exclusive row e - P; every entry must lie in [0, P + E).
 num_weights: length n of the output; n_p must equal ceil(n / S).
 weights: [n] the pages concatenated, cut to n.
 )doc");

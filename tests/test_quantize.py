@@ -1,0 +1,149 @@
+"""Tests of weightsep.quantize against a per-element reference written independently."""
+
+import numpy as np
+import pytest
+
+from weightsep import quantize
+
+QMAX = {"int8": 127, "int4": 7}
+
+
+def reference(page, bits_name):
+    """One page, element by element with float32 scalars and Python's round (half to even)."""
+    qmax = QMAX[bits_name]
+    peak = np.float32(0)
+    for x in page:
+        peak = max(peak, np.float32(abs(x)))
+    scale = np.float32(peak) / np.float32(qmax)
+    qs, deq = [], []
+    for x in page:
+        if scale == 0:
+            q = 0
+        else:
+            q = round(float(np.float32(x) / scale))
+            q = min(qmax, max(-qmax, q))
+        qs.append(q)
+        deq.append(np.float32(q) * scale)
+    return qs, np.float32(scale), np.array(deq, np.float32)
+
+
+def unpack_reference(packed_row):
+    """Byte k -> (low nibble, high nibble), each a 4-bit two's complement number."""
+    out = []
+    for byte in packed_row:
+        for nibble in (int(byte) & 0xF, int(byte) >> 4):
+            out.append(nibble - 16 if nibble >= 8 else nibble)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_matches_per_element_reference(dtype):
+    rng = np.random.default_rng(4)
+    pages = np.stack([
+        rng.normal(0, 0.05, 16),
+        rng.uniform(-3, 3, 16),
+        np.zeros(16),
+        np.r_[rng.normal(0, 1, 15), 40.0],  # one outlier sets the scale
+        np.full(16, -2.5),
+    ]).astype(np.float32)
+    values, scales = quantize.quantize_pages(pages, dtype)
+    deq = quantize.dequantize_pages(values, scales, dtype)
+    assert scales.dtype == np.float32 and scales.shape == (5,)
+    assert deq.dtype == np.float32 and deq.shape == pages.shape
+    if dtype == "int8":
+        assert values.dtype == np.int8 and values.shape == (5, 16)
+        q = values.astype(int).tolist()
+    else:
+        assert values.dtype == np.uint8 and values.shape == (5, 8)
+        q = [unpack_reference(row) for row in values]
+    for r, page in enumerate(pages):
+        ref_q, ref_scale, ref_deq = reference(page, dtype)
+        assert q[r] == ref_q
+        assert scales[r].tobytes() == ref_scale.tobytes()
+        assert deq[r].tobytes() == ref_deq.tobytes()  # bit for bit
+    np.testing.assert_array_equal(quantize.round_trip(pages, dtype), deq)
+
+
+def test_round_half_to_even_and_known_values():
+    # max |x| = 127 -> scale 1 exactly: x / scale is x, so the ties are visible
+    page = np.array([[127, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127]], np.float32)
+    values, scales = quantize.quantize_pages(page, "int8")
+    assert scales.tolist() == [1.0]
+    assert values.tolist() == [[127, 2, 4, -2, 0, 0, 2, -127]]
+    # int4: max 7 -> scale 1; 7.5 cannot occur, saturation only at the extremes
+    values, scales = quantize.quantize_pages(np.array([[7, -7, 2.5, 3.5, -6.5, 0]], np.float32), "int4")
+    assert scales.tolist() == [1.0]
+    assert unpack_reference(values[0]) == [7, -7, 2, 4, -6, 0]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_error_bound_and_extremes(dtype):
+    rng = np.random.default_rng(9)
+    pages = (rng.standard_t(3, size=(64, 32)) * rng.uniform(1e-4, 10, size=(64, 1))).astype(np.float32)
+    values, scales = quantize.quantize_pages(pages, dtype)
+    deq = quantize.dequantize_pages(values, scales, dtype)
+    err = np.abs(pages.astype(np.float64) - deq)
+    assert np.all(err <= scales[:, None].astype(np.float64) / 2 * (1 + 1e-6))
+    # The element of largest magnitude maps to +-qmax, so the range is used fully.
+    q = quantize.unpack_int4(values) if dtype == "int4" else values
+    peak = np.argmax(np.abs(pages), axis=1)
+    assert np.all(np.abs(q[np.arange(64), peak]) == QMAX[dtype])
+    np.testing.assert_array_equal(scales, np.abs(pages).max(axis=1) / np.float32(QMAX[dtype]))
+
+
+def test_zero_and_underflowing_pages_give_zero():
+    tiny = np.float32(1e-45)  # the smallest denormal: tiny / 127 underflows to 0
+    pages = np.array([[0, 0, 0, 0], [tiny, -tiny, 0, tiny]], np.float32)
+    for dtype in ("int8", "int4"):
+        values, scales = quantize.quantize_pages(pages, dtype)
+        assert scales.tolist() == [0.0, 0.0]
+        assert not values.any()
+        assert not quantize.dequantize_pages(values, scales, dtype).any()
+
+
+def test_int4_packing_known_bytes():
+    q = np.array([[1, -1, 7, -8, 0, 3], [-7, 6, -2, -3, 4, -5]], np.int8)
+    packed = quantize.pack_int4(q)
+    assert packed.dtype == np.uint8
+    # element 2k in the low nibble of byte k, 2k+1 in the high nibble
+    assert packed.tolist() == [[0xF1, 0x87, 0x30], [0x69, 0xDE, 0xB4]]
+    np.testing.assert_array_equal(quantize.unpack_int4(packed), q)
+    every = np.arange(-8, 8, dtype=np.int8).reshape(1, 16)
+    np.testing.assert_array_equal(quantize.unpack_int4(quantize.pack_int4(every)), every)
+    # -8 is never written by quantize_pages but decodes as -8
+    assert quantize.unpack_int4(np.array([[0x08]], np.uint8)).tolist() == [[-8, 0]]
+    with pytest.raises(ValueError, match="even"):
+        quantize.pack_int4(np.zeros((1, 3), np.int8))
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        quantize.pack_int4(np.array([[8, 0]]))
+
+
+def test_float32_pages_pass_through():
+    pages = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    values, scales = quantize.quantize_pages(pages, "float32")
+    assert scales is None and values.tobytes() == pages.tobytes()
+    np.testing.assert_array_equal(quantize.dequantize_pages(values, None, "float32"), pages)
+
+
+def test_byte_counts_and_shapes():
+    assert quantize.bytes_per_page("float32", 512) == 2048
+    assert quantize.bytes_per_page("int8", 512) == 516
+    assert quantize.bytes_per_page("int4", 512) == 260
+    assert quantize.pages_bytes("int8", 222, 512) == 222 * 516
+    assert quantize.values_shape("int4", 5, 512) == (5, 256)
+    assert quantize.values_dtype("int8") == np.int8 and quantize.values_dtype("int4") == np.uint8
+    with pytest.raises(ValueError, match="even"):
+        quantize.bytes_per_page("int4", 511)
+    with pytest.raises(ValueError, match="int5"):
+        quantize.check_page_dtype("int5")
+
+
+def test_refuses_bad_input():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize.quantize_pages(np.array([[1, np.nan]], np.float32), "int8")
+    with pytest.raises(ValueError, match="float32"):
+        quantize.quantize_pages(np.zeros((2, 2)), "int8")
+    with pytest.raises(ValueError, match="even"):
+        quantize.quantize_pages(np.zeros((2, 3), np.float32), "int4")
+    with pytest.raises(ValueError, match="scales"):
+        quantize.dequantize_pages(np.zeros((2, 4), np.int8), np.zeros(3, np.float32), "int8")

@@ -1,0 +1,147 @@
+"""Multitask execution without weight separation: the baseline of the switch benchmark
+(baseline_execution.py).  Every switch reloads the task's whole weights:
+
+- ``baseline="file"`` (the paper's baseline): restore the task's own network file,
+  ``<task folder>/<task>.weights.h5``, with ``model.load_weights``.  These are the networks
+  before separation, so accuracies differ from the separated ones.
+- ``baseline="raw"``: read the task's flat float32 vector (its separated weights, materialized
+  once at start-up into a raw file in a cache folder) and write it into the model's variables in
+  one compiled split-and-assign call.  Same weights and accuracies as WSRuntime: only the way
+  weights are loaded differs.
+
+It runs the same task sequence as ``weightsep.runtime.WSRuntime`` for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from weightsep.errors import WeightSepError
+from weightsep.networks import Network, load_network, network_file
+from weightsep.runtime import Log, Runtime, count_correct, load_state, pick_device, spec_of, test_batches
+from weightsep.tasks import TaskSpec
+from weightsep.tf import tf
+
+BASELINES = ("file", "raw")
+
+
+@dataclasses.dataclass
+class _BaselineTask:
+    net: Network
+    source: Path
+    infer: Callable
+    batches: list
+    assign: Optional[Callable] = None
+    buffer: Optional[np.ndarray] = None
+    fd: int = -1
+
+
+class BaselineRuntime(Runtime):
+    """Task switching without weight separation: a full reload of the task's weights per switch."""
+
+    def __init__(self, state_dir=".", baseline: str = "file", device: str = "auto",
+                 data: Optional[str] = None, data_seed: Optional[int] = None, batch_size: int = 1000,
+                 cache_dir=None, specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
+        log = log or (lambda line: None)
+        if baseline not in BASELINES:
+            raise WeightSepError(f"-baseline must be one of {', '.join(BASELINES)}, not {baseline!r}")
+        self.baseline = baseline
+        self.device = pick_device(device)
+        store = load_state(state_dir)
+        records = sorted(store.tasks, key=lambda r: r.name)
+        self._own_cache = None
+        if baseline == "raw":
+            if cache_dir is None:
+                self._own_cache = cache_dir = tempfile.mkdtemp(prefix="ws_baseline_raw_")
+            cache_dir = Path(cache_dir)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            self.description = "raw: one float32 read of the separated weights + one compiled assign per switch"
+            log(f"baseline raw: each switch reads the task's separated weights (float32) from {cache_dir} "
+                f"and assigns them in one compiled call; accuracies equal the separated tasks'")
+        else:
+            self.description = "file: model.load_weights of <task>/<task>.weights.h5 per switch"
+            log("baseline file: each switch restores the task's own network file <task>/<task>.weights.h5 "
+                "(the networks before separation; accuracies differ from the separated tasks')")
+        self._tasks: dict[str, _BaselineTask] = {}
+        given = specs or {}
+        with tf.device(self.device):
+            for index, record in enumerate(records):
+                spec = spec_of(record, given)
+                if baseline == "file":
+                    net = load_network(spec)  # also checks the file is there and loadable
+                    source = network_file(spec)
+                else:
+                    net = Network(spec, layout=store.layout)
+                    source = cache_dir / f"{record.name}.f32"
+                    store.materialize(record.name).tofile(source)
+                task = _BaselineTask(net, source, self._make_infer(net),
+                                     test_batches(spec, record, data, data_seed, batch_size))
+                if baseline == "raw":
+                    task.assign = self._make_assign(net)
+                    task.buffer = np.empty(net.num_weights, np.float32)
+                    task.fd = os.open(source, os.O_RDONLY)
+                self._tasks[record.name] = task
+                log(f"[DNN {index}][{record.name}] {source}")
+        self.task_names = [r.name for r in records]
+        log(f"init networks {self.warm_up() * 1e3:.3f} ms ({len(self.task_names)} compiled, warmed up)")
+
+    @staticmethod
+    def _make_infer(net: Network) -> Callable:
+        def correct(x, y):
+            return count_correct(net.model(x, training=False), y)
+        return tf.function(correct, input_signature=[
+            tf.TensorSpec([None, *net.task.input_shape], tf.float32), tf.TensorSpec([None], tf.int64)])
+
+    @staticmethod
+    def _make_assign(net: Network) -> Callable:
+        variables = list(net.model.trainable_variables)
+
+        @tf.function(input_signature=[tf.TensorSpec([net.num_weights], tf.float32)])
+        def assign(w):
+            for variable, part in zip(variables, net.unflatten(w)):
+                variable.assign(part)
+        return assign
+
+    def _loader(self, name: str) -> Callable[[], None]:
+        """A switch reloads the task's whole weights."""
+        task = self._task(name)
+
+        def load():
+            if self.baseline == "file":
+                task.net.model.load_weights(str(task.source))
+                return
+            size = task.buffer.nbytes
+            if os.preadv(task.fd, [memoryview(task.buffer).cast("B")], 0) != size:
+                raise WeightSepError(f"short read of {task.source}: the cache file changed while running")
+            with tf.device(self.device):
+                task.assign(task.buffer)
+        return load
+
+    def _inference(self, name: str) -> tuple[Callable, list]:
+        task = self._tasks[name]
+        return task.infer, task.batches
+
+    def current_weights(self) -> np.ndarray:
+        """The running task's weights in the state's layout (the raw baseline) or natural order (file)."""
+        return self._tasks[self.current].net.get_vector()
+
+    def _task(self, name: str) -> _BaselineTask:
+        if name not in self._tasks:
+            raise WeightSepError(f"task {name!r} is not in the state (tasks: {', '.join(self._tasks)})")
+        return self._tasks[name]
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            if task.fd >= 0:
+                os.close(task.fd)
+                task.fd = -1
+        if self._own_cache:
+            shutil.rmtree(self._own_cache, ignore_errors=True)
+            self._own_cache = None
