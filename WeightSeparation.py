@@ -127,6 +127,13 @@ def _session():
     return session
 
 
+def _registered_task() -> tuple:
+    """(session, name) of a task that must be in the state (a clear error naming the known ones)."""
+    session, name = _session(), _task_name()
+    session.store.task(name)
+    return session, name
+
+
 def mode_pretrain():
     from weightsep import data as datasets
     from weightsep.tasks import load_task
@@ -155,19 +162,20 @@ def mode_import():
 
 
 def mode_add():
-    from weightsep.pipeline import Session, add_task
+    from weightsep.pipeline import Session, add_task, prepare_add
     from weightsep.store import Store
     from weightsep.tasks import load_task
     task = load_task(_need("network_path"))
     store = Store(FLAGS.state_dir)
+    session = Session(store, _options())
+    prepared = prepare_add(session, task)  # the network and the data, checked before the state is touched
     with store.writer():
-        add_task(Session(store, _options()), task)
+        add_task(session, task, prepared=prepared)
 
 
 def mode_train():
     from weightsep.pipeline import train_task
-    session = _session()
-    name = _task_name()
+    session, name = _registered_task()
     with session.store.writer():
         result = train_task(session, name, FLAGS.iter or 2000)
     kept = (f"kept the weights of {result.best_accuracy:.6f} ({result.selected_on} accuracy; "
@@ -189,13 +197,16 @@ def mode_evaluate():
     if FLAGS.target == "network":
         from weightsep.pipeline import Session
         from weightsep.store import Store
-        task = load_task(FLAGS.network_path or _task_name())
-        acc = evaluate_network(Session(Store(FLAGS.state_dir), _options()), task)
+        store = Store(FLAGS.state_dir)
+        session = Session(store.load() if store.exists() else store, _options())
+        name = _task_name()
+        task = load_task(FLAGS.network_path) if FLAGS.network_path else session.spec(name)
+        acc = evaluate_network(session, task)
         print(f"{task.name} inference accuracy: {acc:.6f}")
         return
     from weightsep.errors import StateLockedError, StateReadOnlyError
     from weightsep.pipeline import evaluate_task, record_accuracy
-    session, name = _session(), _task_name()
+    session, name = _registered_task()
     try:
         with session.store.writer():  # record the accuracy when nobody else writes the state
             acc = evaluate_task(session, name)
@@ -218,8 +229,7 @@ def mode_list():
 
 
 def mode_remove():
-    session = _session()
-    name = _task_name()
+    session, name = _registered_task()
     with session.store.writer():
         session.store.remove_task(name)
     print(f"removed {name}; {len(session.store.tasks)} tasks remain")
@@ -252,6 +262,8 @@ def _diagnostic(name: str, existing: bool = True, many: bool = False):
         from weightsep import diagnostics
         if existing:
             session = _session()
+            for task in _names():
+                session.store.task(task)
         else:
             from weightsep.pipeline import Session
             from weightsep.store import Store
@@ -271,6 +283,8 @@ def _plot(mode):
         from pathlib import Path
         from weightsep.plots import plot_mode
         session = _session()
+        for task in _names():
+            session.store.task(task)
         plot = plot_mode(session, mode, _names(), FLAGS.plot_dir or Path(FLAGS.state_dir) / "plots")
         print(f"saved {plot.path}")
     return run

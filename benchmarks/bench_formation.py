@@ -4,11 +4,11 @@
 1. Formation of the ten synthetic tasks (add = Fisher + separation + matching), greedy vs
    optimal matching: wall time per stage (median of repeats) and total matching cost.
 2. Optimization: the in-process optimize-all mode (./optimization.sh) against the original
-   process-per-step loop (WS_LOOP=1 ./optimization.sh: 10 x -mode=t then 10 x -mode=e per
-   round) on the same schedule, from copies of one state: wall-time ratio, and the final
-   accuracies, which must be identical.
+   process-per-step loop (WS_LOOP=1 ./optimization.sh: 10 x -mode=t per
+   pass, then 10 x -mode=e per round) on the same schedule, from copies of one state: wall-time
+   ratio, and the final accuracies, which must be identical.
 
-  .venv/bin/python benchmarks/bench_formation.py [-out=bench_out] [-repeats=3] [-rounds=3] [-iter=32]
+  .venv/bin/python benchmarks/bench_formation.py [-out=bench_out] [-repeats=3] [-rounds=2] [-passes=1] [-iter=32]
 """
 
 from __future__ import annotations
@@ -25,43 +25,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.common import REPO, machine, median, pretrained_tasks  # noqa: E402
+from benchmarks.common import REPO, TASKS, machine, median, pretrained_tasks  # noqa: E402
 
 flags.DEFINE_string("out", "bench_out", "working directory (networks and states)")
 flags.DEFINE_integer("repeats", 3, "formation repeats per matching method")
-flags.DEFINE_integer("rounds", 3, "optimization rounds")
-flags.DEFINE_integer("iter", 32, "steps per task per round")
-flags.DEFINE_integer("pretrain_iter", 300, "pretraining steps of the synthetic networks")
+flags.DEFINE_integer("rounds", 2, "optimization rounds")
+flags.DEFINE_integer("passes", 1, "passes per round (the original: 10; the loop then starts 10 processes per pass)")
+flags.DEFINE_integer("iter", 32, "steps per task per pass")
+flags.DEFINE_integer("pretrain_iter", 500, "pretraining steps of the synthetic networks")
 FLAGS = flags.FLAGS
 
-TASKS = ("cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar")
-
-
 def formation(state_dir: Path, folders, matching: str):
-    from weightsep.pipeline import Options, Session, add_task, ensure_state
+    from weightsep.pipeline import Options, Session, form_all
     from weightsep.store import Store
     from weightsep.tasks import load_task
     shutil.rmtree(state_dir, ignore_errors=True)
     store = Store(state_dir)
-    options = Options(data="synthetic", matching=matching)
-    session = Session(store, options)
-    seconds = {"fisher": 0.0, "separation": 0.0, "matching": 0.0}
-    cost = 0.0
     with store.writer():
-        ensure_state(store, options, log=lambda *_: None)
-        for name in TASKS:
-            session.use_spec(load_task(folders[name]))
-            result = add_task(session, name, log=lambda *_: None)
-            for k in seconds:
-                seconds[k] += result.seconds[k]
-            cost += result.matching_cost
-    return seconds, cost
+        steps = form_all(Session(store, Options(data="synthetic", matching=matching)),
+                         [load_task(folders[name]) for name in TASKS], 0, log=lambda *_: None)
+    seconds = {k: sum(step.added.seconds[k] for step in steps) for k in ("fisher", "separation", "matching")}
+    return seconds, sum(step.added.matching_cost for step in steps)
 
 
 def run_script(env_extra: dict, state_dir: Path, folders) -> tuple[float, dict]:
     env = dict(os.environ, TASKS=" ".join(str(folders[t]) for t in TASKS), PYTHONUNBUFFERED="1", **env_extra)
     cmd = [str(REPO / "optimization.sh"), "-data=synthetic", f"-state_dir={state_dir}",
-           f"-rounds={FLAGS.rounds}", f"-iter={FLAGS.iter}"]
+           f"-rounds={FLAGS.rounds}", f"-passes={FLAGS.passes}", f"-iter={FLAGS.iter}"]
     start = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - start
@@ -98,7 +88,8 @@ def main(argv):
         print(f"{label}: {timings[label][0]:.1f} s")
     (inproc, acc_a), (loop, acc_b) = timings.values()
     print()
-    print(f"optimization, {FLAGS.rounds} rounds x {FLAGS.iter} steps x 10 tasks (whole command, wall time):")
+    print(f"optimization, {FLAGS.rounds} rounds x {FLAGS.passes} passes x {FLAGS.iter} steps x 10 tasks "
+          f"(whole command, wall time):")
     print("| mode | wall time (s) |")
     print("|---|---:|")
     for label, (wall, _) in timings.items():

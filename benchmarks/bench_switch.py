@@ -7,6 +7,8 @@ short pretraining when missing), runs the same -num_execution random switches
 
   ws        WSRuntime, exclusive pages read from exclusive_weight_page.npy (pread)
   ws host   WSRuntime, exclusive pages in host RAM
+  ws int8   WSRuntime on an int8 copy of the state (post-training quantized), exclusive int8 rows
+            and their scales read from disk, one PageGatherQuantized call
   file      BaselineRuntime(file): model.load_weights of <task>/<task>.weights.h5 (the paper's baseline)
   raw       BaselineRuntime(raw): one raw float32 read + one compiled split-and-assign
 
@@ -23,7 +25,6 @@ repeats.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -33,8 +34,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine  # noqa: E402
-from weightsep.tasks import PAPER_TASKS, REPO_ROOT  # noqa: E402
+from benchmarks.common import machine, pretrained_tasks  # noqa: E402
+from weightsep.tasks import PAPER_TASKS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("state_dir", "out/bench_switch/state", "the 10-task state (built here when missing)")
@@ -48,37 +49,24 @@ flags.DEFINE_string("markdown", None, "also write the result table to this file"
 
 
 def build_state(state_dir: Path, tasks_dir: Path, iters: int) -> None:
-    """Pretrain the ten tasks briefly on synthetic data and add them (the paper's defaults otherwise)."""
-    from weightsep import data
-    from weightsep.networks import Network, network_file, save_network
-    from weightsep.pipeline import Options, Session, add_task, ensure_state
-    from weightsep.store import Store
+    """Pretrain the ten tasks briefly on synthetic data and add them (the original's method otherwise),
+    then an int8 copy of the state beside it (post-training quantization)."""
+    from weightsep.pipeline import Options, Session, form_all
+    from weightsep.store import Store, convert_state
     from weightsep.tasks import load_task
-    from weightsep.training import pretrain
 
-    quiet = lambda *_: None  # noqa: E731
     store = Store(state_dir)
-    session = Session(store, Options(data="synthetic"))
-    with store.writer():
-        ensure_state(store, session.options, log=quiet)
-        for name in PAPER_TASKS:
-            if store.has_task(name):
-                continue
-            folder = tasks_dir / name
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO_ROOT / name / "task.py", folder / "task.py")
-            task = load_task(folder)
-            if not network_file(task).is_file():
-                start = time.perf_counter()
-                net = Network(task)
-                train = data.load_split(task, "train", "synthetic")
-                val = data.load_split(task, "validation", "synthetic")
-                pretrain(net, train.x, train.y, val.x, val.y, iters, verbose=0)
-                save_network(net)
-                print(f"pretrained {name} ({iters} steps) in {time.perf_counter() - start:.1f} s", flush=True)
-            session.use_spec(task)
-            result = add_task(session, name, log=quiet)
-            print(f"added {name}: {len(result.record.exclusive_pages)} exclusive pages", flush=True)
+    if not store.exists():
+        folders = pretrained_tasks(tasks_dir, PAPER_TASKS, iters)
+        with store.writer():
+            form_all(Session(store, Options(data="synthetic")), [load_task(folders[n]) for n in PAPER_TASKS], 0,
+                     log=lambda *_: None,
+                     progress=lambda i, n, step: print(f"added {step.added.record.name}: "
+                                                       f"{len(step.added.record.exclusive_pages)} exclusive pages",
+                                                       flush=True))
+    int8 = state_dir.parent / (state_dir.name + "_int8")
+    if not Store(int8).exists():
+        convert_state(state_dir, int8, "int8")
 
 
 def floor_run(ws, sequence) -> list[tuple[float, float]]:
@@ -99,16 +87,17 @@ def floor_run(ws, sequence) -> list[tuple[float, float]]:
 def read_methods(ws, sequence, reps: int = 20) -> tuple[float, float]:
     """Median seconds to bring in a task's exclusive rows: (pread as the runtime does, memory-map + take)."""
     import numpy as np
-    mapped = np.load(ws._reader.path, mmap_mode="r")
+    reader = ws._readers[0]
+    mapped = np.load(reader.path, mmap_mode="r")
     pread, mmap = [], []
     for _ in range(reps):
         for task in sequence:
             slot = ws._slots[task]
             start = time.perf_counter()
-            ws._reader.read(slot.runs, slot.buffer)
+            reader.read(slot.runs[0], slot.buffers[0])
             pread.append(time.perf_counter() - start)
             start = time.perf_counter()
-            np.take(mapped, slot.rows, axis=0, out=slot.buffer)
+            np.take(mapped, slot.rows, axis=0, out=slot.buffers[0])
             mmap.append(time.perf_counter() - start)
     return med(pread), med(mmap)
 
@@ -123,7 +112,8 @@ def main(argv):
     tasks_dir = Path(FLAGS.tasks_dir) if FLAGS.tasks_dir else state_dir.parent / "tasks"
     build_state(state_dir, tasks_dir, FLAGS.pretrain_iter)
 
-    from weightsep.runtime import BaselineRuntime, WSRuntime, run_executions, task_sequence
+    from weightsep.baseline import BaselineRuntime
+    from weightsep.runtime import WSRuntime, run_executions, task_sequence
     from weightsep.store import Store
     from weightsep.tf import tf
 
@@ -135,6 +125,8 @@ def main(argv):
     runtimes = {
         "ws (disk)": WSRuntime(state_dir, device=FLAGS.device, secondary="disk", log=quiet),
         "ws (host)": WSRuntime(state_dir, device=FLAGS.device, secondary="host", log=quiet),
+        "ws int8 (disk)": WSRuntime(state_dir.parent / (state_dir.name + "_int8"), device=FLAGS.device,
+                                    secondary="disk", log=quiet),
         "baseline file": BaselineRuntime(state_dir, baseline="file", device=FLAGS.device, log=quiet),
         "baseline raw": BaselineRuntime(state_dir, baseline="raw", device=FLAGS.device, log=quiet),
     }

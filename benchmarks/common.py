@@ -1,56 +1,56 @@
-"""Shared set-up of the benchmarks: ten synthetic tasks with pretrained networks, machine name."""
+"""Shared set-up of the benchmarks: ten synthetic tasks with pretrained networks, the machine's
+name (CPU model and vector extensions: timings differ several-fold between AVX2 and AVX-512
+machines of the same kind), medians."""
 
 from __future__ import annotations
 
 import os
 import platform
-import shutil
+import statistics
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TASKS = ("cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar")
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
 def machine() -> str:
-    """CPU model, usable cores and kernel (Linux), for the benchmark tables."""
-    model = platform.processor() or platform.machine()
+    """CPU model, its vector extensions, usable cores and kernel (Linux), for the benchmark tables."""
+    model, found = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not found:
+                flags = set(line.split(":", 1)[1].split())
+                found = [f for f in VECTOR_FLAGS if f in flags]
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {usable} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"{model} ({' '.join(found) or 'vector extensions unknown'}"
+            f"{f'; ONEDNN_MAX_CPU_ISA={isa}' if isa else ''}), {usable} cores usable ({os.cpu_count()} online), "
+            f"{platform.system()} {platform.release()}")
 
 
-def pretrained_tasks(root: Path, tasks, iters: int = 300, log=print) -> dict[str, Path]:
+def pretrained_tasks(root: Path, tasks=TASKS, iters: int = 500, seed: int = 0, log=print) -> dict[str, Path]:
     """Copies of the task specs under root/, each pretrained on synthetic data (kept if present)."""
-    from weightsep import data
-    from weightsep.networks import Network, network_file, save_network
-    from weightsep.tasks import load_task
-    from weightsep.training import pretrain
+    from weightsep.networks import network_file
+    from weightsep.tasks import copy_spec, load_task
+    from weightsep.training import pretrain_task
 
     folders = {}
     for name in tasks:
-        folder = Path(root) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name / "task.py", folder / "task.py")
-        task = load_task(folder)
-        if not network_file(task).is_file():
+        folder = copy_spec(name, root)
+        spec = load_task(folder)
+        if not network_file(spec).is_file():
             start = time.perf_counter()
-            train = data.load_split(task, "train", "synthetic")
-            val = data.load_split(task, "validation", "synthetic")
-            net = Network(task)
-            pretrain(net, train.x, train.y, val.x, val.y, iters, verbose=0)
-            save_network(net)
+            pretrain_task(spec, "synthetic", seed, iters, verbose=0)
             log(f"  pretrained {name} ({time.perf_counter() - start:.1f} s)")
         folders[name] = folder
     return folders
 
 
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+def median(values) -> float:
+    return float(statistics.median(values))

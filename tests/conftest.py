@@ -73,12 +73,12 @@ def run_main(*args, check=True) -> Result:
     with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         flags.FLAGS.unparse_flags()
         try:
-            flags.FLAGS(["WeightSeparation.py", *args])
+            argv = flags.FLAGS(["WeightSeparation.py", *args])
         except flags.Error as exc:  # absl's own parse errors (unknown flag, bad enum value)
             print(f"error: {exc}", file=sys.stderr)
             code = 2
         else:
-            code = main_of(WeightSeparation.run)(["WeightSeparation.py"])
+            code = main_of(WeightSeparation.run)(argv)
         flags.FLAGS.unparse_flags()
     result = Result(code, out.getvalue(), err.getvalue())
     if check and code != 0:

@@ -1,93 +1,427 @@
-"""The command line: output lines of the original, and one-line errors with a non-zero exit."""
+"""WeightSeparation.py in-process: every mode's printed lines (the original's where it had them)
+checked against values computed here another way, and user errors as one line with a non-zero
+exit status that change nothing.  (The scripts as subprocesses: tests/test_scripts.py.)"""
 
+import contextlib
+import hashlib
+import io
 import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import copy_task_folder, run_cli, write_task_folder
+from conftest import TINY_OPTIONS, assert_one_line_error, copy_state, copy_task_folder, run_main, write_task_folder
+from weightsep import data as datasets
+from weightsep import separation
+from weightsep.networks import Network, load_network
+from weightsep.pipeline import total_network_cost
+from weightsep.store import Store
+from weightsep.tasks import load_task
+
+STATE_FLAGS = [f"-page_size={TINY_OPTIONS['page_size']}", f"-num_pages={TINY_OPTIONS['num_pages']}",
+               f"-margin={TINY_OPTIONS['margin']}", "-data=synthetic"]
 
 
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    err = proc.stderr.strip()
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
+def snapshot(folder):
+    """Every file under folder (the lock file's content included) by relative path."""
+    folder = Path(folder)
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_pretrain_then_evaluate_network(tmp_path):
+def one_value(stdout, prefix):
+    """The value after `prefix` on the one stdout line that starts with it."""
+    lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, (prefix, stdout)
+    return lines[0][len(prefix):].strip()
+
+
+def split_of(store, name, split):
+    rec = store.task(name)
+    return datasets.load_split(rec.task_spec(), split, data="synthetic", seed=rec.settings["data_seed"])
+
+
+def accuracy_of(spec, weights, test):
+    """Test accuracy of a Keras model of the spec holding `weights` (argmax of its outputs)."""
+    net = Network(spec)
+    net.set_vector(weights)
+    return float(np.mean(np.argmax(np.asarray(net.model(test.x, training=False)), axis=1) == test.y))
+
+
+def alpha_loss_by_hand(probs, labels, alpha):
+    """DESIGN.md: rows divided by their L2 norm; L = mean of -log(p_true) where p_true <= alpha
+    (0 elsewhere); alpha_acc = share of samples with p_true > alpha."""
+    total, above = 0.0, 0
+    for row, label in zip(probs.astype(np.float64), labels):
+        p_true = row[label] / math.sqrt(sum(v * v for v in row))
+        if p_true > alpha:
+            above += 1
+        else:
+            total -= math.log(p_true)
+    return total / len(labels), above / len(labels)
+
+
+def network_cost_by_hand(store, names):
+    """The pair cost of every two tasks on each shared page both occupy: sum over elements whose
+    network Fisher is nonzero in both of (F_a + F_b) * (w_a - w_b)^2."""
+    P, S = store.num_pages, store.page_size
+    vectors = {}
+    for name in names:
+        rec = store.task(name)
+        padded = {kind: np.zeros(rec.num_pages * S) for kind in ("network_fisher", "network_weight")}
+        for kind, vector in padded.items():
+            vector[:rec.num_weights] = store.load_vector(name, kind)
+        on_pool = {int(e): i for i, e in enumerate(rec.page_table) if e < P}
+        vectors[name] = (on_pool, padded["network_fisher"], padded["network_weight"])
+    total = 0.0
+    for a, name_a in enumerate(names):
+        for name_b in names[a + 1:]:
+            pages_a, fa, wa = vectors[name_a]
+            pages_b, fb, wb = vectors[name_b]
+            for q in set(pages_a) & set(pages_b):
+                i, j = pages_a[q], pages_b[q]
+                for k in range(S):
+                    f1, f2 = fa[i * S + k], fb[j * S + k]
+                    if f1 > 0 and f2 > 0:
+                        total += (f1 + f2) * (wa[i * S + k] - wb[j * S + k]) ** 2
+    return total
+
+
+# ---- listing -----------------------------------------------------------------------
+
+def test_no_mode_lists_the_state_as_the_original(tiny_state):
+    default = run_main(f"-state_dir={tiny_state}")
+    assert default.stdout == run_main("-mode=l", f"-state_dir={tiny_state}").stdout
+    lines = default.stdout.splitlines()
+    store = Store(tiny_state).load()
+    S = store.page_size
+    assert lines[0].startswith(f"state {tiny_state}: 2 tasks, pool 16 pages x 64 weights")
+    assert lines[1] == "[VNN list]"
+    for line, rec in zip(lines[2:4], store.tasks):
+        exclusive = sum(len(range(p * S, min((p + 1) * S, rec.num_weights))) for p in rec.exclusive_pages)
+        k = len(rec.exclusive_pages)
+        assert line.startswith(
+            f"Name: {rec.name}, id: {rec.id}, path: {rec.network_path}, num_of_weight: {rec.num_weights} "
+            f"({rec.num_weights - exclusive}/{exclusive}), "
+            f"num_of_page: {rec.num_pages} ({rec.num_pages - k}/{k})"), line
+    assert [rec.name for rec in store.tasks] == ["tiny_a", "tiny_b"]
+    assert "[Weight page] total 16 weight pages" in lines
+
+
+# ---- flags out of range: one line, status 2, nothing written --------------------------
+
+BAD_FLAGS = [
+    ("-iter=0", "-iter=0"), ("-iter=-5", "-iter=-5"), ("-rounds=0", "-rounds=0"), ("-passes=0", "-passes=0"),
+    ("-margin=1.5", "-margin=1.5"), ("-alpha=nan", "-alpha=nan"), ("-lr=nan", "-lr=nan"),
+    ("-batch_size=0", "-batch_size=0"), ("-fisher_samples=0", "-fisher_samples=0"),
+    ("-page_size=0", "-page_size=0"), ("-num_pages=-1", "-num_pages=-1"),
+    ("-page_size=65536 -num_pages=65536", "-num_pages=65536"), ("-Q=16", "-Q=16"), ("-seed=-1", "-seed=-1"),
+    ("-transpose=2", "-transpose=2"), ("-target_accuracy=1.5", "-target_accuracy=1.5"),
+    ("-mode=zz", "-mode must be one of"),
+]
+
+
+@pytest.mark.parametrize("bad, fragment", BAD_FLAGS, ids=[b for b, _ in BAD_FLAGS])
+def test_bad_flag_is_one_line_status_2_and_writes_nothing(tiny_state, tiny_tasks, tmp_path, bad, fragment):
+    new = tmp_path / "new"
+    result = run_main("-mode=a", f"-network_path={tiny_tasks['tiny_a']}", f"-state_dir={new}", *STATE_FLAGS,
+                      *bad.split(), check=False)
+    assert_one_line_error(result, fragment)
+    assert result.returncode == 2 and result.stdout == ""
+    assert not new.exists()
+    state = copy_state(tiny_state, tmp_path / "st")
+    before = snapshot(state)
+    result = run_main("-mode=t", "-vnn_name=tiny_a", f"-state_dir={state}", *bad.split(), check=False)
+    assert_one_line_error(result, fragment)
+    assert result.returncode == 2 and snapshot(state) == before
+
+
+def test_stray_arguments_are_one_line_status_2(tiny_state):
+    """As absl's app.run does: the arguments left after the flags go to main."""
+    import WeightSeparation
+    from absl import flags
+    from absl.testing import flagsaver
+    from weightsep.cli import main_of
+    err = io.StringIO()
+    with flagsaver.flagsaver(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        flags.FLAGS.unparse_flags()
+        left = flags.FLAGS(["WeightSeparation.py", "-mode=l", f"-state_dir={tiny_state}", "l", "extra"])
+        code = main_of(WeightSeparation.run)(left)
+        flags.FLAGS.unparse_flags()
+    assert code == 2 and out.getvalue() == ""
+    assert err.getvalue() == "error: unexpected arguments: l extra (flags are written -name=value)\n"
+
+
+# ---- evaluate ----------------------------------------------------------------------
+
+def test_evaluate_names_the_tasks_of_the_state(tiny_state):
+    result = run_main("-mode=e", "-vnn_name=nosuch", f"-state_dir={tiny_state}", check=False)
+    assert_one_line_error(result, "nosuch", "tiny_a", "tiny_b")
+
+
+def test_evaluate_records_the_accuracy_of_the_stored_weights(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    result = run_main("-mode=e", "-vnn_name=tiny_b", f"-state_dir={state}")
+    store = Store(state).load()
+    test = split_of(store, "tiny_b", "test")
+    want = accuracy_of(store.task("tiny_b").task_spec(), store.materialize("tiny_b"), test)
+    assert result.stdout == f"tiny_b inference accuracy: {want:.6f}\n"
+    assert store.task("tiny_b").accuracy["separated"] == want
+
+
+def test_evaluate_network_of_a_task_folder(tiny_state, tiny_tasks):
+    folder = tiny_tasks["tiny_a"]
+    result = run_main("-mode=e", "-target=network", f"-network_path={folder}", f"-state_dir={tiny_state}",
+                      "-data=synthetic")
+    spec = load_task(folder)
+    want = accuracy_of(spec, load_network(spec).get_vector(), datasets.load_split(spec, "test", "synthetic", 0))
+    assert result.stdout == f"tiny_a inference accuracy: {want:.6f}\n"
+
+
+def test_evaluate_network_of_a_task_in_the_state(tiny_state, tiny_tasks):
+    """As the original: -vnn_name names a task of the state, whose network it knows."""
+    result = run_main("-mode=e", "-target=network", "-vnn_name=tiny_a", f"-state_dir={tiny_state}", "-data=synthetic")
+    spec = load_task(tiny_tasks["tiny_a"])
+    want = accuracy_of(spec, load_network(spec).get_vector(), datasets.load_split(spec, "test", "synthetic", 0))
+    assert result.stdout == f"tiny_a inference accuracy: {want:.6f}\n"
+
+
+@contextlib.contextmanager
+def as_nobody():
+    """Without the power to write what root owns (tests run as root)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_evaluate_a_read_only_state(tiny_state):
+    root = Path(tempfile.mkdtemp(prefix="weightsep-cli-ro-"))
+    try:
+        root.chmod(0o755)
+        state = copy_state(tiny_state, root / "st")
+        expected = run_main("-mode=e", "-vnn_name=tiny_a", f"-state_dir={copy_state(state, root / 'rw')}").stdout
+        for folder, _, files in os.walk(state):
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o444)
+            os.chmod(folder, 0o555)
+        before = snapshot(state)
+        with as_nobody():
+            result = run_main("-mode=e", "-vnn_name=tiny_a", f"-state_dir={state}")
+        assert result.returncode == 0 and result.stdout == expected
+        note = result.stderr.strip()
+        assert note.startswith("note: accuracy not recorded") and len(note.splitlines()) == 1, result.stderr
+        assert snapshot(state) == before
+    finally:
+        for folder, _, _ in os.walk(root):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(root)
+
+
+# ---- diagnostics --------------------------------------------------------------------
+
+def test_overlapping_cost_of_tasks(tiny_state):
+    result = run_main("-mode=c", "-vnn_name=tiny_a,tiny_b", f"-state_dir={tiny_state}")
+    store = Store(tiny_state).load()
+    cost = float(one_value(result.stdout, "total cost:"))
+    assert cost == total_network_cost(store, ["tiny_a", "tiny_b"])
+    assert cost > 0 and cost == pytest.approx(network_cost_by_hand(store, ["tiny_a", "tiny_b"]), rel=1e-9)
+    # One task has no pair to share a page with: its overlapping cost is zero.
+    assert float(one_value(run_main("-mode=c", "-vnn_name=tiny_b", f"-state_dir={tiny_state}").stdout,
+                           "total cost:")) == 0.0
+    result = run_main("-mode=c", "-vnn_name=tiny_a,nosuch", f"-state_dir={tiny_state}", check=False)
+    assert_one_line_error(result, "nosuch", "tiny_a, tiny_b")
+
+
+def test_fisher_of_the_separated_task(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    result = run_main("-mode=f", "-vnn_name=tiny_b", f"-state_dir={state}")
+    path = state / "tiny_b" / "tiny_b_fisher.npy"
+    assert result.stdout.splitlines()[0] == str(path)
+    fisher = np.load(path, allow_pickle=False)
+    assert fisher.dtype == np.float32 and fisher.shape == (972,)
+    assert fisher.min() == 0.0 and fisher.max() == 1.0
+    np.testing.assert_array_equal(Store(state).load().load_vector("tiny_b", "fisher"), fisher)
+
+
+def test_layers_and_variables(tiny_state):
+    # tiny_a: 12x12x1 -> conv 3x3x4 -> 10x10 -> pool 5x5x4 = 100 -> dense 16 -> 4 classes
+    # tiny_b: 10x14x2 -> conv 3x3x3 -> 8x12 -> pool 4x6x3 = 72 -> dense 12 -> 3 classes
+    expected = {"tiny_a": ("[[3, 3, 1, 4], [16], [4]]", [(3, 3, 1, 4), (4,), (100, 16), (16,), (16, 4), (4,)]),
+                "tiny_b": ("[[3, 3, 2, 3], [12], [3]]", [(3, 3, 2, 3), (3,), (72, 12), (12,), (12, 3), (3,)])}
+    store = Store(tiny_state).load()
+    for name, (layers, shapes) in expected.items():
+        assert run_main("-mode=n", f"-vnn_name={name}", f"-state_dir={tiny_state}").stdout == layers + "\n"
+        lines = run_main("-mode=v", f"-vnn_name={name}", f"-state_dir={tiny_state}").stdout.splitlines()
+        pattern = re.compile(r"<tf\.Variable '([^']+)' shape=\(([\d, ]*)\) dtype=float32>")
+        got = [tuple(int(d) for d in pattern.fullmatch(line).group(2).split(",") if d.strip()) for line in lines]
+        assert got == shapes
+        assert sum(math.prod(s) for s in got) == store.task(name).num_weights
+
+
+def test_target_loss_alpha_loss_and_tpr(tiny_state, tiny_tasks):
+    store = Store(tiny_state).load()
+    train = split_of(store, "tiny_a", "train")
+    probs = load_network(load_task(tiny_tasks["tiny_a"])).predict(train.x)
+    loss, alpha_acc = alpha_loss_by_hand(probs, train.y, 0.5)
+    assert 0 < alpha_acc < 1 and loss > 0
+
+    common = ("-vnn_name=tiny_a", f"-state_dir={tiny_state}")
+    assert_one_line_error(run_main("-mode=tl", *common, check=False), "-target_accuracy")
+    out = run_main("-mode=tl", *common, "-target_accuracy=0.9").stdout
+    printed = {key: float(one_value(out, key + ":")) for key in ("alpha_accuracy", "current_loss", "target_loss")}
+    assert printed["alpha_accuracy"] == pytest.approx(alpha_acc, abs=1e-12)
+    assert printed["current_loss"] == pytest.approx(loss, rel=1e-5)
+    assert printed["target_loss"] == pytest.approx(loss * (alpha_acc + 1 - 0.9), rel=1e-5)
+    assert printed["target_loss"] == separation.target_loss(printed["current_loss"], printed["alpha_accuracy"], 0.9)
+
+    out = run_main("-mode=cl", *common).stdout
+    assert float(one_value(out, "loss:")) == printed["current_loss"]
+
+    assert one_value(run_main("-mode=tpr", *common).stdout, "Target performance rate:") == "1.0"
+    out = run_main("-mode=tpr", *common, "-target_accuracy=0.9").stdout
+    target_loss = loss * (alpha_acc + 1 - 0.9)
+    assert float(one_value(out, "Target performance rate:")) == pytest.approx(
+        max(0.0, 1 - (target_loss - loss) / loss), rel=1e-5)
+
+
+# ---- pretrain, missing inputs ---------------------------------------------------------
+
+def test_pretrain_saves_the_network_it_reports(tmp_path):
     folder = write_task_folder(tmp_path, "clitask", input_shape=(8, 8, 1), num_classes=3, conv=((3, 3, 2),),
                                dense=(6,))
-    proc = run_cli("-mode=pretrain", f"-network_path={folder}", "-data=synthetic", "-iter=40", "-verbose=0")
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("clitask inference accuracy: 0.") and len(last.split(": ")[1]) == 8
+    lines = run_main("-mode=pretrain", f"-network_path={folder}", "-data=synthetic", "-iter=30",
+                     "-verbose=0").stdout.splitlines()
+    assert lines[0].startswith("pretrain clitask: 30 steps, batch 100")
+    spec = load_task(folder)
     assert (folder / "clitask.weights.h5").is_file()
-    proc = run_cli("-mode=e", f"-vnn_name={folder}", "-target=network", "-data=synthetic")
-    assert proc.stdout.strip() == last
+    want = accuracy_of(spec, load_network(spec).get_vector(), datasets.load_split(spec, "test", "synthetic", 0))
+    assert lines[-1] == f"clitask inference accuracy: {want:.6f}"
 
 
-def test_unknown_task(tmp_path):
-    proc = run_cli("-mode=pretrain", "-network_path=nosuch", "-data=synthetic", check=False)
-    assert_one_line_error(proc, "unknown task 'nosuch'", "cifar10")
-
-
-def test_missing_real_data_names_file_and_download_command(tmp_path):
+def test_missing_data_network_and_state_are_one_line_errors(tmp_path):
     folder = copy_task_folder(tmp_path, "svhn")
-    proc = run_cli("-mode=pretrain", f"-network_path={folder}", check=False)
-    assert_one_line_error(proc, "svhn_train_data.npy", "./download_dataset.sh svhn")
-
-
-def test_corrupt_data_names_the_file(tmp_path):
-    folder = copy_task_folder(tmp_path, "hhar")
-    for split in ("train", "test"):
-        (folder / f"hhar_{split}_data.npy").write_text("<!DOCTYPE html><html>quota exceeded</html>")
-        (folder / f"hhar_{split}_label.npy").write_text("<html></html>")
-    proc = run_cli("-mode=pretrain", f"-network_path={folder}", check=False)
-    assert_one_line_error(proc, "hhar_train_data.npy")
-
-
-def test_missing_network_and_missing_state(tmp_path):
+    result = run_main("-mode=pretrain", f"-network_path={folder}", check=False)
+    assert_one_line_error(result, "svhn_train_data.npy", "./download_dataset.sh svhn")
     folder = copy_task_folder(tmp_path, "mnist")
-    proc = run_cli("-mode=a", f"-network_path={folder}", f"-state_dir={tmp_path / 'st'}", "-data=synthetic",
-                   check=False)
-    assert_one_line_error(proc, "mnist.weights.h5 is missing", "-mode=pretrain")
-    proc = run_cli("-mode=e", "-vnn_name=mnist", f"-state_dir={tmp_path / 'empty'}", check=False)
-    assert_one_line_error(proc, "no separated state in", "-mode=a")
+    result = run_main("-mode=a", f"-network_path={folder}", f"-state_dir={tmp_path / 'st'}", "-data=synthetic",
+                      check=False)
+    assert_one_line_error(result, "mnist.weights.h5 is missing", "-mode=pretrain")
+    result = run_main("-mode=e", "-vnn_name=mnist", f"-state_dir={tmp_path / 'empty'}", check=False)
+    assert_one_line_error(result, "no separated state in", "-mode=a")
+    assert not (tmp_path / "empty").exists()
+    # An add that fails before it has anything to add leaves no state directory behind.
+    assert not (tmp_path / "st").exists(), sorted(p.name for p in (tmp_path / "st").iterdir())
 
 
-def test_bad_mode_is_a_usage_error():
-    proc = run_cli("-mode=zz", check=False)
-    assert proc.returncode != 0 and "-mode must be one of" in proc.stderr
+# ---- train, add ----------------------------------------------------------------------
+
+def test_train_prints_the_original_lines_and_rewrites_the_weight_vector(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    steps_before = Store(state).load().task("tiny_b").settings["trained_steps"]
+    lines = run_main("-mode=t", "-vnn_name=tiny_b", "-iter=102", f"-state_dir={state}").stdout.splitlines()
+    number = r"(-?\d+\.\d{6})"
+    train = re.compile(rf"step (\d+), training accuracy: {number} original loss: {number} overlapping loss: {number}")
+    valid = re.compile(rf"step (\d+), Validation accuracy: {number}")
+    steps = [int(m.group(1)) for m in map(train.fullmatch, lines) if m]
+    assert steps == [0, 100, 101]  # i % 100 == 0 and i == iter - 1
+    for step in steps:
+        i = lines.index(next(line for line in lines if line.startswith(f"step {step}, training")))
+        assert valid.fullmatch(lines[i + 1]) and lines[i + 1].startswith(f"step {step}, ")
+    kept = re.compile(r"get new weight for 0\.\d{6}")
+    for line in lines[:-1]:
+        assert train.fullmatch(line) or valid.fullmatch(line) or kept.fullmatch(line), line
+    store = Store(state).load()
+    assert lines[-1].startswith("tiny_b: ")
+    assert lines[-1].endswith(f"{state / 'tiny_b' / 'tiny_b_weight.npy'} rewritten")
+    assert store.task("tiny_b").settings["trained_steps"] == steps_before + 102
+    np.testing.assert_array_equal(store.load_vector("tiny_b", "weight"), store.materialize("tiny_b"))
 
 
-def test_corrupt_state_is_reported_by_name(tmp_path, tiny_tasks):
-    state = tmp_path / "st"
-    proc = run_cli("-mode=a", f"-network_path={tiny_tasks['tiny_a']}", f"-state_dir={state}", "-data=synthetic",
-                   "-page_size=64", "-num_pages=16")
-    for key in ("num_of_weight 1724", "num_of_weight_page 27", "pages allocated for", "matching cost: 0.0"):
-        assert key in proc.stdout
-    registry = json.loads((state / "weightsep_state.json").read_text())
-    registry["tasks"][0]["page_table"][0] = 10_000
-    (state / "weightsep_state.json").write_text(json.dumps(registry))
-    proc = run_cli("-mode=l", f"-state_dir={state}", check=False)
-    assert_one_line_error(proc, "weightsep_state.json")
+def test_add_to_a_second_state(tiny_tasks, tmp_path):
+    state = tmp_path / "second"
+    first = run_main("-mode=a", f"-network_path={tiny_tasks['tiny_a']}", f"-state_dir={state}", *STATE_FLAGS)
+    assert float(one_value(first.stdout, "total_network_cost:")) == 0.0  # one task: no pair yet
+    before = snapshot(state)
+    result = run_main("-mode=a", f"-network_path={tiny_tasks['tiny_b']}", f"-state_dir={state}", "-page_size=128",
+                      "-data=synthetic", check=False)
+    assert_one_line_error(result, "-page_size=128", "page_size 64")
+    assert snapshot(state) == before
+    second = run_main("-mode=a", f"-network_path={tiny_tasks['tiny_b']}", f"-state_dir={state}", *STATE_FLAGS)
+    store = Store(state).load()
+    assert [r.name for r in store.tasks] == ["tiny_a", "tiny_b"]
+    cost = float(one_value(second.stdout, "total_network_cost:"))
+    assert cost == total_network_cost(store) and cost == pytest.approx(
+        network_cost_by_hand(store, ["tiny_a", "tiny_b"]), rel=1e-9)
 
 
-@pytest.mark.slow
-def test_formation_and_optimization_scripts(tmp_path, tiny_tasks):
-    """formation.sh + optimization.sh (both modes) on two tiny tasks; -mode=l reports the packing."""
-    import os
-    import subprocess
-    from conftest import REPO
-    state = tmp_path / "st"
-    env = dict(os.environ, TASKS=" ".join(str(f) for f in tiny_tasks.values()), PYTHONUNBUFFERED="1")
-    flags = ["-data=synthetic", f"-state_dir={state}", "-page_size=64", "-num_pages=16", "-margin=0.6"]
-    out = subprocess.run([str(REPO / "formation.sh"), *flags, "-iter=100"], env=env, capture_output=True,
-                         text=True, check=True).stdout
-    assert out.count("matching cost:") == 2 and "step 100, Validation accuracy" in out
-    out = subprocess.run([str(REPO / "optimization.sh"), *flags, "-rounds=2", "-iter=10"], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    assert "2-th evaluation" in out and out.count("inference accuracy:") == 4
-    listing = run_cli("-mode=l", f"-state_dir={state}").stdout
-    assert "packing: 2696 weights -> " in listing
+# ---- quantize ------------------------------------------------------------------------
+
+def test_quantize_makes_an_int8_copy_and_reports_accuracies(tiny_state, tmp_path):
+    source = copy_state(tiny_state, tmp_path / "st")
+    before = snapshot(source)
+    dest = tmp_path / "int8"
+    lines = run_main("-mode=quantize", f"-state_dir={source}", f"-out_dir={dest}", "-page_dtype=int8").stdout
+    assert snapshot(source) == before
+    old, new = Store(source).load(), Store(dest).load()
+    assert new.page_dtype == "int8" and (new.page_size, new.num_pages) == (old.page_size, old.num_pages)
+    for rec in old.tasks:
+        assert np.array_equal(new.task(rec.name).page_table, rec.page_table)
+        test = split_of(old, rec.name, "test")
+        acc_before = accuracy_of(rec.task_spec(), old.materialize(rec.name), test)
+        acc_after = accuracy_of(rec.task_spec(), new.materialize(rec.name), test)
+        assert one_value(lines, f"{rec.name} inference accuracy:").startswith(f"{acc_before:.6f} -> {acc_after:.6f}")
+        assert new.task(rec.name).accuracy["separated"] == acc_after
+    result = run_main("-mode=quantize", f"-state_dir={source}", f"-out_dir={dest}", "-page_dtype=int8", check=False)
+    assert_one_line_error(result, str(dest))
+    result = run_main("-mode=quantize", f"-state_dir={source}", f"-out_dir={tmp_path / 'f32'}", check=False)
+    assert_one_line_error(result, "-page_dtype")
+    assert result.returncode == 2 and not (tmp_path / "f32").exists()
+
+
+# ---- broken states --------------------------------------------------------------------
+
+def test_state_dir_that_is_a_file(tiny_tasks, tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("not a state")
+    for args in (["-mode=l"], ["-mode=a", f"-network_path={tiny_tasks['tiny_a']}", *STATE_FLAGS]):
+        result = run_main(*args, f"-state_dir={path}", check=False)
+        assert_one_line_error(result, str(path), "is a file")
+    assert path.read_text() == "not a state"
+
+
+def resign(registry):
+    """The registry with its checksum recomputed as store.py's docstring says: the SHA-256 of the
+    canonical JSON (sorted keys, no spaces, ASCII) of everything but the checksum."""
+    body = {k: v for k, v in registry.items() if k != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return dict(body, checksum=hashlib.sha256(canonical).hexdigest())
+
+
+def test_corrupt_registry_is_one_line_naming_the_file(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    path = state / "weightsep_state.json"
+    good = json.loads(path.read_text())
+    edited = json.loads(path.read_text())
+    edited["tasks"][0]["page_table"][0] = 1  # a valid-looking entry: only the checksum tells
+    path.write_text(json.dumps(edited))
+    assert_one_line_error(run_main("-mode=l", f"-state_dir={state}", check=False), str(path), "checksum")
+    edited["tasks"][0]["page_table"][0] = 10_000  # out of range, with a checksum that matches
+    path.write_text(json.dumps(resign(edited)))
+    for mode in (["-mode=l"], ["-mode=e", "-vnn_name=tiny_b"]):
+        result = run_main(*mode, f"-state_dir={state}", check=False)
+        assert_one_line_error(result, str(path), "tiny_a")
+        assert result.returncode == 1
+    path.write_text(json.dumps(resign(good)))  # the reader of the checksum above is right
+    assert run_main("-mode=l", f"-state_dir={state}").stdout.splitlines()[1] == "[VNN list]"

@@ -20,7 +20,7 @@ def demo(tmp_path_factory):
     (out / "stale").mkdir(parents=True)  # the demo wipes its output folder
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", DEMO_OUT=str(out),
                DEMO_TASKS=",".join(TASKS), DEMO_PRETRAIN_ITER="30", DEMO_FORMATION_ITER="20",
-               DEMO_ROUNDS="1", DEMO_ITER="10", DEMO_SWITCHES="4")
+               DEMO_ROUNDS="1", DEMO_PASSES="1", DEMO_ITER="10", DEMO_SWITCHES="4")
     proc = subprocess.run([sys.executable, str(REPO / "demo.py")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout}\n{proc.stderr}"
@@ -30,17 +30,22 @@ def demo(tmp_path_factory):
 def test_demo_progress_and_outputs(demo):
     out, stdout = demo
     assert not (out / "stale").exists()
+    assert re.search(r"^expected duration: about \d+ min on this CPU \(a training step of the costliest network "
+                     r"took \d+ ms here\)$", stdout, re.M)
     for number, title in enumerate(["pretrain", "formation", "optimization", "evaluation", "execution",
                                     "report and plots"], 1):
         assert f"[{number}/6] {title}" in stdout
-    assert "[2/2] mnist:" in stdout
+    assert "[2/2] mnist:" in stdout and "round 1/1: mean separated accuracy" in stdout
     assert "step 0," not in stdout  # the pipeline's per-step lines stay quiet
     for name in TASKS:
         assert (out / "networks" / name / f"{name}.weights.h5").is_file()
         assert (out / "networks" / name / "task.py").read_text() == (REPO / name / "task.py").read_text()
+    # The Fisher plot shows the task with the most exclusive pages (the first such in task order).
+    registry = json.loads((out / "state" / "weightsep_state.json").read_text())
+    focus = max(registry["tasks"], key=lambda t: len(t["exclusive_pages"]))["name"]
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == sorted(["accuracy.png", "occupation.png", "exclusive.png", "heatmap_hhar_mnist.png",
-                            "pnf_mnist.png" if "pnf_mnist.png" in plots else "pnf_hhar.png"])
+                            f"pnf_{focus}.png"])
     report = (out / "report.md").read_text()
     for name in plots:
         assert f"(plots/{name})" in report
@@ -54,23 +59,27 @@ def test_demo_packing_equals_state_counts(demo):
     E = np.load(out / "state" / "exclusive_weight_page.npy", allow_pickle=False).shape[0]
     total = sum(t["num_weights"] for t in registry["tasks"])
     assert E == sum(len(t["exclusive_pages"]) for t in registry["tasks"])
-    line = re.search(r"packing: (\d+) weights -> (\d+) weights \(([\d.]+)x\)", (out / "report.md").read_text())
+    line = re.search(r"packing: (\d+) weights -> (\d+) weights \(([\d.]+)x\); ([\d,]+) bytes -> ([\d,]+) bytes",
+                     (out / "report.md").read_text())
     assert line, "no packing line in the report"
     assert int(line[1]) == total and int(line[2]) == P * S + E * S
     assert line[3] == f"{total / (P * S + E * S):.2f}"
+    tables = 2 * sum(len(t["page_table"]) for t in registry["tasks"])
+    assert int(line[4].replace(",", "")) == 4 * total
+    assert int(line[5].replace(",", "")) == 4 * (P + E) * S + tables
 
 
 def test_demo_accuracies_equal_evaluation_of_the_state(demo):
     out, _ = demo
-    from weightsep.pipeline import Options, Session, evaluate_task
+    from weightsep.pipeline import Options, Session, evaluate_network, evaluate_task
     from weightsep.store import Store
     session = Session(Store(out / "state").load(), Options())
     report = (out / "report.md").read_text()
     for name in TASKS:
         row = re.search(rf"^\| {name} \|(.*)$", report, re.M)[1].split("|")
         network, separated = row[4].strip(), row[5].strip()
-        assert separated == f"{100 * evaluate_task(session, name, record=False):.2f}"
-        assert network == f"{100 * evaluate_task(session, name, target='network'):.2f}"
+        assert separated == f"{100 * evaluate_task(session, name):.2f}"
+        assert network == f"{100 * evaluate_network(session, session.spec(name)):.2f}"
     switching = re.search(r"\| Weight-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     baseline = re.search(r"\| Non-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     assert switching and baseline and float(switching[1]) > 0 and float(baseline[1]) > 0

@@ -31,30 +31,19 @@ def inches_to_pixels(size) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """A state with two real task networks (hhar, mnist), pretrained briefly on synthetic data."""
-    from weightsep import data
-    from weightsep.networks import Network, save_network
-    from weightsep.pipeline import Options, Session, add_task, ensure_state, evaluate_task
+    from weightsep.pipeline import Options, Session, form_all
     from weightsep.store import Store
     from weightsep.tasks import load_task
+    from weightsep.training import pretrain_task
 
     root = tmp_path_factory.mktemp("plots")
-    options = Options(data="synthetic", fisher_samples=10)
+    specs = [load_task(copy_task_folder(root / "networks", name)) for name in TASKS]
+    for spec in specs:
+        pretrain_task(spec, "synthetic", iters=10, verbose=0)
     store = Store(root / "state")
-    quiet = lambda entry: None  # noqa: E731
+    session = Session(store, Options(data="synthetic", fisher_samples=10))
     with store.writer():
-        ensure_state(store, options, log=quiet)
-        session = Session(store, options)
-        for name in TASKS:
-            task = load_task(copy_task_folder(root / "networks", name))
-            train = data.load_split(task, "train", "synthetic")
-            val = data.load_split(task, "validation", "synthetic")
-            net = Network(task)
-            from weightsep.training import pretrain
-            pretrain(net, train.x[:500], train.y[:500], val.x, val.y, iters=10, verbose=0)
-            save_network(net)
-            session.use_spec(task)
-            add_task(session, name, log=quiet)
-            evaluate_task(session, name)
+        form_all(session, specs, 0, log=lambda entry: None)
     return session
 
 

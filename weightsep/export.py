@@ -73,8 +73,22 @@ def _quantized_file(values: np.ndarray, scales: np.ndarray, page_size: int) -> b
             + np.ascontiguousarray(values).tobytes())
 
 
+POOL_FILES = ("weight", "weight_q", "weight_int8", "weight_int4", "manifest.json")
+
+
+def _check_names(store: Store, suffixes: tuple[str, ...]) -> None:
+    """No task's file may overwrite the pool's files or another task's (a task named `weight`)."""
+    for rec in store.tasks:
+        clash = [f"{rec.name}{suffix}" for suffix in suffixes if f"{rec.name}{suffix}" in POOL_FILES]
+        if clash:
+            raise WeightSepError(f"task {rec.name} cannot be exported: its file {clash[0]} would overwrite the "
+                                 f"pool's file of that name; rename the task (remove it and add it under another name)")
+
+
 def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
     """-mode=w: the pool and every task's exclusive pages, float32 and Q-format (+ quantized)."""
+    q_format(np.zeros(0), q)  # checks -Q before anything is written
+    _check_names(store, ("_e", "_q", "_e_int8", "_e_int4"))
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(out_dir, store)
     manifest["q"] = q
@@ -110,16 +124,18 @@ def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
 
 def export_page_tables(store: Store, out_dir: Path) -> list[str]:
     """-mode=p: each task's page table as uint16 entries (task-local exclusive numbering)."""
+    _check_names(store, ("_p",))
+    tables = {rec.name: local_page_table(store, rec.name) for rec in store.tasks}
+    for name, table in tables.items():  # every table checked before any file is written
+        if table.size and table.max() > np.iinfo(np.uint16).max:
+            raise WeightSepError(f"task {name}: page table entry {int(table.max())} does not fit the uint16 "
+                                 f"entries of the original's <task>_p file (pool of {store.num_pages} pages)")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(out_dir, store)
     lines = []
-    for rec in store.tasks:
-        table = local_page_table(store, rec.name)
-        if table.size and table.max() > np.iinfo(np.uint16).max:
-            raise WeightSepError(f"task {rec.name}: page table entry {int(table.max())} does not fit the uint16 "
-                                 f"entries of the original's <task>_p file (pool of {store.num_pages} pages)")
-        lines += [rec.name, str(table.tolist()), f"weight_page_list_len {table.size}"]
-        _write(out_dir, f"{rec.name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
+    for name, table in tables.items():
+        lines += [name, str(table.tolist()), f"weight_page_list_len {table.size}"]
+        _write(out_dir, f"{name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
     _save_manifest(out_dir, manifest)
     lines.append(f"wrote {out_dir}")
     return lines

@@ -199,21 +199,42 @@ class AddResult:
     seconds: dict
 
 
-def add_task(session: Session, task: TaskSpec, log: Log = print_log) -> AddResult:
-    """Register a pretrained task: Fisher, separation, overlapping (mode a).  Everything the task
-    needs (its network, its data) is loaded and checked before the state is created or changed."""
-    store, opt = session.store, session.options
-    name = task.name
+@dataclasses.dataclass
+class PreparedTask:
+    """What adding a task reads from its folder, loaded and checked before the state is touched."""
+
+    task: TaskSpec
+    network: Network
+    train: datasets.Dataset
+    test: datasets.Dataset
+
+
+def prepare_add(session: Session, task: TaskSpec) -> PreparedTask:
+    """Load a task's network and its train and test splits (errors name the file and the fix)."""
+    store = session.store
     if store.exists():
         store.load()
-        if store.has_task(name):
-            raise WeightSepError(f"task {name} is already in the state in {store.dir}; "
-                                 f"remove it first with -mode=r -vnn_name={name}")
+        if store.has_task(task.name):
+            raise WeightSepError(f"task {task.name} is already in the state in {store.dir}; "
+                                 f"remove it first with -mode=r -vnn_name={task.name}")
     session.use_spec(task)
-    layout = store.layout if store.exists() else opt.layout
-    net = load_network(task, layout=layout)
-    train, test = session.split(name, "train"), session.split(name, "test")
+    net = load_network(task, layout=store.layout if store.exists() else session.options.layout)
+    return PreparedTask(task, net, session.split(task.name, "train"), session.split(task.name, "test"))
+
+
+def add_task(session: Session, task: TaskSpec, log: Log = print_log,
+             prepared: PreparedTask | None = None) -> AddResult:
+    """Register a pretrained task: Fisher, separation, overlapping (mode a).  Everything the task
+    needs (its network, its data) is loaded and checked (``prepare_add``) before the state is
+    created or changed.  Needs the writer lock."""
+    store, opt = session.store, session.options
+    name = task.name
+    if prepared is None or prepared.task is not task:
+        prepared = prepare_add(session, task)
+    net, train, test = prepared.network, prepared.train, prepared.test
     ensure_state(store, opt, log)
+    if net.layout != store.layout:
+        net = load_network(task, layout=store.layout)
     session._networks[name] = net
     w = net.get_vector()
     n, S, P = net.num_weights, store.page_size, store.num_pages

@@ -581,7 +581,8 @@ class Store:
         return self._reg is not None
 
     def exists(self) -> bool:
-        """Whether the directory holds a registry (a created state)."""
+        """Whether the directory holds a registry (a created state); StateError if -state_dir is a file."""
+        self._check_dir()
         return self.registry_path.is_file()
 
     def _start_over(self) -> str:

@@ -261,12 +261,15 @@ def fake_quantize(pages: tf.Tensor, qmax) -> tf.Tensor:
     scale = max|x| / qmax; q = clip(rint(x / scale), -qmax, qmax); value = q * scale
     (all in float32; a page whose scale is zero or subnormal becomes zero).
 
-    Inside tf.function pass qmax as a variable, not a constant: Grappler's constant folding
-    turns a division by a constant into a multiplication by its reciprocal, which can differ
-    from the true division (what NumPy computes) by one unit in the last place."""
-    scale = tf.reduce_max(tf.abs(pages), axis=1, keepdims=True) / qmax
+    The scale is a divide_no_nan: inside tf.function, Grappler's constant folding turns a plain
+    division by a constant into a multiplication by its reciprocal, which can differ from the
+    true division (what NumPy computes) by one unit in the last place.  q goes through an
+    integer, as the stored int8 does, so that a rounded -0 becomes +0."""
+    qmax = tf.cast(qmax, tf.float32)
+    scale = tf.math.divide_no_nan(tf.reduce_max(tf.abs(pages), axis=1, keepdims=True), qmax)
     nonzero = scale >= np.finfo(np.float32).tiny  # a subnormal scale counts as zero (weightsep.quantize)
     q = tf.clip_by_value(tf.round(pages / tf.where(nonzero, scale, 1.0)), -qmax, qmax)
+    q = tf.cast(tf.cast(q, tf.int32), tf.float32)
     return tf.where(nonzero, q * scale, 0.0)
 
 
@@ -285,7 +288,6 @@ class SeparatedTrainer:
             raise WeightSepError(f"page dtype must be one of {', '.join(QMAX)}, not {page_dtype!r}")
         self.net, self.loss, self.page_size = net, check_loss(loss), page_size
         self.qmax = QMAX[page_dtype]
-        self._qmax = None if self.qmax is None else tf.Variable(self.qmax, trainable=False, name="qmax")
         n = net.num_weights
         self.padded = num_pages(n, page_size) * page_size
         self.lr, self.lamb, self.beta1, self.beta2, self.epsilon = lr, lamb, beta1, beta2, epsilon
@@ -307,7 +309,7 @@ class SeparatedTrainer:
         """The weights the network runs with: w, or its fake-quantized pages (straight-through)."""
         if self.qmax is None:
             return w
-        qmax, size = self._qmax, self.page_size
+        qmax, size = self.qmax, self.page_size
 
         @tf.custom_gradient
         def straight_through(x):

@@ -1,0 +1,104 @@
+"""The scripts themselves, as a user runs them (subprocesses, so few): WeightSeparation.py answers
+usage errors and -help without importing TensorFlow; formation.sh then optimization.sh (in one
+process, and WS_LOOP=1: one process per step) give the same result, in the caller's directory."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, REPO, TINY_OPTIONS
+from weightsep.store import Store
+
+
+def imported_modules(stderr):
+    """The modules `python -X importtime` reports, and the other stderr lines."""
+    modules, rest = set(), []
+    for line in stderr.splitlines():
+        if line.startswith("import time:"):
+            modules.add(line.rsplit("|", 1)[-1].strip())
+        else:
+            rest.append(line)
+    return modules, rest
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["-mode=zz"], 2, "error: -mode must be one of "),
+    (["-mode=l", "stray"], 2, "error: unexpected arguments: stray"),
+    (["-mode=t", "-vnn_name=mnist", "-iter=0"], 2, "error: -iter=0: must be "),
+    (["-help"], None, None),
+], ids=["bad-mode", "stray-argument", "bad-flag", "help"])
+def test_answers_without_importing_tensorflow(tmp_path, args, code, message):
+    proc = subprocess.run([PYTHON, "-X", "importtime", str(REPO / "WeightSeparation.py"), *args], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
+    modules, rest = imported_modules(proc.stderr)
+    assert "absl.app" in modules  # the import report is there: the check below can see imports
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "numpy"))
+    assert not heavy, heavy
+    assert "Traceback" not in proc.stderr
+    if code is None:  # -help: the modes from the docstring, then every flag with its help
+        assert "-mode=quantize -state_dir=S -out_dir=D" in proc.stdout and "--page_dtype" in proc.stdout
+        assert rest == []
+    else:
+        assert proc.returncode == code and proc.stdout == ""
+        assert len(rest) == 1 and rest[0].startswith(message), rest
+    assert list(tmp_path.iterdir()) == []  # nothing written in the working directory
+
+
+def run_script(script, *args, cwd, env, loop=False):
+    """Start formation.sh / optimization.sh in cwd with the given TASKS environment."""
+    env = dict(env, **({"WS_LOOP": "1"} if loop else {}))
+    return subprocess.Popen([str(REPO / script), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{proc.args} failed ({proc.returncode}):\n{out}\n{err}"
+    return out
+
+
+def final_accuracies(stdout):
+    found = {}
+    for name, acc in re.findall(r"^(\S+) inference accuracy: (\d\.\d{6})$", stdout, re.M):
+        found[name] = acc  # the last evaluation of each task
+    return found
+
+
+def test_formation_then_optimization_in_one_process_and_in_a_loop(tiny_tasks, tmp_path):
+    """Relative -state_dir from another working directory: the state lands there (the scripts do
+    not cd).  Each optimization mode runs on its own copy of the formed state, both at once.
+    One task keeps the number of processes (each imports TensorFlow) small; the equality of the
+    two modes on several tasks is tested in-process (test_pipeline)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, TASKS=str(tiny_tasks["tiny_b"]), PYTHONUNBUFFERED="1", PYTHON=PYTHON)
+    flags = [f"-page_size={TINY_OPTIONS['page_size']}", f"-num_pages={TINY_OPTIONS['num_pages']}",
+             f"-margin={TINY_OPTIONS['margin']}", "-data=synthetic"]
+    out = finish(run_script("formation.sh", "-state_dir=rel/st", *flags, "-iter=5", cwd=work, env=env))
+    assert out.count("== add ") == 1 and out.count("== train ") == 1
+    assert out.count("total_network_cost:") == 1 and out.count("step 4, Validation accuracy: ") == 1
+    formed = Store(work / "rel" / "st").load()
+    assert [r.name for r in formed.tasks] == ["tiny_b"]
+    assert formed.task("tiny_b").settings["trained_steps"] == 5
+    assert not (REPO / "rel").exists()
+
+    for copy in ("inproc", "loop"):
+        shutil.copytree(work / "rel" / "st", work / copy)
+    schedule = ["-rounds=1", "-passes=1", "-iter=5"]
+    loop = run_script("optimization.sh", "-state_dir=loop", *schedule, cwd=work, env=env, loop=True)
+    inproc = run_script("optimization.sh", "-state_dir=inproc", *schedule, cwd=work, env=env)
+    out_inproc, out_loop = finish(inproc), finish(loop)
+    for out in (out_inproc, out_loop):
+        assert "1-th optimization" in out and "1-th evaluation" in out
+    accuracies = final_accuracies(out_inproc)
+    assert sorted(accuracies) == ["tiny_b"]
+    assert final_accuracies(out_loop) == accuracies
+    a, b = Store(work / "inproc").load(), Store(work / "loop").load()
+    for rec in a.tasks:
+        np.testing.assert_array_equal(a.materialize(rec.name), b.materialize(rec.name))
+        assert rec.settings["trained_steps"] == b.task(rec.name).settings["trained_steps"] == 10
+        assert f"{rec.accuracy['separated']:.6f}" == accuracies[rec.name]
