@@ -1,6 +1,6 @@
 # Weight Separation toolkit.
 #
-#   make setup   .venv/ with every dependency, and the PageGather custom op built
+#   make setup   .venv/ with every dependency, and the custom ops built
 #   make test    setup, then the test suite
 #   make demo    setup, then the whole pipeline on built-in synthetic data (demo_out/)
 #   make bench   the CPU benchmarks of BENCHMARKS.md
@@ -35,8 +35,11 @@ demo: setup
 	$(PY) demo.py $(DEMO_ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_formation.py
+	$(PY) benchmarks/bench_method.py
+	$(PY) benchmarks/bench_loss.py
 	$(PY) benchmarks/bench_switch.py
+	$(PY) benchmarks/bench_formation.py
+	$(PY) benchmarks/bench_startup.py -state_dir=bench_out/method/state_original
 
 clean:
 	$(MAKE) --no-print-directory -C custom_ops clean

@@ -4,7 +4,7 @@ default" and "Quantized weight-pages").
 
 From the same ten pretrained networks, each configuration runs the demo's shortened schedule
 (formation: add + 200 steps per task; optimization: 2 rounds x 10 passes x 32 steps; margin
-0.15, as the demo) in a state of its own, and reports packing in weights and bytes, the mean
+0.25, as the demo) in a state of its own, and reports packing in weights and bytes, the mean
 and worst accuracy change, the total matching cost of formation and the wall time:
 
   original        the defaults: the original's loss (batch softmax), selection (test split,
@@ -13,6 +13,11 @@ and worst accuracy change, the total matching cost of formation and the wall tim
   ours+optimal    the same with -matching=optimal
   int8            the defaults with int8 pages (quantization-aware training)
   int4            the defaults with int4 pages (quantization-aware training)
+  original+merge  float32 with -init=merge: each task's shared pages start from the Fisher-
+                  weighted mean of its own and its occupants' values, not from the random pool
+  int8-retrain    the demo's recipe for quantized pages: the defaults in float32 for formation and
+  int4-retrain    all rounds but the last, then -mode=quantize and the last round trained through
+                  the quantized pages (the same total schedule)
   int8-ptq        the "original" state converted to int8 afterwards (-mode=quantize: no retraining)
   int4-ptq        the same to int4
 
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.common import TASKS, machine, pretrained_tasks  # noqa: E402
+from benchmarks.common import TASKS, emit, machine, pretrained_tasks  # noqa: E402
 
 CONFIGS = {
     "original": {},
@@ -40,6 +45,9 @@ CONFIGS = {
     "ours+optimal": {"loss": "per_example", "select_on": "validation", "matching": "optimal"},
     "int8": {"page_dtype": "int8"},
     "int4": {"page_dtype": "int4"},
+    "original+merge": {"init": "merge"},
+    "int8-retrain": {"retrain": "int8"},
+    "int4-retrain": {"retrain": "int4"},
     "int8-ptq": None,
     "int4-ptq": None,
 }
@@ -51,7 +59,7 @@ flags.DEFINE_integer("formation_iter", 200, "steps per task after adding it")
 flags.DEFINE_integer("rounds", 2, "optimization rounds")
 flags.DEFINE_integer("passes", 10, "passes per round")
 flags.DEFINE_integer("iter", 32, "steps per task per pass")
-flags.DEFINE_float("margin", 0.15, "margin of the exclusive-page walk (the demo's)")
+flags.DEFINE_float("margin", 0.25, "margin of the exclusive-page walk (the demo's)")
 flags.DEFINE_bool("full_round", True, "also time one round of the full schedule")
 flags.DEFINE_string("markdown", None, "also write the tables to this file")
 FLAGS = flags.FLAGS
@@ -69,21 +77,33 @@ def summary(store, matching_cost: float, seconds: float) -> dict:
 
 def run_config(name: str, overrides: dict, folders: dict, out: Path) -> dict:
     import shutil
-    from weightsep.pipeline import Options, Session, form_all, optimize_all
+    from weightsep.pipeline import Options, Session, form_all, optimize_all, quantize_state
     from weightsep.store import Store
     from weightsep.tasks import load_task
+    overrides = dict(overrides)
+    retrain = overrides.pop("retrain", None)
     state = out / f"state_{name}"
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(out / f"state_{name}_q", ignore_errors=True)
     store = Store(state)
     options = Options(data="synthetic", margin=FLAGS.margin, **overrides)
     session = Session(store, options)
     start = time.perf_counter()
     quiet = lambda *_: None  # noqa: E731
+
+    def progress(r, n, accs):
+        print(f"  {name}: round {r}/{n}, mean accuracy {sum(accs.values()) / len(accs):.4f}", flush=True)
+
+    float_rounds = FLAGS.rounds - 1 if retrain else FLAGS.rounds
     with store.writer():
         steps = form_all(session, [load_task(folders[t]) for t in TASKS], FLAGS.formation_iter, log=quiet)
-        optimize_all(session, FLAGS.rounds, FLAGS.iter, FLAGS.passes, log=quiet,
-                     progress=lambda r, n, accs: print(f"  {name}: round {r}/{n}, mean accuracy "
-                                                       f"{sum(accs.values()) / len(accs):.4f}", flush=True))
+        optimize_all(session, float_rounds, FLAGS.iter, FLAGS.passes, log=quiet, progress=progress)
+    if retrain:
+        quantize_state(state, out / f"state_{name}_q", retrain, options)
+        store = Store(out / f"state_{name}_q").load()
+        session = Session(store, Options(data="synthetic", margin=FLAGS.margin, page_dtype=retrain))
+        with store.writer():
+            optimize_all(session, 1, FLAGS.iter, FLAGS.passes, log=quiet, progress=progress)
     return summary(store, sum(s.added.matching_cost for s in steps), time.perf_counter() - start)
 
 
@@ -162,10 +182,7 @@ def main(argv):
                   f"{round_seconds:.0f} s. Formation training (2000 steps x 10 tasks, extrapolated from 200): "
                   f"{formation_seconds:.0f} s. The whole paper schedule (formation + 100 rounds) on this machine: "
                   f"about {total / 3600:.1f} h."]
-    text = "\n".join(lines)
-    print(text)
-    if FLAGS.markdown:
-        Path(FLAGS.markdown).write_text(text + "\n")
+    emit(lines, FLAGS.markdown)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, pretrained_tasks  # noqa: E402
+from benchmarks.common import emit, machine, pretrained_tasks  # noqa: E402
 from weightsep.tasks import PAPER_TASKS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -193,10 +193,7 @@ def main(argv):
     ]
     for runtime in runtimes.values():
         runtime.close()
-    text = "\n".join(lines)
-    print(text)
-    if FLAGS.markdown:
-        Path(FLAGS.markdown).write_text(text + "\n")
+    emit(lines, FLAGS.markdown)
 
 
 if __name__ == "__main__":

@@ -52,5 +52,13 @@ def pretrained_tasks(root: Path, tasks=TASKS, iters: int = 500, seed: int = 0, l
     return folders
 
 
+def emit(lines: list[str], markdown: str | None) -> None:
+    """Print a benchmark's result lines, and write them to ``markdown`` when given."""
+    text = "\n".join(lines)
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text + "\n")
+
+
 def median(values) -> float:
     return float(statistics.median(values))

@@ -43,7 +43,10 @@
 
 namespace {
 
+using gpu_check::CheckRun;
 using gpu_check::Clock;
+using gpu_check::DeviceSet;
+using gpu_check::Free;
 using gpu_check::MakeProblem;
 using gpu_check::Median;
 using gpu_check::Problem;
@@ -51,6 +54,7 @@ using gpu_check::Reference;
 using gpu_check::TimeBatched;
 using gpu_check::TimeGpu;
 using gpu_check::Timing;
+using gpu_check::Upload;
 using weightsep::LaunchPageGather;
 namespace pgc = weightsep::page_gather_cuda;
 
@@ -92,65 +96,8 @@ cudaError_t LaunchVecVariant(const float* shared, const float* exclusive, const 
 using Launcher = cudaError_t (*)(const float*, const float*, const int32_t*, int, int, int64_t,
                                  int64_t, float*, cudaStream_t);
 
-constexpr int kGuard = 64;  // poisoned floats after the output that must stay untouched
-
-// Device buffers of one input set; the exclusive pages' device copy is what a
-// switch fills from the pinned host store.
-struct DeviceSet {
-  float* pool = nullptr;
-  float* exclusive = nullptr;
-  int32_t* table = nullptr;
-  float* out = nullptr;
-  size_t bytes = 0;  // the set's device working set
-};
-
-DeviceSet Upload(const Problem& p) {
-  DeviceSet d;
-  CUDA_CHECK(cudaMalloc(&d.pool, p.pool.size() * sizeof(float)));
-  CUDA_CHECK(cudaMemcpy(d.pool, p.pool.data(), p.pool.size() * sizeof(float), cudaMemcpyHostToDevice));
-  if (p.num_exclusive > 0) {
-    CUDA_CHECK(cudaMalloc(&d.exclusive, p.exclusive.size() * sizeof(float)));
-    CUDA_CHECK(cudaMemcpy(d.exclusive, p.exclusive.data(), p.exclusive.size() * sizeof(float),
-                          cudaMemcpyHostToDevice));
-  }
-  CUDA_CHECK(cudaMalloc(&d.table, p.table.size() * sizeof(int32_t)));
-  CUDA_CHECK(cudaMemcpy(d.table, p.table.data(), p.table.size() * sizeof(int32_t),
-                        cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMalloc(&d.out, (p.num_weights + kGuard) * sizeof(float)));
-  d.bytes = (p.pool.size() + p.exclusive.size() + p.num_weights) * sizeof(float) +
-            p.table.size() * sizeof(int32_t);
-  return d;
-}
-
-void Free(DeviceSet& d) {
-  CUDA_CHECK(cudaFree(d.pool));
-  if (d.exclusive) CUDA_CHECK(cudaFree(d.exclusive));
-  CUDA_CHECK(cudaFree(d.table));
-  CUDA_CHECK(cudaFree(d.out));
-  d = DeviceSet();
-}
-
-// Runs run() on a poisoned output and compares every element bit for bit,
-// plus the guard zone. Returns the number of wrong elements.
-int64_t CheckRun(const Problem& p, const DeviceSet& d, const std::function<void()>& run,
-                 cudaStream_t stream) {
-  CUDA_CHECK(cudaMemsetAsync(d.out, 0xFF, (p.num_weights + kGuard) * sizeof(float), stream));
-  run();
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<float> got(p.num_weights + kGuard);
-  CUDA_CHECK(cudaMemcpy(got.data(), d.out, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  const std::vector<float> ref = Reference(p);
-  int64_t bad = 0;
-  for (int64_t i = 0; i < p.num_weights; ++i)
-    if (std::memcmp(&got[i], &ref[i], sizeof(float)) != 0) ++bad;
-  uint32_t poison = 0xFFFFFFFFu;
-  for (int i = 0; i < kGuard; ++i)
-    if (std::memcmp(&got[p.num_weights + i], &poison, sizeof(float)) != 0) ++bad;
-  return bad;
-}
-
 int64_t CheckOnce(const Problem& p, const DeviceSet& d, Launcher launch, cudaStream_t stream) {
-  return CheckRun(p, d, [&] {
+  return CheckRun(Reference(p), d.out, [&] {
     CUDA_CHECK(launch(d.pool, d.exclusive, d.table, p.num_shared, p.page_size, p.num_pages,
                       p.num_weights, d.out, stream));
   }, stream);
@@ -384,7 +331,7 @@ int main(int argc, char** argv) {
     r.zero_ev = t.event_us;
     r.zero_host = t.host_us;
     ++checks;
-    if (const int64_t bad = CheckRun(p, dev[0], [&] { zero_copy(0); }, stream)) {
+    if (const int64_t bad = CheckRun(Reference(p), dev[0].out, [&] { zero_copy(0); }, stream)) {
       ++failures;
       std::printf("FAIL zero-copy switch n=%lld: %lld wrong\n", (long long)n, (long long)bad);
     }
@@ -392,7 +339,7 @@ int main(int argc, char** argv) {
       CUDA_CHECK(cudaMemsetAsync(dev[0].exclusive, 0xFF, ex_floats * sizeof(float), stream));
       CUDA_CHECK(cudaStreamSynchronize(stream));
       ++checks;
-      if (const int64_t bad = CheckRun(p, dev[0], [&] { overlapped(0); }, stream)) {
+      if (const int64_t bad = CheckRun(Reference(p), dev[0].out, [&] { overlapped(0); }, stream)) {
         ++failures;
         std::printf("FAIL overlapped switch n=%lld: %lld wrong\n", (long long)n, (long long)bad);
       }
@@ -432,8 +379,7 @@ int main(int argc, char** argv) {
   }
   CUDA_CHECK(cudaGetLastError());
 
-  std::printf("\ncorrectness: %d checks, %d failed (bitwise vs CPU reference, NaN-poisoned output, guard zone)\n",
-              checks, failures);
+  gpu_check::PrintChecks(checks, failures);
   std::printf("\nPageGather, page size 512, ~7%% exclusive pages, medians of %d calls, times in us\n", reps);
   std::printf("ev = CUDA events around one call; host = host clock around launch + stream sync;\n"
               "batch = events around 20 back-to-back calls, per call. Calls rotate among 'sets'\n"
@@ -476,10 +422,5 @@ int main(int argc, char** argv) {
   CUDA_CHECK(cudaEventDestroy(copied));
   CUDA_CHECK(cudaStreamDestroy(copy_stream));
   CUDA_CHECK(cudaStreamDestroy(stream));
-  if (failures) {
-    std::printf("\nFAILED: %d correctness checks\n", failures);
-    return 1;
-  }
-  std::printf("\nall correctness checks passed\n");
-  return 0;
+  return gpu_check::Verdict(failures);
 }

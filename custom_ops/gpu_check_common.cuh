@@ -1,6 +1,7 @@
 // What the standalone CUDA harnesses (gpu_check.cu, gpu_check_quantized.cu)
-// share: error checking, medians, the two ways of timing GPU work, and the
-// float32 task they time (a pool, a task's exclusive pages, its table).
+// share: error checking, medians, the two ways of timing GPU work, the
+// float32 task they time (a pool, a task's exclusive pages, its table) and its
+// device buffers, and the bitwise check of an output against a reference.
 //
 // Every number is a median over repeated calls after warm-up, timed with CUDA
 // events around the call, and with a host clock around launch +
@@ -150,6 +151,79 @@ inline std::vector<float> Reference(const Problem& p) {
     std::memcpy(&out[i * p.page_size], src, n * sizeof(float));
   }
   return out;
+}
+
+constexpr int kGuard = 64;  // poisoned floats after the output that must stay untouched
+
+// Device buffers of one float32 task; the exclusive pages' device copy is
+// what a switch fills from the pinned host store.
+struct DeviceSet {
+  float* pool = nullptr;
+  float* exclusive = nullptr;  // null when the task has no exclusive page
+  int32_t* table = nullptr;
+  float* out = nullptr;  // num_weights + kGuard floats
+};
+
+inline DeviceSet Upload(const Problem& p) {
+  DeviceSet d;
+  CUDA_CHECK(cudaMalloc(&d.pool, p.pool.size() * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(d.pool, p.pool.data(), p.pool.size() * sizeof(float),
+                        cudaMemcpyHostToDevice));
+  if (!p.exclusive.empty()) {
+    CUDA_CHECK(cudaMalloc(&d.exclusive, p.exclusive.size() * sizeof(float)));
+    CUDA_CHECK(cudaMemcpy(d.exclusive, p.exclusive.data(), p.exclusive.size() * sizeof(float),
+                          cudaMemcpyHostToDevice));
+  }
+  CUDA_CHECK(cudaMalloc(&d.table, p.table.size() * sizeof(int32_t)));
+  CUDA_CHECK(cudaMemcpy(d.table, p.table.data(), p.table.size() * sizeof(int32_t),
+                        cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&d.out, (p.num_weights + kGuard) * sizeof(float)));
+  return d;
+}
+
+inline void Free(DeviceSet& d) {
+  CUDA_CHECK(cudaFree(d.pool));
+  if (d.exclusive) CUDA_CHECK(cudaFree(d.exclusive));
+  CUDA_CHECK(cudaFree(d.table));
+  CUDA_CHECK(cudaFree(d.out));
+  d = DeviceSet();
+}
+
+// Runs run() on a NaN-poisoned output (ref.size() floats + the guard zone) and
+// compares every element bit for bit with ref, plus the untouched guard zone.
+// Returns the number of wrong elements.
+inline int64_t CheckRun(const std::vector<float>& ref, float* out,
+                        const std::function<void()>& run, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(ref.size());
+  CUDA_CHECK(cudaMemsetAsync(out, 0xFF, (n + kGuard) * sizeof(float), stream));
+  run();
+  CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<float> got(n + kGuard);
+  CUDA_CHECK(cudaMemcpy(got.data(), out, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::memcmp(&got[i], &ref[i], sizeof(float)) != 0) ++bad;
+  const uint32_t poison = 0xFFFFFFFFu;
+  for (int i = 0; i < kGuard; ++i)
+    if (std::memcmp(&got[n + i], &poison, sizeof(float)) != 0) ++bad;
+  return bad;
+}
+
+// The tally printed before the tables.
+inline void PrintChecks(int checks, int failures) {
+  std::printf("\ncorrectness: %d checks, %d failed (bitwise vs CPU reference, NaN-poisoned output, guard zone)\n",
+              checks, failures);
+}
+
+// The last line and the exit status: 1 if any check failed.
+inline int Verdict(int failures) {
+  if (failures) {
+    std::printf("\nFAILED: %d correctness checks\n", failures);
+    return 1;
+  }
+  std::printf("\nall correctness checks passed\n");
+  return 0;
 }
 
 }  // namespace gpu_check

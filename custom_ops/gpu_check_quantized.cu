@@ -40,6 +40,8 @@
 
 namespace {
 
+using gpu_check::CheckRun;
+using gpu_check::kGuard;
 using gpu_check::MakeProblem;
 using gpu_check::Problem;
 using gpu_check::TimeBatched;
@@ -193,8 +195,6 @@ QProblem QuantizeProblem(const Problem& f, int bits) {
   return p;
 }
 
-constexpr int kGuard = 64;  // poisoned floats after the output that must stay untouched
-
 // Device buffers of one quantized set. The exclusive block is laid out as the
 // switch brings it in: the scales (padded to 16 bytes), then the rows.
 struct QDeviceSet {
@@ -249,26 +249,6 @@ void Free(QDeviceSet& d, int pool_offset = 0) {
   d = QDeviceSet();
 }
 
-// Runs run() on a NaN-poisoned output and compares every element bit for bit
-// with the reference, plus the guard zone. Returns the number of wrong elements.
-int64_t CheckRun(const std::vector<float>& ref, float* out, const std::function<void()>& run,
-                 cudaStream_t stream) {
-  const int64_t n = static_cast<int64_t>(ref.size());
-  CUDA_CHECK(cudaMemsetAsync(out, 0xFF, (n + kGuard) * sizeof(float), stream));
-  run();
-  CUDA_CHECK(cudaGetLastError());
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<float> got(n + kGuard);
-  CUDA_CHECK(cudaMemcpy(got.data(), out, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (std::memcmp(&got[i], &ref[i], sizeof(float)) != 0) ++bad;
-  const uint32_t poison = 0xFFFFFFFFu;
-  for (int i = 0; i < kGuard; ++i)
-    if (std::memcmp(&got[n + i], &poison, sizeof(float)) != 0) ++bad;
-  return bad;
-}
-
 int64_t CheckQ(const QProblem& p, const std::vector<float>& ref, const QDeviceSet& d,
                QLauncher launch, cudaStream_t stream) {
   return CheckRun(ref, d.out, [&] {
@@ -298,39 +278,6 @@ const Variant kVariants[] = {
     {"scalar", {pqc::LaunchScalar<8>, pqc::LaunchScalar<4>}, false},
 };
 
-// Float32 device set (as gpu_check.cu's), with the exclusive rows where a switch puts them.
-struct FDeviceSet {
-  float* pool = nullptr;
-  float* exclusive = nullptr;
-  int32_t* table = nullptr;
-  float* out = nullptr;
-};
-
-FDeviceSet UploadF(const Problem& p) {
-  FDeviceSet d;
-  CUDA_CHECK(cudaMalloc(&d.pool, p.pool.size() * sizeof(float)));
-  CUDA_CHECK(cudaMemcpy(d.pool, p.pool.data(), p.pool.size() * sizeof(float), cudaMemcpyHostToDevice));
-  if (!p.exclusive.empty()) {
-    CUDA_CHECK(cudaMalloc(&d.exclusive, p.exclusive.size() * sizeof(float)));
-    CUDA_CHECK(cudaMemcpy(d.exclusive, p.exclusive.data(), p.exclusive.size() * sizeof(float),
-                          cudaMemcpyHostToDevice));
-  }
-  CUDA_CHECK(cudaMalloc(&d.table, p.table.size() * sizeof(int32_t)));
-  CUDA_CHECK(cudaMemcpy(d.table, p.table.data(), p.table.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMalloc(&d.out, (p.num_weights + kGuard) * sizeof(float)));
-  return d;
-}
-
-void FreeF(FDeviceSet& d) {
-  CUDA_CHECK(cudaFree(d.pool));
-  if (d.exclusive) CUDA_CHECK(cudaFree(d.exclusive));
-  CUDA_CHECK(cudaFree(d.table));
-  CUDA_CHECK(cudaFree(d.out));
-  d = FDeviceSet();
-}
-
-std::vector<float> ReferenceF(const Problem& p) { return gpu_check::Reference(p); }
-
 // One row of the timing tables: one kind (f32, int8, int4) at one size.
 struct KindRow {
   int64_t n = 0;
@@ -347,6 +294,72 @@ struct SizeRow {
   int64_t n = 0;
   double d2d_ev = 0, memset_ev = 0;
 };
+
+// One kind (f32, int8, int4) at one size as the timings see it: `sets` input
+// sets; block(set) is the set's device block that a switch fills with the
+// task's exclusive rows (and scales); gather(set, rows) gathers set `set`
+// reading the exclusive rows from `rows` (its own block, or mapped host memory).
+struct Kind {
+  int sets;
+  std::function<uint8_t*(int)> block;
+  std::function<void(int, const uint8_t*)> gather;
+};
+
+// The gather with each set's exclusive rows on the device: rotated among the
+// sets (events and host clock), one set repeated (hot), back to back (batch).
+void TimeGather(const Kind& k, int reps, cudaStream_t stream, KindRow* r) {
+  auto rotated = [&](int i) { k.gather(i % k.sets, k.block(i % k.sets)); };
+  const Timing t = TimeGpu(rotated, reps, stream);
+  r->gather_ev = t.event_us;
+  r->gather_host = t.host_us;
+  r->gather_hot = TimeGpu([&](int) { k.gather(0, k.block(0)); }, reps, stream).event_us;
+  r->gather_batch = TimeBatched(rotated, reps, stream);
+}
+
+// The switch: `bytes` of exclusive rows copied from the middle block of the
+// pinned (mapped) host store to the set's block, alone and followed by the
+// gather, and the zero-copy gather reading them from mapped host memory. Then
+// checks the switch (set 0's block poisoned first, so the copy must refill it)
+// and the zero-copy gather against ref, set 0's output being out0.
+void TimeSwitch(const Kind& k, uint8_t* store, size_t bytes, const std::vector<float>& ref,
+                float* out0, int reps, cudaStream_t stream, KindRow* r, int* checks,
+                int* failures) {
+  const uint8_t* task = store + bytes;
+  auto copy_in = [&](int set) {
+    CUDA_CHECK(cudaMemcpyAsync(k.block(set), task, bytes, cudaMemcpyHostToDevice, stream));
+  };
+  r->h2d_bytes = static_cast<double>(bytes);
+  r->copy_ev = TimeGpu([&](int i) {
+    if (bytes) copy_in(i % k.sets);
+  }, reps, stream).event_us;
+  Timing t = TimeGpu([&](int i) {
+    const int set = i % k.sets;
+    if (bytes) copy_in(set);
+    k.gather(set, k.block(set));
+  }, reps, stream);
+  r->switch_ev = t.event_us;
+  r->switch_host = t.host_us;
+  uint8_t* mapped_store = nullptr;
+  CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_store), store, 0));
+  const uint8_t* zc = mapped_store + bytes;
+  t = TimeGpu([&](int i) { k.gather(i % k.sets, zc); }, reps, stream);
+  r->zc_ev = t.event_us;
+  r->zc_host = t.host_us;
+  CUDA_CHECK(cudaMemsetAsync(k.block(0), 0xFF, bytes, stream));
+  ++*checks;
+  if (const int64_t bad = CheckRun(ref, out0, [&] {
+        copy_in(0);
+        k.gather(0, k.block(0));
+      }, stream)) {
+    ++*failures;
+    std::printf("FAIL %s switch n=%lld: %lld wrong\n", r->kind, (long long)r->n, (long long)bad);
+  }
+  ++*checks;
+  if (const int64_t bad = CheckRun(ref, out0, [&] { k.gather(0, zc); }, stream)) {
+    ++*failures;
+    std::printf("FAIL %s zero-copy n=%lld: %lld wrong\n", r->kind, (long long)r->n, (long long)bad);
+  }
+}
 
 }  // namespace
 
@@ -434,8 +447,8 @@ int main(int argc, char** argv) {
     std::vector<Problem> problems{probe};
     while (static_cast<int>(problems.size()) < std::max({f_sets, q8_sets, q4_sets}))
       problems.push_back(MakeProblem(n, 512, 0.07, rng));
-    std::vector<FDeviceSet> fdev;
-    for (int i = 0; i < f_sets; ++i) fdev.push_back(UploadF(problems[i]));
+    std::vector<gpu_check::DeviceSet> fdev;
+    for (int i = 0; i < f_sets; ++i) fdev.push_back(gpu_check::Upload(problems[i]));
     std::vector<QProblem> q8, q4;
     std::vector<QDeviceSet> q8dev, q4dev;
     for (int i = 0; i < q8_sets; ++i) { q8.push_back(QuantizeProblem(problems[i], 8)); q8dev.push_back(Upload(q8.back())); }
@@ -448,7 +461,7 @@ int main(int argc, char** argv) {
     // Floors: a device-to-device copy of the float gather's bytes, and writing
     // the output alone (what the quantized gathers cannot avoid).
     sr.d2d_ev = TimeGpu([&](int i) {
-      const FDeviceSet& d = fdev[i % f_sets];
+      const gpu_check::DeviceSet& d = fdev[i % f_sets];
       CUDA_CHECK(cudaMemcpyAsync(d.out, d.pool, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
     }, reps, stream).event_us;
     sr.memset_ev = TimeGpu([&](int i) {
@@ -469,11 +482,6 @@ int main(int argc, char** argv) {
     uint8_t* f_store = pinned_store(p.exclusive.data(), f_block);
     uint8_t* s8_store = pinned_store(b8.data(), b8.size());
     uint8_t* s4_store = pinned_store(b4.data(), b4.size());
-    auto mapped = [&](uint8_t* host) {
-      uint8_t* dev = nullptr;
-      CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
-      return dev;
-    };
 
     // float32
     {
@@ -481,66 +489,31 @@ int main(int argc, char** argv) {
       r.n = n;
       r.kind = "f32";
       r.sets = f_sets;
-      auto gather = [&](int set, const float* exclusive) {
-        const FDeviceSet& d = fdev[set];
-        CUDA_CHECK(weightsep::LaunchPageGather(d.pool, exclusive, d.table, p.num_shared, 512, np, n,
-                                               d.out, stream));
-      };
-      Timing t = TimeGpu([&](int i) { gather(i % f_sets, fdev[i % f_sets].exclusive); }, reps, stream);
-      r.gather_ev = t.event_us;
-      r.gather_host = t.host_us;
-      r.gather_hot = TimeGpu([&](int) { gather(0, fdev[0].exclusive); }, reps, stream).event_us;
-      r.gather_batch = TimeBatched([&](int i) { gather(i % f_sets, fdev[i % f_sets].exclusive); }, reps, stream);
+      const Kind f32{
+          f_sets, [&](int set) { return reinterpret_cast<uint8_t*>(fdev[set].exclusive); },
+          [&](int set, const uint8_t* rows) {
+            const gpu_check::DeviceSet& d = fdev[set];
+            CUDA_CHECK(weightsep::LaunchPageGather(d.pool, reinterpret_cast<const float*>(rows),
+                                                   d.table, p.num_shared, 512, np, n, d.out,
+                                                   stream));
+          }};
+      TimeGather(f32, reps, stream, &r);
       // Each output float read once from its page, each table entry once, each output written once.
       r.bytes = 2.0 * n * sizeof(float) + np * sizeof(int32_t);
-      r.h2d_bytes = static_cast<double>(f_block);
-      r.copy_ev = TimeGpu([&](int i) {
-        if (f_block)
-          CUDA_CHECK(cudaMemcpyAsync(fdev[i % f_sets].exclusive, f_store + f_block, f_block,
-                                     cudaMemcpyHostToDevice, stream));
-      }, reps, stream).event_us;
-      t = TimeGpu([&](int i) {
-        const int set = i % f_sets;
-        if (f_block)
-          CUDA_CHECK(cudaMemcpyAsync(fdev[set].exclusive, f_store + f_block, f_block,
-                                     cudaMemcpyHostToDevice, stream));
-        gather(set, fdev[set].exclusive);
-      }, reps, stream);
-      r.switch_ev = t.event_us;
-      r.switch_host = t.host_us;
-      const float* zc = reinterpret_cast<const float*>(mapped(f_store) + f_block);
-      t = TimeGpu([&](int i) { gather(i % f_sets, zc); }, reps, stream);
-      r.zc_ev = t.event_us;
-      r.zc_host = t.host_us;
-      const std::vector<float> ref = ReferenceF(p);
-      ++checks;
-      if (const int64_t bad = CheckRun(ref, fdev[0].out, [&] {
-            CUDA_CHECK(cudaMemcpyAsync(fdev[0].exclusive, f_store + f_block, f_block,
-                                       cudaMemcpyHostToDevice, stream));
-            gather(0, fdev[0].exclusive);
-          }, stream)) {
-        ++failures;
-        std::printf("FAIL f32 switch n=%lld: %lld wrong\n", (long long)n, (long long)bad);
-      }
-      ++checks;
-      if (const int64_t bad = CheckRun(ref, fdev[0].out, [&] { gather(0, zc); }, stream)) {
-        ++failures;
-        std::printf("FAIL f32 zero-copy n=%lld: %lld wrong\n", (long long)n, (long long)bad);
-      }
+      TimeSwitch(f32, f_store, f_block, gpu_check::Reference(p), fdev[0].out, reps, stream, &r,
+                 &checks, &failures);
       rows.push_back(r);
     }
     // int8 and int4
     for (int bits : {8, 4}) {
       std::vector<QProblem>& qs = bits == 8 ? q8 : q4;
       std::vector<QDeviceSet>& qd = bits == 8 ? q8dev : q4dev;
-      const int sets = static_cast<int>(qd.size());
-      uint8_t* store = bits == 8 ? s8_store : s4_store;
-      const size_t block = bits == 8 ? b8.size() : b4.size();
       const size_t scale_bytes = Round16(p.num_exclusive * sizeof(float));
       KindRow r;
       r.n = n;
       r.kind = bits == 8 ? "int8" : "int4";
-      r.sets = sets;
+      r.sets = static_cast<int>(qd.size());
+      // The gather of set `set` by launcher l, the exclusive scales then rows at ex_block.
       auto gather_with = [&](QLauncher l, int set, const uint8_t* ex_block) {
         const QDeviceSet& d = qd[set];
         CUDA_CHECK(l(d.pool, d.pool_scale, ex_block ? ex_block + scale_bytes : nullptr,
@@ -548,71 +521,34 @@ int main(int argc, char** argv) {
                      d.out, stream));
       };
       const QLauncher main_launch = bits == 8 ? Main<8> : Main<4>;
-      auto gather = [&](int set, const uint8_t* ex_block) { gather_with(main_launch, set, ex_block); };
-      Timing t = TimeGpu([&](int i) { gather(i % sets, qd[i % sets].block); }, reps, stream);
-      r.gather_ev = t.event_us;
-      r.gather_host = t.host_us;
-      r.gather_hot = TimeGpu([&](int) { gather(0, qd[0].block); }, reps, stream).event_us;
-      r.gather_batch = TimeBatched([&](int i) { gather(i % sets, qd[i % sets].block); }, reps, stream);
+      const Kind q{r.sets, [&](int set) { return qd[set].block; },
+                   [&](int set, const uint8_t* ex_block) { gather_with(main_launch, set, ex_block); }};
+      TimeGather(q, reps, stream, &r);
       // Each page's values up to n (n is a multiple of S here), each page's
       // scale and table entry once; each output float written once.
       r.bytes = static_cast<double>(n) * bits / 8 + 2.0 * np * 4 + 4.0 * n;
-      r.h2d_bytes = static_cast<double>(block);
       for (int k = 1; k <= 4; ++k) {
         const QLauncher l = kVariants[k].launch[bits == 4];
-        const double ev = TimeGpu([&](int i) { gather_with(l, i % sets, qd[i % sets].block); }, reps, stream).event_us;
+        const double ev = TimeGpu([&](int i) { gather_with(l, i % q.sets, qd[i % q.sets].block); }, reps, stream).event_us;
         if (k == 1) r.v1 = ev;
         if (k == 2) r.v2 = ev;
         if (k == 3) r.v4 = ev;
         if (k == 4) r.vs = ev;
       }
-      r.copy_ev = TimeGpu([&](int i) {
-        if (block)
-          CUDA_CHECK(cudaMemcpyAsync(qd[i % sets].block, store + block, block,
-                                     cudaMemcpyHostToDevice, stream));
-      }, reps, stream).event_us;
-      t = TimeGpu([&](int i) {
-        const int set = i % sets;
-        if (block)
-          CUDA_CHECK(cudaMemcpyAsync(qd[set].block, store + block, block, cudaMemcpyHostToDevice,
-                                     stream));
-        gather(set, qd[set].block);
-      }, reps, stream);
-      r.switch_ev = t.event_us;
-      r.switch_host = t.host_us;
-      const uint8_t* zc = mapped(store) + block;
-      t = TimeGpu([&](int i) { gather(i % sets, zc); }, reps, stream);
-      r.zc_ev = t.event_us;
-      r.zc_host = t.host_us;
-      // The switch and zero-copy results, against the reference of set 0.
-      const std::vector<float> ref = Reference(qs[0]);
-      CUDA_CHECK(cudaMemsetAsync(qd[0].block, 0xFF, block, stream));  // the switch must refill it
-      ++checks;
-      if (const int64_t bad = CheckRun(ref, qd[0].out, [&] {
-            CUDA_CHECK(cudaMemcpyAsync(qd[0].block, store + block, block, cudaMemcpyHostToDevice, stream));
-            gather(0, qd[0].block);
-          }, stream)) {
-        ++failures;
-        std::printf("FAIL %s switch n=%lld: %lld wrong\n", r.kind, (long long)n, (long long)bad);
-      }
-      ++checks;
-      if (const int64_t bad = CheckRun(ref, qd[0].out, [&] { gather(0, zc); }, stream)) {
-        ++failures;
-        std::printf("FAIL %s zero-copy n=%lld: %lld wrong\n", r.kind, (long long)n, (long long)bad);
-      }
+      TimeSwitch(q, bits == 8 ? s8_store : s4_store, bits == 8 ? b8.size() : b4.size(),
+                 Reference(qs[0]), qd[0].out, reps, stream, &r, &checks, &failures);
       rows.push_back(r);
     }
     CUDA_CHECK(cudaFreeHost(f_store));
     CUDA_CHECK(cudaFreeHost(s8_store));
     CUDA_CHECK(cudaFreeHost(s4_store));
-    for (FDeviceSet& d : fdev) FreeF(d);
+    for (gpu_check::DeviceSet& d : fdev) gpu_check::Free(d);
     for (QDeviceSet& d : q8dev) Free(d);
     for (QDeviceSet& d : q4dev) Free(d);
   }
   CUDA_CHECK(cudaGetLastError());
 
-  std::printf("\ncorrectness: %d checks, %d failed (bitwise vs CPU reference, NaN-poisoned output, guard zone)\n",
-              checks, failures);
+  gpu_check::PrintChecks(checks, failures);
   std::printf("\nPageGather (f32) and PageGatherQuantized (int8, int4), page size 512, ~7%% exclusive pages,\n"
               "medians of %d calls, times in us. ev = CUDA events around one call; host = host clock\n"
               "around launch + stream sync; batch = events around 20 back-to-back calls, per call;\n"
@@ -657,10 +593,5 @@ int main(int argc, char** argv) {
                 r.zc_host, f.switch_host / r.switch_host);
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
-  if (failures) {
-    std::printf("\nFAILED: %d correctness checks\n", failures);
-    return 1;
-  }
-  std::printf("\nall correctness checks passed\n");
-  return 0;
+  return gpu_check::Verdict(failures);
 }

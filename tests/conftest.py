@@ -39,6 +39,35 @@ def write_task_folder(root: Path, name: str, **fields) -> Path:
     return folder
 
 
+def write_custom_task(root: Path, name: str, input_shape, num_classes: int, layers: str) -> Path:
+    """A task folder whose task.py gives build_model(): a keras.Sequential of ``layers`` (Python
+    source of the layers after the Input, e.g. "keras.layers.Flatten(), keras.layers.Dense(3)")."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.py").write_text(
+        "import keras\nfrom weightsep.tasks import TaskSpec\n\n"
+        f"def build():\n    return keras.Sequential([keras.Input({tuple(input_shape)!r}), {layers}])\n\n"
+        f"TASK = TaskSpec(name={name!r}, input_shape={tuple(input_shape)!r}, num_classes={num_classes}, "
+        f"build_model=build)\n")
+    return folder
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """The body runs without the power to write what it does not own (as nobody when root,
+    as the tests run in CI): for read-only directories."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 def copy_task_folder(root: Path, name: str) -> Path:
     """A copy of a repository task folder's spec (no data, no network)."""
     from weightsep.tasks import copy_spec

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_OPTIONS, assert_one_line_error, copy_state, copy_task_folder, run_main, write_task_folder
+from conftest import (TINY_OPTIONS, assert_one_line_error, copy_state, copy_task_folder, run_main, unprivileged,
+                      write_task_folder)
 from weightsep import data as datasets
 from weightsep import separation
 from weightsep.networks import Network, load_network
@@ -191,21 +192,6 @@ def test_evaluate_network_of_a_task_in_the_state(tiny_state, tiny_tasks):
     assert result.stdout == f"tiny_a inference accuracy: {want:.6f}\n"
 
 
-@contextlib.contextmanager
-def as_nobody():
-    """Without the power to write what root owns (tests run as root)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def test_evaluate_a_read_only_state(tiny_state):
     root = Path(tempfile.mkdtemp(prefix="weightsep-cli-ro-"))
     try:
@@ -217,7 +203,7 @@ def test_evaluate_a_read_only_state(tiny_state):
                 os.chmod(os.path.join(folder, name), 0o444)
             os.chmod(folder, 0o555)
         before = snapshot(state)
-        with as_nobody():
+        with unprivileged():
             result = run_main("-mode=e", "-vnn_name=tiny_a", f"-state_dir={state}")
         assert result.returncode == 0 and result.stdout == expected
         note = result.stderr.strip()
@@ -227,6 +213,19 @@ def test_evaluate_a_read_only_state(tiny_state):
         for folder, _, _ in os.walk(root):
             os.chmod(folder, 0o755)
         shutil.rmtree(root)
+
+
+def test_evaluate_beside_a_running_writer(tiny_state, tmp_path):
+    """-mode=e while another writer (a running -mode=o) holds the lock: it evaluates without
+    waiting, says the accuracy was not recorded, and changes nothing."""
+    state = copy_state(tiny_state, tmp_path / "st")
+    expected = run_main("-mode=e", "-vnn_name=tiny_b", f"-state_dir={copy_state(state, tmp_path / 'free')}").stdout
+    with Store(state).writer():
+        before = snapshot(state)
+        result = run_main("-mode=e", "-vnn_name=tiny_b", f"-state_dir={state}")
+        assert snapshot(state) == before
+    assert result.returncode == 0 and result.stdout == expected
+    assert result.stderr.startswith("note: accuracy not recorded") and "locked by pid" in result.stderr
 
 
 # ---- diagnostics --------------------------------------------------------------------

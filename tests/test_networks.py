@@ -4,7 +4,7 @@ the row-Toeplitz convolution, the original's transposed layout and the network f
 import numpy as np
 import pytest
 
-from conftest import write_task_folder
+from conftest import write_custom_task, write_task_folder
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, RowToeplitzConv2D, load_network, save_network
 from weightsep.tasks import PAPER_TASKS, list_tasks, load_task
@@ -84,16 +84,8 @@ def test_leaky_relu_slope_and_sigmoid_hidden_layers():
 
 
 def test_custom_build_model_spec(tmp_path):
-    folder = tmp_path / "mlp"
-    folder.mkdir()
-    (folder / "task.py").write_text(
-        "import keras\n"
-        "from weightsep.tasks import TaskSpec\n\n"
-        "def build():\n"
-        "    return keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),\n"
-        "                             keras.layers.Dense(5, activation='tanh'),\n"
-        "                             keras.layers.Dense(3, activation='softmax')])\n\n"
-        "TASK = TaskSpec(name='mlp', input_shape=(4, 4, 1), num_classes=3, build_model=build)\n")
+    folder = write_custom_task(tmp_path, "mlp", (4, 4, 1), 3, "keras.layers.Flatten(), "
+                               "keras.layers.Dense(5, activation='tanh'), keras.layers.Dense(3, activation='softmax')")
     net = Network(load_task(folder))
     assert net.num_weights == 16 * 5 + 5 + 5 * 3 + 3
     w = np.arange(net.num_weights, dtype=np.float32) / 100
@@ -107,12 +99,7 @@ def test_custom_build_model_spec(tmp_path):
 
 
 def test_custom_model_with_wrong_output_is_rejected(tmp_path):
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    (folder / "task.py").write_text(
-        "import keras\nfrom weightsep.tasks import TaskSpec\n"
-        "TASK = TaskSpec(name='bad', input_shape=(4, 4, 1), num_classes=3, build_model=lambda: "
-        "keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]))\n")
+    folder = write_custom_task(tmp_path, "bad", (4, 4, 1), 3, "keras.layers.Flatten(), keras.layers.Dense(2)")
     with pytest.raises(WeightSepError, match="2 outputs, spec says 3 classes"):
         Network(load_task(folder))
 

@@ -1,7 +1,6 @@
 """Tests of weightsep.store: round trips, one commit per change, crash safety, the writer lock,
 validated loads, quantized states and their conversion."""
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import unprivileged
 from weightsep import quantize
 from weightsep import store as store_mod
 from weightsep.errors import StateError, StateLockedError, StateReadOnlyError, WeightSepError, WriteError
@@ -496,21 +496,6 @@ def test_lock_path_that_is_a_directory_or_a_link(tmp_path):
         with Store(tmp_path).writer():
             pass
     assert victim.read_text() == "keep me"
-
-
-@contextlib.contextmanager
-def unprivileged():
-    """The body runs without the power to write what it does not own (as nobody when root)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import numpy as np
 
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, load_network, network_file
-from weightsep.runtime import Log, Runtime, count_correct, load_state, pick_device, spec_of, test_batches
+from weightsep.runtime import Log, Runtime, count_correct, load_state, pick_device, test_batches
 from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
 
@@ -73,7 +73,7 @@ class BaselineRuntime(Runtime):
         given = specs or {}
         with tf.device(self.device):
             for index, record in enumerate(records):
-                spec = spec_of(record, given)
+                spec = record.runnable_spec(given.get(record.name))
                 if baseline == "file":
                     net = load_network(spec)  # also checks the file is there and loadable
                     source = network_file(spec)

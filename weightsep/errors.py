@@ -29,3 +29,16 @@ class StateLockedError(StateError):
 
 class StateReadOnlyError(StateError):
     """The state directory cannot be written, so the writer lock cannot be taken; reading still works."""
+
+
+# Helpers of the validations that raise these errors.
+
+def is_int(value) -> bool:
+    """A plain integer from JSON or Python (not a bool, which is an int subclass)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shown(value) -> str:
+    """A value for a one-line message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -77,25 +77,13 @@ class Session:
         """The task's spec: one the user named, else the registry's JSON, else a repository folder."""
         if name not in self._specs:
             record = self._record(name)
-            if record is None:
-                self._specs[name] = load_task(name)
-            else:
-                spec = record.task_spec()
-                if spec.custom_model:
-                    raise WeightSepError(
-                        f"task {name} has a custom build_model(), which the state cannot hold as data; "
-                        f"name its folder with -network_path=<folder with {name}/task.py> (its code then runs)")
-                self._specs[name] = spec
+            self._specs[name] = load_task(name) if record is None else record.runnable_spec()
         return self._specs[name]
 
     def use_spec(self, task: TaskSpec) -> None:
         """Use this spec (from a folder the user named) for its task; it must match the registry's."""
         record = self._record(task.name)
-        if record is not None and task.to_json() != record.spec:
-            raise WeightSepError(
-                f"{task.folder}/task.py does not describe the task {task.name} recorded in "
-                f"{self.store.registry_path}; pass the folder it was added from, or remove and re-add it")
-        self._specs[task.name] = task
+        self._specs[task.name] = task if record is None else record.runnable_spec(task)
         self._networks.pop(task.name, None)
         self._trainers.pop(task.name, None)
 

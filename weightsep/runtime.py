@@ -99,20 +99,6 @@ def load_state(state_dir) -> Store:
     return store
 
 
-def spec_of(record: TaskRecord, given: dict[str, TaskSpec]) -> TaskSpec:
-    """A task's spec: the registry's JSON, or a spec the user named (a custom build_model)."""
-    if record.name in given:
-        spec = given[record.name]
-        if spec.to_json() != record.spec:
-            raise WeightSepError(f"{spec.folder}/task.py does not describe the task {record.name} of the state")
-        return spec
-    spec = record.task_spec()
-    if spec.custom_model:
-        raise WeightSepError(f"task {record.name} has a custom build_model(), which the state cannot hold as data; "
-                             f"name its folder with -network_path=<folder> (its code then runs)")
-    return spec
-
-
 def test_batches(spec: TaskSpec, record: TaskRecord, data: Optional[str], data_seed: Optional[int],
                  batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The task's test split in batches (synthetic data: the seed recorded with the task by default)."""
@@ -343,7 +329,7 @@ class WSRuntime(Runtime):
             start = time.perf_counter()
             slot = self._make_slot(record)
             log(f"[VNN {index}][{record.name}] init page table {ms(time.perf_counter() - start)}")
-            spec = spec_of(record, given)
+            spec = record.runnable_spec(given.get(record.name))
             slot.batches = test_batches(spec, record, data, data_seed, batch_size)
             slot.infer = self._make_infer(Network(spec, layout=store.layout), record.num_weights)
             self._slots[record.name] = slot

@@ -87,7 +87,7 @@ import numpy as np
 
 from weightsep import atomic, pages, quantize
 from weightsep.errors import (StateError, StateLockedError, StateReadOnlyError, WeightSepError,
-                              WriteError)
+                              WriteError, is_int, shown)
 from weightsep.tasks import MAX_WEIGHTS, TaskSpec, check_task_name
 
 SCHEMA_VERSION = 2
@@ -156,6 +156,20 @@ class TaskRecord:
     def task_spec(self) -> TaskSpec:
         """The recorded spec as a TaskSpec whose files live in network_path (custom models: no build_model)."""
         return TaskSpec.from_json(self.spec, folder=self.network_path or None)
+
+    def runnable_spec(self, given: TaskSpec | None = None) -> TaskSpec:
+        """The spec to build the task's network from: ``given`` (from a folder the user named,
+        which must describe the recorded task), else the recorded one, which must not need code."""
+        if given is not None:
+            if given.to_json() != self.spec:
+                raise WeightSepError(f"{given.folder}/task.py does not describe the task {self.name} recorded in "
+                                     f"the state; pass the folder it was added from, or remove and re-add it")
+            return given
+        spec = self.task_spec()
+        if spec.custom_model:
+            raise WeightSepError(f"task {self.name} has a custom build_model(), which the state cannot hold as "
+                                 f"data; name its folder with -network_path=<folder> (its code then runs)")
+        return spec
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, TaskRecord):
@@ -274,9 +288,6 @@ def _one_line(error) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _vector_rel(task: str, kind: str) -> str:
     """The registry key (and path relative to the state directory) of a per-task vector."""
@@ -328,17 +339,13 @@ def _check_entry(rel: str, entry, dtype: np.dtype | None = None, shape: tuple | 
     if not isinstance(entry["sha256"], str) or not _SHA256.match(entry["sha256"]):
         raise _Invalid(f"the sha256 of {rel} is not 64 lowercase hex digits")
     got_shape = entry["shape"]
-    if not isinstance(got_shape, list) or not all(_is_int(d) and 0 <= d <= MAX_POOL_VALUES for d in got_shape):
+    if not isinstance(got_shape, list) or not all(is_int(d) and 0 <= d <= MAX_POOL_VALUES for d in got_shape):
         raise _Invalid(f"the shape of {rel} is not a list of non-negative integers")
     if dtype is not None and entry["dtype"] != str(dtype):
-        raise _Invalid(f"{rel} is recorded as {_short(entry['dtype'])}, expected {dtype}")
+        raise _Invalid(f"{rel} is recorded as {shown(entry['dtype'])}, expected {dtype}")
     if shape is not None and tuple(got_shape) != tuple(shape):
         raise _Invalid(f"{rel} is recorded with shape {got_shape}, expected {list(shape)}")
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _parse_task(item, page_size: int) -> TaskRecord:
@@ -355,18 +362,18 @@ def _parse_task(item, page_size: int) -> TaskRecord:
     if sorted(item) != sorted(_TASK_KEYS):
         raise _Invalid(f"task '{name}' must hold exactly the keys {', '.join(_TASK_KEYS)}")
     n = item["num_weights"]
-    if not _is_int(n) or not 1 <= n <= MAX_WEIGHTS:
-        raise _Invalid(f"task '{name}': num_weights {_short(n)} is not an integer from 1 to {MAX_WEIGHTS}")
+    if not is_int(n) or not 1 <= n <= MAX_WEIGHTS:
+        raise _Invalid(f"task '{name}': num_weights {shown(n)} is not an integer from 1 to {MAX_WEIGHTS}")
     table, exclusive = item["page_table"], item["exclusive_pages"]
     expected = pages.num_pages(n, page_size)
     if not isinstance(table, list) or len(table) != expected:
         size = len(table) if isinstance(table, list) else "no"
         raise _Invalid(f"task '{name}': page table has {size} entries, but {n} weights in pages of "
                        f"{page_size} need {expected}")
-    if not all(_is_int(e) and -MAX_TABLE_ENTRY - 1 <= e <= MAX_TABLE_ENTRY for e in table):
+    if not all(is_int(e) and -MAX_TABLE_ENTRY - 1 <= e <= MAX_TABLE_ENTRY for e in table):
         raise _Invalid(f"task '{name}': page_table is not a list of int32 entries")
     if (not isinstance(exclusive, list) or len(exclusive) > expected
-            or not all(_is_int(i) and 0 <= i < expected for i in exclusive)):
+            or not all(is_int(i) and 0 <= i < expected for i in exclusive)):
         raise _Invalid(f"task '{name}': exclusive_pages is not a list of its page indices (0 to {expected - 1})")
     if len(set(exclusive)) != len(exclusive):
         raise _Invalid(f"task '{name}': exclusive_pages {exclusive} repeat a page")
@@ -375,8 +382,8 @@ def _parse_task(item, page_size: int) -> TaskRecord:
     for key in ("settings", "accuracy"):
         if not isinstance(item[key], dict):
             raise _Invalid(f"task '{name}': {key} is not an object")
-    if not _is_int(item["id"]) or item["id"] < 0:
-        raise _Invalid(f"task '{name}': id {_short(item['id'])} is not a non-negative integer")
+    if not is_int(item["id"]) or item["id"] < 0:
+        raise _Invalid(f"task '{name}': id {shown(item['id'])} is not a non-negative integer")
     try:
         spec = TaskSpec.from_json(item["spec"])
     except WeightSepError as e:
@@ -435,18 +442,18 @@ def _parse_registry(raw) -> _Registry:
         raise _Invalid(f"unknown keys {unknown}" if unknown else f"missing keys {missing}")
     for key, low, high in (("page_size", 1, MAX_PAGE_SIZE), ("num_pages", 1, MAX_NUM_PAGES),
                            ("generation", 0, 1 << 62), ("next_id", 0, MAX_TABLE_ENTRY)):
-        if not _is_int(raw[key]) or not low <= raw[key] <= high:
-            raise _Invalid(f"'{key}' is {_short(raw[key])}, expected an integer from {low} to {high}")
+        if not is_int(raw[key]) or not low <= raw[key] <= high:
+            raise _Invalid(f"'{key}' is {shown(raw[key])}, expected an integer from {low} to {high}")
     page_size, num_pages = raw["page_size"], raw["num_pages"]
     if page_size * num_pages > MAX_POOL_VALUES:
         raise _Invalid(f"a pool of {num_pages} x {page_size} weights is larger than {MAX_POOL_VALUES}")
     page_dtype, layout = raw["page_dtype"], raw["layout"]
     if page_dtype not in quantize.PAGE_DTYPES:
-        raise _Invalid(f"page_dtype {_short(page_dtype)} is not one of {', '.join(quantize.PAGE_DTYPES)}")
+        raise _Invalid(f"page_dtype {shown(page_dtype)} is not one of {', '.join(quantize.PAGE_DTYPES)}")
     if page_dtype == "int4" and page_size % 2:
         raise _Invalid(f"int4 pages need an even page_size, not {page_size}")
     if layout not in LAYOUTS:
-        raise _Invalid(f"layout {_short(layout)} is not one of {', '.join(LAYOUTS)}")
+        raise _Invalid(f"layout {shown(layout)} is not one of {', '.join(LAYOUTS)}")
     files, obsolete, items = raw["files"], raw["obsolete"], raw["tasks"]
     if not isinstance(files, dict) or not isinstance(obsolete, dict) or not isinstance(items, list):
         raise _Invalid("'files' and 'obsolete' must be objects and 'tasks' a list")
@@ -476,14 +483,14 @@ def _parse_registry(raw) -> _Registry:
                 raise _Invalid(f"task '{record.name}' has no {kind} vector ({rel})")
     for rel in files:
         if rel not in expected:
-            raise _Invalid(f"'files' lists {_short(rel)}, which this state does not use")
+            raise _Invalid(f"'files' lists {shown(rel)}, which this state does not use")
     for rel, (dtype, shape) in expected.items():
         if rel not in files:
             raise _Invalid(f"'files' lacks {rel}")
         _check_entry(rel, files[rel], dtype, shape)
     for rel, entry in obsolete.items():
         if _parse_vector_rel(rel) is None or rel in files:
-            raise _Invalid(f"'obsolete' lists {_short(rel)}, which is not a vector file the state dropped")
+            raise _Invalid(f"'obsolete' lists {shown(rel)}, which is not a vector file the state dropped")
         _check_entry(rel, entry, np.dtype(np.float32))
     _check_tasks(tasks, page_size, num_pages, num_exclusive)
     return _Registry(page_size=page_size, num_pages=num_pages, page_dtype=page_dtype, layout=layout,
@@ -639,7 +646,7 @@ class Store:
                 raise _Invalid("not a JSON object")
             version = raw.get("schema_version")
             if version != SCHEMA_VERSION:
-                raise StateError(f"{path} has schema_version {_short(version)}, but this toolkit reads version "
+                raise StateError(f"{path} has schema_version {shown(version)}, but this toolkit reads version "
                                  f"{SCHEMA_VERSION}; use the toolkit version that wrote it, or delete {self.dir} "
                                  f"and re-run -mode=a for each task")
             recorded = raw.pop("checksum", None)
@@ -1092,7 +1099,7 @@ class Store:
             raise StateError(f"a separated state already exists in {self.dir} ({self.registry_path}); "
                              f"add tasks to it, or delete it to start over")
         for flag, value, limit in (("page_size", page_size, MAX_PAGE_SIZE), ("num_pages", num_pages, MAX_NUM_PAGES)):
-            if not _is_int(value) or not 1 <= value <= limit:
+            if not is_int(value) or not 1 <= value <= limit:
                 raise WeightSepError(f"-{flag}={value!r} must be an integer from 1 to {limit}")
         if page_size * num_pages > MAX_POOL_VALUES:
             raise WeightSepError(f"a pool of -num_pages={num_pages} x -page_size={page_size} weights is larger "

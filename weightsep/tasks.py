@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from weightsep import atomic
-from weightsep.errors import WeightSepError
+from weightsep.errors import WeightSepError, is_int, shown
 
 # The repository root: the default place to look for task folders.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -185,9 +185,6 @@ def _fields_from_json(data: dict) -> dict:
     }
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _check_json(data) -> None:
     """Raise WeightSepError (one line) unless data is a valid, bounded spec in JSON form."""
@@ -211,14 +208,14 @@ def _check_json(data) -> None:
         raise bad(str(e)) from None
 
     def positive(value, limit: int, what: str) -> int:
-        if not _is_int(value) or not 1 <= value <= limit:
-            raise bad(f"{what} is {_short(value)}, expected an integer from 1 to {limit}")
+        if not is_int(value) or not 1 <= value <= limit:
+            raise bad(f"{what} is {shown(value)}, expected an integer from 1 to {limit}")
         return value
 
     def int_list(value, length: Optional[int], what: str) -> list:
         if not isinstance(value, list) or (length is not None and len(value) != length):
             count = f"{length} " if length is not None else ""
-            raise bad(f"{what} is {_short(value)}, expected a list of {count}integers")
+            raise bad(f"{what} is {shown(value)}, expected a list of {count}integers")
         return value
 
     shape = int_list(data["input_shape"], 3, "input_shape (H, W, C)")
@@ -229,7 +226,7 @@ def _check_json(data) -> None:
     positive(data["num_classes"], MAX_UNITS, "num_classes")
     conv = data.get("conv", [])
     if not isinstance(conv, list) or len(conv) > MAX_LAYERS:
-        raise bad(f"conv is {_short(conv)}, expected a list of at most {MAX_LAYERS} [kh, kw, filters] layers")
+        raise bad(f"conv is {shown(conv)}, expected a list of at most {MAX_LAYERS} [kh, kw, filters] layers")
     for i, layer in enumerate(conv):
         int_list(layer, 3, f"conv[{i}] (kernel height, kernel width, filters)")
         positive(layer[0], MAX_DIM, f"conv[{i}] kernel height")
@@ -237,15 +234,15 @@ def _check_json(data) -> None:
         positive(layer[2], MAX_UNITS, f"conv[{i}] filters")
     dense = data.get("dense", [])
     if not isinstance(dense, list) or len(dense) > MAX_LAYERS:
-        raise bad(f"dense is {_short(dense)}, expected a list of at most {MAX_LAYERS} unit counts")
+        raise bad(f"dense is {shown(dense)}, expected a list of at most {MAX_LAYERS} unit counts")
     for i, units in enumerate(dense):
         positive(units, MAX_UNITS, f"dense[{i}] units")
     activation = data.get("dense_activation", "leaky_relu")
     if activation not in DENSE_ACTIVATIONS:
-        raise bad(f"dense_activation is {_short(activation)}, expected one of {', '.join(DENSE_ACTIVATIONS)}")
+        raise bad(f"dense_activation is {shown(activation)}, expected one of {', '.join(DENSE_ACTIVATIONS)}")
     custom = data.get("custom_model", False)
     if not isinstance(custom, bool):
-        raise bad(f"custom_model is {_short(custom)}, expected true or false")
+        raise bad(f"custom_model is {shown(custom)}, expected true or false")
     if not custom and not (conv or dense):
         raise bad("no layers: give conv/dense layers or a build_model function")
     if data.get("paper_num_weights") is not None:
@@ -261,22 +258,22 @@ def _check_json(data) -> None:
 
 def _check_data_files(files, bad) -> None:
     if not isinstance(files, dict):
-        raise bad(f"data is {_short(files)}, expected an object with {', '.join(_DATA_KEYS)}")
+        raise bad(f"data is {shown(files)}, expected an object with {', '.join(_DATA_KEYS)}")
     unknown = sorted(str(k)[:40] for k in files if k not in _DATA_KEYS)
     if unknown:
         raise bad(f"data has unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(_DATA_KEYS)}")
     if files.get("format") not in DATA_FORMATS:
-        raise bad(f"data format is {_short(files.get('format'))}, expected one of {', '.join(DATA_FORMATS)}")
+        raise bad(f"data format is {shown(files.get('format'))}, expected one of {', '.join(DATA_FORMATS)}")
     for split in SPLITS:
         pair = files.get(split)
         if pair is None and split == "validation":
             continue
         if not isinstance(pair, list) or len(pair) != 2:
-            raise bad(f"data {split} is {_short(pair)}, expected [data file, label file]")
+            raise bad(f"data {split} is {shown(pair)}, expected [data file, label file]")
         for file_name in pair:
             problem = _file_name_problem(file_name)
             if problem:
-                raise bad(f"data file {_short(file_name)} of {split}: {problem}")
+                raise bad(f"data file {shown(file_name)} of {split}: {problem}")
 
 
 def _file_name_problem(name) -> Optional[str]:
@@ -292,11 +289,6 @@ def _file_name_problem(name) -> Optional[str]:
         return "contains '..'; data files must stay inside the task folder"
     return None
 
-
-def _short(value) -> str:
-    """A value for a one-line message, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _count_weights(input_shape, conv, dense, num_classes) -> int:

@@ -13,13 +13,16 @@
 // warp coalesces into 512-byte transactions; each lane issues all its loads
 // before its first store so that a page is in flight at once. When the page
 // size is not a multiple of 4 or a pointer is not 16-byte aligned, the same
-// structure runs on single floats.
+// structure runs on single floats. The work split, the copy loop and the launch
+// helpers are PageGatherQuantized's too (page_gather_launch.cuh).
 
 #ifndef WEIGHTSEP_PAGE_GATHER_CU_
 #define WEIGHTSEP_PAGE_GATHER_CU_
 
 #include <cstdint>
 #include <cuda_runtime.h>
+
+#include "page_gather_launch.cuh"
 
 namespace weightsep {
 
@@ -29,8 +32,7 @@ enum class PageSelect : int { kAll = 0, kShared = 1, kExclusive = 2 };
 
 namespace page_gather_cuda {
 
-constexpr int kThreadsPerBlock = 256;
-constexpr int kWarpsPerBlock = kThreadsPerBlock / 32;
+using page_cuda::kThreadsPerBlock;
 
 // Copies the pages of the warp-strided page range; V is float4 or float,
 // kUnroll the accesses a lane keeps in flight per step. Pages whose kind
@@ -41,10 +43,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                      const int32_t* __restrict__ table, int num_shared,
                      int vecs_per_page, int64_t num_pages, int tail_vecs,
                      int tail_floats, PageSelect select, V* __restrict__ out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t page = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-       page < num_pages; page += warp_stride) {
+  const int lane = page_cuda::Lane();
+  const int64_t warp_stride = page_cuda::WarpPageStride();
+  for (int64_t page = page_cuda::FirstWarpPage(); page < num_pages; page += warp_stride) {
     const int e = __ldg(table + page);
     if (select != PageSelect::kAll && (e >= num_shared) != (select == PageSelect::kExclusive))
       continue;
@@ -53,20 +54,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                        : exclusive + static_cast<int64_t>(e - num_shared) * vecs_per_page;
     V* dst = out + page * vecs_per_page;
     const bool last = page == num_pages - 1;
-    const int n = last ? tail_vecs : vecs_per_page;
-    for (int base = 0; base < n; base += 32 * kUnroll) {
-      V r[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = base + u * 32 + lane;
-        if (j < n) r[u] = __ldg(src + j);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = base + u * 32 + lane;
-        if (j < n) dst[j] = r[u];
-      }
-    }
+    page_cuda::CopyLaneUnits<V, kUnroll>(
+        last ? tail_vecs : vecs_per_page, lane, [&](int j) { return __ldg(src + j); },
+        [&](int j, const V& v) { dst[j] = v; });
     // The last page's leftover floats when num_weights is not a multiple of 4.
     if (last && lane < tail_floats) {
       const float* s = reinterpret_cast<const float*>(src + tail_vecs);
@@ -75,28 +65,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-inline bool Aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
-inline int BlocksFor(int64_t num_pages) {
-  const int64_t blocks = (num_pages + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  // The kernel strides over pages, so a capped grid still covers them all.
-  return static_cast<int>(blocks < (1 << 30) ? blocks : (1 << 30));
-}
-
 template <int kUnroll>
 cudaError_t LaunchVec4(const float* shared, const float* exclusive, const int32_t* table,
                        int num_shared, int page_size, int64_t num_pages,
                        int64_t num_weights, float* out, cudaStream_t stream,
                        PageSelect select = PageSelect::kAll) {
-  const int vecs_per_page = page_size / 4;
-  const int tail = static_cast<int>(num_weights - (num_pages - 1) * page_size);
-  PageGatherKernel<float4, kUnroll><<<BlocksFor(num_pages), kThreadsPerBlock, 0, stream>>>(
-      reinterpret_cast<const float4*>(shared), reinterpret_cast<const float4*>(exclusive),
-      table, num_shared, vecs_per_page, num_pages, tail / 4, tail % 4, select,
+  const int tail = page_cuda::LastPageWeights(num_weights, num_pages, page_size);
+  return page_cuda::LaunchOverPages(
+      PageGatherKernel<float4, kUnroll>, num_pages, stream,
+      reinterpret_cast<const float4*>(shared), reinterpret_cast<const float4*>(exclusive), table,
+      num_shared, page_size / 4, num_pages, tail / 4, tail % 4, select,
       reinterpret_cast<float4*>(out));
-  return cudaGetLastError();
 }
 
 template <int kUnroll>
@@ -104,10 +83,10 @@ cudaError_t LaunchScalar(const float* shared, const float* exclusive, const int3
                          int num_shared, int page_size, int64_t num_pages,
                          int64_t num_weights, float* out, cudaStream_t stream,
                          PageSelect select = PageSelect::kAll) {
-  const int tail = static_cast<int>(num_weights - (num_pages - 1) * page_size);
-  PageGatherKernel<float, kUnroll><<<BlocksFor(num_pages), kThreadsPerBlock, 0, stream>>>(
-      shared, exclusive, table, num_shared, page_size, num_pages, tail, 0, select, out);
-  return cudaGetLastError();
+  return page_cuda::LaunchOverPages(
+      PageGatherKernel<float, kUnroll>, num_pages, stream, shared, exclusive, table, num_shared,
+      page_size, num_pages, page_cuda::LastPageWeights(num_weights, num_pages, page_size), 0,
+      select, out);
 }
 
 }  // namespace page_gather_cuda
@@ -121,25 +100,19 @@ cudaError_t LaunchPageGatherPages(const float* shared, const float* exclusive,
                                   const int32_t* table, int num_shared, int page_size,
                                   int64_t num_pages, int64_t num_weights, float* out,
                                   cudaStream_t stream, PageSelect select) {
-  using namespace page_gather_cuda;
+  using page_cuda::AlignedTo;
   if (num_pages <= 0 || num_weights <= 0) return cudaSuccess;
   // exclusive may be null when no page is exclusive; it is then never read.
-  const bool vec = page_size % 4 == 0 && Aligned16(shared) && Aligned16(out) &&
-                   (exclusive == nullptr || Aligned16(exclusive));
-  if (vec) {
-    // Enough float4s per lane to have a whole page in flight, up to 4 (S = 512).
-    const int per_lane = (page_size / 4 + 31) / 32;
-    if (per_lane >= 4)
-      return LaunchVec4<4>(shared, exclusive, table, num_shared, page_size, num_pages,
-                           num_weights, out, stream, select);
-    if (per_lane >= 2)
-      return LaunchVec4<2>(shared, exclusive, table, num_shared, page_size, num_pages,
-                           num_weights, out, stream, select);
-    return LaunchVec4<1>(shared, exclusive, table, num_shared, page_size, num_pages,
-                         num_weights, out, stream, select);
-  }
-  return LaunchScalar<4>(shared, exclusive, table, num_shared, page_size, num_pages,
-                         num_weights, out, stream, select);
+  const bool vec = page_size % 4 == 0 && AlignedTo(shared, 16) && AlignedTo(out, 16) &&
+                   (exclusive == nullptr || AlignedTo(exclusive, 16));
+  if (!vec)
+    return page_gather_cuda::LaunchScalar<4>(shared, exclusive, table, num_shared, page_size,
+                                             num_pages, num_weights, out, stream, select);
+  return page_cuda::WithUnrollFor(page_size, [&](auto unroll) {
+    return page_gather_cuda::LaunchVec4<decltype(unroll)::value>(
+        shared, exclusive, table, num_shared, page_size, num_pages, num_weights, out, stream,
+        select);
+  });
 }
 
 // All pages: the whole network.

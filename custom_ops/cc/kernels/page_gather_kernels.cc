@@ -8,45 +8,26 @@
 // the exclusive store and the table are host-memory inputs: only the exclusive
 // pages this table references travel to the device, as in a task switch.
 
-#define EIGEN_USE_THREADS
-#if GOOGLE_CUDA
-#define EIGEN_USE_GPU
-#endif
+#include "page_gather_kernels.h"  // first: it sets up Eigen's devices
 
-#include "page_gather_kernels.h"
-
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "page_table_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace weightsep {
 
 using ::tensorflow::AllocatorAttributes;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::TensorShapeUtils;
-
-using CPUDevice = Eigen::ThreadPoolDevice;
-#if GOOGLE_CUDA
-using GPUDevice = Eigen::GpuDevice;
-#endif
 
 namespace {
 
-// "PageGather: " + the message, as the error the user sees.
-template <typename... Args>
-absl::Status Invalid(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat("PageGather: ", args...));
-}
+// Its messages' names; its stores are float32 weight-pages, rows of S weights.
+constexpr PageOpNames kNames{"PageGather", "S",     "weight-pages",
+                             "page size",  "pages", "weights"};
 
 }  // namespace
 
@@ -55,27 +36,16 @@ namespace functor {
 template <>
 struct PageGather<CPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherArgs& args, Tensor* out) {
-    const int64_t num_shared = args.shared->dim_size(0);
     const int64_t page_size = args.shared->dim_size(1);
     const float* shared = args.shared->flat<float>().data();
     const float* exclusive = args.exclusive->flat<float>().data();
-    const int32_t* table = args.table;
-    const int64_t num_weights = args.num_weights;
     float* dst = out->flat<float>().data();
-    auto copy_pages = [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t e = table[i];
-        const float* src = e < num_shared ? shared + e * page_size
-                                          : exclusive + (e - num_shared) * page_size;
-        const int64_t n = std::min(page_size, num_weights - i * page_size);
-        std::memcpy(dst + i * page_size, src, n * sizeof(float));
-      }
-    };
-    // Cost of a page in Shard's units (about a cycle per float read and
-    // written): small tasks stay on this thread, large ones use the pool.
-    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    tensorflow::Shard(workers->num_threads, workers->workers, args.num_pages,
-                      /*cost_per_unit=*/2 * page_size, copy_pages);
+    ForEachPageOnCpu(ctx, args.table, args.num_pages, args.shared->dim_size(0), page_size,
+                     args.num_weights, [&](const PageSlot& page) {
+                       std::memcpy(dst + page.offset,
+                                   (page.on_pool ? shared : exclusive) + page.row * page_size,
+                                   page.size * sizeof(float));
+                     });
   }
 };
 
@@ -85,19 +55,17 @@ struct PageGather<GPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherArgs& args, Tensor* out) {
     const int64_t num_shared = args.shared->dim_size(0);
     const int64_t page_size = args.shared->dim_size(1);
-    cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
-    StagedSwitch staged;
     const HostRows rows{reinterpret_cast<const uint8_t*>(args.exclusive->flat<float>().data()),
                         page_size * static_cast<int64_t>(sizeof(float))};
-    OP_REQUIRES_OK(ctx, StageSwitch(ctx, stream, args.table, args.num_pages, num_shared,
-                                    args.exclusive->dim_size(0), {rows}, &staged));
-    const cudaError_t err = LaunchPageGather(
-        args.shared->flat<float>().data(), reinterpret_cast<const float*>(staged.rows[0]),
-        staged.table, static_cast<int>(num_shared), static_cast<int>(page_size), args.num_pages,
-        args.num_weights, out->flat<float>().data(), stream);
-    OP_REQUIRES(ctx, err == cudaSuccess,
-                absl::InternalError(absl::StrCat("PageGather: the CUDA kernel failed to launch: ",
-                                                 cudaGetErrorString(err))));
+    StageAndLaunch(
+        ctx, kNames.op, args.table, args.num_pages, num_shared, args.exclusive->dim_size(0),
+        {rows}, [&](const StagedSwitch& staged, cudaStream_t stream) {
+          return LaunchPageGather(args.shared->flat<float>().data(),
+                                  reinterpret_cast<const float*>(staged.rows[0]), staged.table,
+                                  static_cast<int>(num_shared), static_cast<int>(page_size),
+                                  args.num_pages, args.num_weights, out->flat<float>().data(),
+                                  stream);
+        });
   }
 };
 #endif  // GOOGLE_CUDA
@@ -177,32 +145,17 @@ class PageGatherOp : public OpKernel {
     const Tensor& shared = ctx->input(0);
     const Tensor& exclusive = ctx->input(1);
     const Tensor& table = ctx->input(2);
-    OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(shared.shape()),
-                Invalid("shared must be a matrix [P, S] of weight-pages, but its shape is ",
-                        shared.shape().DebugString(), "."));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(exclusive.shape()),
-                Invalid("exclusive must be a matrix [E, S] of weight-pages (E may be 0), but its "
-                        "shape is ", exclusive.shape().DebugString(), "."));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(table.shape()),
-                Invalid("page_table must be a vector, but its shape is ",
-                        table.shape().DebugString(), "."));
-    const int64_t page_size = shared.dim_size(1);
-    OP_REQUIRES(ctx, page_size > 0,
-                Invalid("the page size (shared.shape[1]) must be positive, but it is 0."));
-    OP_REQUIRES(ctx, exclusive.dim_size(1) == page_size,
-                Invalid("exclusive pages hold ", exclusive.dim_size(1),
-                        " weights but shared pages hold ", page_size,
-                        "; both stores must use the same page size."));
-    std::vector<int32_t> narrowed;
-    const int32_t* entries = nullptr;
-    OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>("PageGather", table, shared.dim_size(0),
-                                               exclusive.dim_size(0), page_size, num_weights_,
-                                               &narrowed, &entries));
+    OP_REQUIRES_OK(ctx, CheckPageStores(kNames, shared, exclusive, table));
+    CheckedTable checked;
+    OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>(kNames.op, table, shared.dim_size(0),
+                                               exclusive.dim_size(0), shared.dim_size(1),
+                                               num_weights_, &checked));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_weights_}), &out));
     if (num_weights_ == 0) return;
     functor::PageGather<Device>()(
-        ctx, PageGatherArgs{&shared, &exclusive, entries, table.dim_size(0), num_weights_}, out);
+        ctx, PageGatherArgs{&shared, &exclusive, checked.entries, checked.num_pages, num_weights_},
+        out);
   }
 
  private:

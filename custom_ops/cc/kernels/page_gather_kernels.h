@@ -1,18 +1,31 @@
-// What the PageGather and PageGatherQuantized kernels share: the page-table
-// check, the per-device functors' declarations, the CUDA launchers'
-// declarations and the staging of a switch's exclusive pages for the GPU.
+// What the PageGather and PageGatherQuantized kernels share besides their
+// input checks (page_table_checks.h): the TensorFlow names and device types
+// they use (in namespace weightsep, for these two files only), the per-device
+// functors' declarations, the loop over a table's pages on the CPU, the CUDA
+// launchers' declarations and the staging of a switch's exclusive pages for the
+// GPU. Include it before any TensorFlow or Eigen header: it defines
+// EIGEN_USE_THREADS (and, with CUDA, EIGEN_USE_GPU) for the Eigen devices the
+// functors run on.
 
 #ifndef WEIGHTSEP_PAGE_GATHER_KERNELS_H_
 #define WEIGHTSEP_PAGE_GATHER_KERNELS_H_
 
+#ifndef EIGEN_USE_THREADS
+#define EIGEN_USE_THREADS
+#endif
+#if GOOGLE_CUDA && !defined(EIGEN_USE_GPU)
+#define EIGEN_USE_GPU
+#endif
+
+#include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "page_table_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
 
 #if GOOGLE_CUDA
 #include <cuda_runtime_api.h>
@@ -20,51 +33,22 @@
 
 namespace weightsep {
 
-// Checks a page table of Tindex (int32 or int64) entries in the table's own
-// type, before any narrowing: n_p == ceil(num_weights / page_size) and every
-// entry in [0, num_shared + num_exclusive). On success *entries points at the
-// entries as int32: the table's own data for int32, else *narrowed.
-template <typename Tindex>
-absl::Status CheckPageTable(const char* op, const tensorflow::Tensor& table, int64_t num_shared,
-                            int64_t num_exclusive, int64_t page_size, int64_t num_weights,
-                            std::vector<int32_t>* narrowed, const int32_t** entries) {
-  const int64_t num_rows = num_shared + num_exclusive;
-  if (num_rows > std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", num_shared, " shared + ", num_exclusive,
-        " exclusive pages do not fit int32 page-table entries."));
-  }
-  const int64_t num_pages = table.dim_size(0);
-  const int64_t needed = (num_weights + page_size - 1) / page_size;
-  if (num_pages != needed) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": page_table has ", num_pages, " entries but num_weights = ", num_weights,
-        " with page size ", page_size, " needs ceil(", num_weights, " / ", page_size, ") = ",
-        needed, " pages."));
-  }
-  const Tindex* raw = table.flat<Tindex>().data();
-  for (int64_t i = 0; i < num_pages; ++i) {
-    const int64_t e = static_cast<int64_t>(raw[i]);
-    if (e < 0 || e >= num_rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          op, ": page_table[", i, "] = ", e, " is out of range [0, ", num_rows, "): there are ",
-          num_shared, " shared and ", num_exclusive, " exclusive pages."));
-    }
-  }
-  if constexpr (sizeof(Tindex) == sizeof(int32_t)) {
-    *entries = reinterpret_cast<const int32_t*>(raw);
-  } else {
-    narrowed->assign(raw, raw + num_pages);  // every entry is below 2^31 here
-    *entries = narrowed->data();
-  }
-  return absl::OkStatus();
-}
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+#if GOOGLE_CUDA
+using GPUDevice = Eigen::GpuDevice;
+#endif
 
 // PageGather's inputs, already validated: shapes consistent, every table
 // entry in [0, P + E).
 struct PageGatherArgs {
-  const tensorflow::Tensor* shared;     // [P, S] float
-  const tensorflow::Tensor* exclusive;  // [E, S] float
+  const Tensor* shared;     // [P, S] float
+  const Tensor* exclusive;  // [E, S] float
   const int32_t* table;                 // [num_pages], on the host
   int64_t num_pages;
   int64_t num_weights;
@@ -73,10 +57,10 @@ struct PageGatherArgs {
 // PageGatherQuantized's inputs, already validated likewise. Rows are bytes:
 // int8 values (bits 8, S per row) or int4 pairs (bits 4, S / 2 per row).
 struct PageGatherQuantizedArgs {
-  const tensorflow::Tensor* shared;           // [P, B] int8 or uint8
-  const tensorflow::Tensor* shared_scale;     // [P] float
-  const tensorflow::Tensor* exclusive;        // [E, B]
-  const tensorflow::Tensor* exclusive_scale;  // [E] float
+  const Tensor* shared;           // [P, B] int8 or uint8
+  const Tensor* shared_scale;     // [P] float
+  const Tensor* exclusive;        // [E, B]
+  const Tensor* exclusive_scale;  // [E] float
   const int32_t* table;                       // [num_pages], on the host
   int64_t num_pages;
   int64_t num_weights;
@@ -89,18 +73,50 @@ namespace functor {
 template <typename Device>
 struct PageGather {
   // Writes the gathered weights into out ([num_weights], on Device).
-  void operator()(tensorflow::OpKernelContext* ctx, const PageGatherArgs& args,
-                  tensorflow::Tensor* out);
+  void operator()(OpKernelContext* ctx, const PageGatherArgs& args,
+                  Tensor* out);
 };
 
 template <typename Device>
 struct PageGatherQuantized {
   // Writes the dequantized weights into out ([num_weights] float, on Device).
-  void operator()(tensorflow::OpKernelContext* ctx, const PageGatherQuantizedArgs& args,
-                  tensorflow::Tensor* out);
+  void operator()(OpKernelContext* ctx, const PageGatherQuantizedArgs& args,
+                  Tensor* out);
 };
 
 }  // namespace functor
+
+// Page i of a checked table as the CPU functors copy it: row `row` of the pool
+// (on_pool) or of the exclusive store, written to out[offset, offset + size),
+// size being the page size except on a last page cut at num_weights.
+struct PageSlot {
+  int64_t index;
+  bool on_pool;
+  int64_t row;
+  int64_t offset;
+  int64_t size;
+};
+
+// Calls copy_page(PageSlot) for every page of a checked table, spread over
+// TensorFlow's intra-op thread pool. A page costs about a cycle per weight
+// read and written (2 * page_size in Shard's units), so small tasks stay on
+// the calling thread and large ones use the pool.
+template <typename CopyPage>
+void ForEachPageOnCpu(OpKernelContext* ctx, const int32_t* table, int64_t num_pages,
+                      int64_t num_shared, int64_t page_size, int64_t num_weights,
+                      CopyPage copy_page) {
+  auto pages = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e = table[i];
+      const bool on_pool = e < num_shared;
+      copy_page(PageSlot{i, on_pool, on_pool ? e : e - num_shared, i * page_size,
+                         std::min(page_size, num_weights - i * page_size)});
+    }
+  };
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, num_pages,
+                    /*cost_per_unit=*/2 * page_size, pages);
+}
 
 #if GOOGLE_CUDA
 // The CUDA launchers in page_gather.cu and page_gather_quantized.cu; all
@@ -123,7 +139,7 @@ struct HostRows {
 // The device side of a staged switch: the renumbered table and, per store,
 // the referenced rows in slot order; valid while *buffer lives.
 struct StagedSwitch {
-  tensorflow::Tensor buffer;
+  Tensor buffer;
   const int32_t* table = nullptr;
   std::vector<const uint8_t*> rows;  // one per store; null when no row is used
 };
@@ -132,10 +148,27 @@ struct StagedSwitch {
 // the (checked) table references are numbered in table order, the table is
 // renumbered to P + slot, and the table then each store's referenced rows are
 // packed into one pinned buffer that one cudaMemcpyAsync on stream copies.
-absl::Status StageSwitch(tensorflow::OpKernelContext* ctx, cudaStream_t stream,
+absl::Status StageSwitch(OpKernelContext* ctx, cudaStream_t stream,
                          const int32_t* table, int64_t num_pages, int64_t num_shared,
                          int64_t num_exclusive, const std::vector<HostRows>& stores,
                          StagedSwitch* staged);
+
+// A GPU functor's whole work: stages the switch (StageSwitch) on ctx's
+// stream, then calls launch(staged, stream), which enqueues the CUDA kernel
+// and returns its launch error. A staging error fails ctx as it is; a launch
+// error as "<op>: the CUDA kernel failed to launch: <why>".
+template <typename Launch>
+void StageAndLaunch(OpKernelContext* ctx, const char* op, const int32_t* table,
+                    int64_t num_pages, int64_t num_shared, int64_t num_exclusive,
+                    const std::vector<HostRows>& stores, Launch launch) {
+  cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
+  StagedSwitch staged;
+  OP_REQUIRES_OK(ctx, StageSwitch(ctx, stream, table, num_pages, num_shared, num_exclusive,
+                                  stores, &staged));
+  const cudaError_t err = launch(staged, stream);
+  OP_REQUIRES(ctx, err == cudaSuccess,
+              Internal(op, "the CUDA kernel failed to launch: ", cudaGetErrorString(err)));
+}
 #endif
 
 }  // namespace weightsep

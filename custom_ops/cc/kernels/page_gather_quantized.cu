@@ -11,14 +11,15 @@
 // standalone harness (../../gpu_check_quantized.cu) #includes it. The table
 // must be on the device and already bounds-checked by the caller.
 //
-// Work split as PageGather's: one warp per page, no index division. The unit
-// of work is a chunk of 4 weights, one float4 of output, read from 4 bytes
-// (int8) or 2 bytes (int4): lane l of a warp handles chunks l, l + 32, ..., so
-// both the loads (128 or 64 contiguous bytes per warp) and the float4 stores
-// (512 contiguous bytes per warp) coalesce, and a lane issues all its loads
-// before its first store. In a little-endian word, value k of either width is
-// bits [k * bits, (k + 1) * bits), so one shift pair decodes both. When S is
-// not a multiple of 4 or a pointer is misaligned, a scalar kernel runs instead.
+// Work split as PageGather's (page_gather_launch.cuh): one warp per page, no
+// index division. The unit of work is a chunk of 4 weights, one float4 of
+// output, read from 4 bytes (int8) or 2 bytes (int4): lane l of a warp handles
+// chunks l, l + 32, ..., so both the loads (128 or 64 contiguous bytes per
+// warp) and the float4 stores (512 contiguous bytes per warp) coalesce, and a
+// lane issues all its loads before its first store. In a little-endian word,
+// value k of either width is bits [k * bits, (k + 1) * bits), so one shift pair
+// decodes both. When S is not a multiple of 4 or a pointer is misaligned, a
+// scalar kernel runs instead.
 
 #ifndef WEIGHTSEP_PAGE_GATHER_QUANTIZED_CU_
 #define WEIGHTSEP_PAGE_GATHER_QUANTIZED_CU_
@@ -26,12 +27,13 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "page_gather_launch.cuh"
+
 namespace weightsep {
 
 namespace page_gather_quantized_cuda {
 
-constexpr int kThreadsPerBlock = 256;
-constexpr int kWarpsPerBlock = kThreadsPerBlock / 32;
+using page_cuda::kThreadsPerBlock;
 
 // Value k of a little-endian word of kBits-bit two's-complement values,
 // sign-extended: shifted to the top, then arithmetic-shifted down.
@@ -72,8 +74,32 @@ struct Chunk<4> {
   using Type = uint16_t;
 };
 
+// The page of table entry e: its row in the pool (e < num_shared) or in the
+// exclusive store, as units of In (row_units per row), and its effective scale.
+template <typename In>
+struct QuantizedPage {
+  const In* src;
+  float scale;
+};
+
+template <typename In>
+__device__ __forceinline__ QuantizedPage<In> PageOf(int e, int num_shared, int64_t row_units,
+                                                    const uint8_t* shared,
+                                                    const float* shared_scale,
+                                                    const uint8_t* exclusive,
+                                                    const float* exclusive_scale) {
+  const bool on_pool = e < num_shared;
+  const int64_t row = on_pool ? e : e - num_shared;
+  return {reinterpret_cast<const In*>(on_pool ? shared : exclusive) + row * row_units,
+          EffectiveScale(__ldg((on_pool ? shared_scale : exclusive_scale) + row))};
+}
+
+// At least 8 blocks of 256 threads per SM, so at most 32 registers a thread:
+// full occupancy, as the kernel had before its copy loop moved to
+// page_cuda::CopyLaneUnits (which alone would make ptxas take 36-39 for some
+// variants). ptxas fits every variant without spills.
 template <int kBits, int kUnroll>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, 8)
     QuantizedVec4Kernel(const uint8_t* __restrict__ shared, const float* __restrict__ shared_scale,
                         const uint8_t* __restrict__ exclusive,
                         const float* __restrict__ exclusive_scale,
@@ -81,40 +107,26 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                         int64_t num_pages, int tail_chunks, int tail_floats,
                         float4* __restrict__ out) {
   using In = typename Chunk<kBits>::Type;
-  const int lane = threadIdx.x & 31;
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t page = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-       page < num_pages; page += warp_stride) {
-    const int e = __ldg(table + page);
-    const bool on_pool = e < num_shared;
-    const int64_t row = on_pool ? e : e - num_shared;
-    const In* src = reinterpret_cast<const In*>(on_pool ? shared : exclusive) + row * chunks_per_page;
-    const float scale = EffectiveScale(__ldg((on_pool ? shared_scale : exclusive_scale) + row));
+  const int lane = page_cuda::Lane();
+  const int64_t warp_stride = page_cuda::WarpPageStride();
+  for (int64_t page = page_cuda::FirstWarpPage(); page < num_pages; page += warp_stride) {
+    const QuantizedPage<In> p = PageOf<In>(__ldg(table + page), num_shared, chunks_per_page,
+                                           shared, shared_scale, exclusive, exclusive_scale);
     float4* dst = out + page * chunks_per_page;
     const bool last = page == num_pages - 1;
-    const int n = last ? tail_chunks : chunks_per_page;
-    for (int base = 0; base < n; base += 32 * kUnroll) {
-      uint32_t r[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = base + u * 32 + lane;
-        if (j < n) r[u] = __ldg(src + j);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = base + u * 32 + lane;
-        if (j < n)
-          dst[j] = make_float4(Dequantize(Unpack<kBits>(r[u], 0), scale),
-                               Dequantize(Unpack<kBits>(r[u], 1), scale),
-                               Dequantize(Unpack<kBits>(r[u], 2), scale),
-                               Dequantize(Unpack<kBits>(r[u], 3), scale));
-      }
-    }
+    page_cuda::CopyLaneUnits<uint32_t, kUnroll>(
+        last ? tail_chunks : chunks_per_page, lane, [&](int j) { return __ldg(p.src + j); },
+        [&](int j, uint32_t word) {
+          dst[j] = make_float4(Dequantize(Unpack<kBits>(word, 0), p.scale),
+                               Dequantize(Unpack<kBits>(word, 1), p.scale),
+                               Dequantize(Unpack<kBits>(word, 2), p.scale),
+                               Dequantize(Unpack<kBits>(word, 3), p.scale));
+        });
     // The last page's leftover weights when num_weights is not a multiple of 4.
     if (last && lane < tail_floats) {
       const int j = tail_chunks * 4 + lane;
       reinterpret_cast<float*>(dst)[j] =
-          Dequantize(ValueAt<kBits>(reinterpret_cast<const uint8_t*>(src), j), scale);
+          Dequantize(ValueAt<kBits>(reinterpret_cast<const uint8_t*>(p.src), j), p.scale);
     }
   }
 }
@@ -127,30 +139,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                           const float* __restrict__ exclusive_scale,
                           const int32_t* __restrict__ table, int num_shared, int page_size,
                           int64_t num_pages, int tail, float* __restrict__ out) {
-  const int lane = threadIdx.x & 31;
+  const int lane = page_cuda::Lane();
   const int64_t row_bytes = kBits == 8 ? page_size : page_size / 2;
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t page = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-       page < num_pages; page += warp_stride) {
-    const int e = __ldg(table + page);
-    const bool on_pool = e < num_shared;
-    const int64_t row = on_pool ? e : e - num_shared;
-    const uint8_t* src = (on_pool ? shared : exclusive) + row * row_bytes;
-    const float scale = EffectiveScale(__ldg((on_pool ? shared_scale : exclusive_scale) + row));
+  const int64_t warp_stride = page_cuda::WarpPageStride();
+  for (int64_t page = page_cuda::FirstWarpPage(); page < num_pages; page += warp_stride) {
+    const QuantizedPage<uint8_t> p = PageOf<uint8_t>(__ldg(table + page), num_shared, row_bytes,
+                                                     shared, shared_scale, exclusive,
+                                                     exclusive_scale);
     float* dst = out + page * page_size;
     const int n = page == num_pages - 1 ? tail : page_size;
-    for (int j = lane; j < n; j += 32) dst[j] = Dequantize(ValueAt<kBits>(src, j), scale);
+    for (int j = lane; j < n; j += 32) dst[j] = Dequantize(ValueAt<kBits>(p.src, j), p.scale);
   }
-}
-
-inline bool AlignedTo(const void* p, uintptr_t bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
-inline int BlocksFor(int64_t num_pages) {
-  const int64_t blocks = (num_pages + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  // The kernels stride over pages, so a capped grid still covers them all.
-  return static_cast<int>(blocks < (1 << 30) ? blocks : (1 << 30));
 }
 
 template <int kBits, int kUnroll>
@@ -158,11 +157,11 @@ cudaError_t LaunchVec4(const uint8_t* shared, const float* shared_scale, const u
                        const float* exclusive_scale, const int32_t* table, int num_shared,
                        int page_size, int64_t num_pages, int64_t num_weights, float* out,
                        cudaStream_t stream) {
-  const int tail = static_cast<int>(num_weights - (num_pages - 1) * page_size);
-  QuantizedVec4Kernel<kBits, kUnroll><<<BlocksFor(num_pages), kThreadsPerBlock, 0, stream>>>(
-      shared, shared_scale, exclusive, exclusive_scale, table, num_shared, page_size / 4,
-      num_pages, tail / 4, tail % 4, reinterpret_cast<float4*>(out));
-  return cudaGetLastError();
+  const int tail = page_cuda::LastPageWeights(num_weights, num_pages, page_size);
+  return page_cuda::LaunchOverPages(QuantizedVec4Kernel<kBits, kUnroll>, num_pages, stream,
+                                    shared, shared_scale, exclusive, exclusive_scale, table,
+                                    num_shared, page_size / 4, num_pages, tail / 4, tail % 4,
+                                    reinterpret_cast<float4*>(out));
 }
 
 template <int kBits>
@@ -170,11 +169,11 @@ cudaError_t LaunchScalar(const uint8_t* shared, const float* shared_scale,
                          const uint8_t* exclusive, const float* exclusive_scale,
                          const int32_t* table, int num_shared, int page_size, int64_t num_pages,
                          int64_t num_weights, float* out, cudaStream_t stream) {
-  const int tail = static_cast<int>(num_weights - (num_pages - 1) * page_size);
-  QuantizedScalarKernel<kBits><<<BlocksFor(num_pages), kThreadsPerBlock, 0, stream>>>(
-      shared, shared_scale, exclusive, exclusive_scale, table, num_shared, page_size, num_pages,
-      tail, out);
-  return cudaGetLastError();
+  return page_cuda::LaunchOverPages(QuantizedScalarKernel<kBits>, num_pages, stream, shared,
+                                    shared_scale, exclusive, exclusive_scale, table, num_shared,
+                                    page_size, num_pages,
+                                    page_cuda::LastPageWeights(num_weights, num_pages, page_size),
+                                    out);
 }
 
 template <int kBits>
@@ -182,6 +181,7 @@ cudaError_t Launch(const uint8_t* shared, const float* shared_scale, const uint8
                    const float* exclusive_scale, const int32_t* table, int num_shared,
                    int page_size, int64_t num_pages, int64_t num_weights, float* out,
                    cudaStream_t stream) {
+  using page_cuda::AlignedTo;
   // Chunk loads need rows aligned to the chunk's bytes; S % 4 == 0 keeps every
   // row aligned when the store's base pointer is.
   const uintptr_t chunk = sizeof(typename Chunk<kBits>::Type);
@@ -190,16 +190,12 @@ cudaError_t Launch(const uint8_t* shared, const float* shared_scale, const uint8
   if (!vec)
     return LaunchScalar<kBits>(shared, shared_scale, exclusive, exclusive_scale, table,
                                num_shared, page_size, num_pages, num_weights, out, stream);
-  // Enough chunks per lane to have a whole page in flight, up to 4 (S = 512).
-  const int per_lane = (page_size / 4 + 31) / 32;
-  if (per_lane >= 4)
-    return LaunchVec4<kBits, 4>(shared, shared_scale, exclusive, exclusive_scale, table,
-                                num_shared, page_size, num_pages, num_weights, out, stream);
-  if (per_lane >= 2)
-    return LaunchVec4<kBits, 2>(shared, shared_scale, exclusive, exclusive_scale, table,
-                                num_shared, page_size, num_pages, num_weights, out, stream);
-  return LaunchVec4<kBits, 1>(shared, shared_scale, exclusive, exclusive_scale, table,
-                              num_shared, page_size, num_pages, num_weights, out, stream);
+  return page_cuda::WithUnrollFor(page_size, [&](auto unroll) {
+    return LaunchVec4<kBits, decltype(unroll)::value>(shared, shared_scale, exclusive,
+                                                      exclusive_scale, table, num_shared,
+                                                      page_size, num_pages, num_weights, out,
+                                                      stream);
+  });
 }
 
 }  // namespace page_gather_quantized_cuda

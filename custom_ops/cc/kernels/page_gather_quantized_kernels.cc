@@ -1,50 +1,33 @@
 // PageGatherQuantized kernels: the OpKernel (validation, output) and the CPU
 // and GPU functors.
 //
-// The checks are PageGather's (page_gather_kernels.h), plus the scales'
+// The checks are PageGather's (page_table_checks.h), plus the scales'
 // lengths and the pairing of bits with the page dtype. On the GPU the shared
 // pages and their scales are device inputs (resident); the exclusive pages,
 // their scales and the table are host-memory inputs, and only the referenced
 // exclusive rows and their scales travel, staged as PageGather stages them.
 
-#define EIGEN_USE_THREADS
-#if GOOGLE_CUDA
-#define EIGEN_USE_GPU
-#endif
+#include "page_gather_kernels.h"  // first: it sets up Eigen's devices
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "page_gather_kernels.h"
+#include "page_table_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace weightsep {
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
 using ::tensorflow::TensorShapeUtils;
-
-using CPUDevice = Eigen::ThreadPoolDevice;
-#if GOOGLE_CUDA
-using GPUDevice = Eigen::GpuDevice;
-#endif
 
 namespace {
 
-template <typename... Args>
-absl::Status Invalid(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat("PageGatherQuantized: ", args...));
-}
+// Its messages' names; its stores are quantized pages, rows of B bytes.
+constexpr PageOpNames kNames{"PageGatherQuantized", "B",         "quantized pages",
+                             "page row size",       "page rows", "bytes"};
 
 // The scale a page is dequantized with: a subnormal scale counts as a zero of
 // its sign. TensorFlow runs CPU kernels with denormals flushed, the GPU does
@@ -83,30 +66,18 @@ namespace functor {
 template <>
 struct PageGatherQuantized<CPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherQuantizedArgs& args, Tensor* out) {
-    const int64_t num_shared = args.shared->dim_size(0);
     const int64_t row_bytes = args.shared->dim_size(1);
-    const int64_t page_size = args.page_size;
     const uint8_t* shared = static_cast<const uint8_t*>(args.shared->data());
     const uint8_t* exclusive = static_cast<const uint8_t*>(args.exclusive->data());
     const float* shared_scale = args.shared_scale->flat<float>().data();
     const float* exclusive_scale = args.exclusive_scale->flat<float>().data();
-    const int32_t* table = args.table;
-    const int64_t num_weights = args.num_weights;
     float* dst = out->flat<float>().data();
-    auto pages = [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t e = table[i];
-        const bool on_pool = e < num_shared;
-        const int64_t row = on_pool ? e : e - num_shared;
-        DequantizePage((on_pool ? shared : exclusive) + row * row_bytes,
-                       (on_pool ? shared_scale : exclusive_scale)[row], args.bits,
-                       std::min(page_size, num_weights - i * page_size), dst + i * page_size);
-      }
-    };
-    // As PageGather: about a cycle per weight read and written.
-    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    tensorflow::Shard(workers->num_threads, workers->workers, args.num_pages,
-                      /*cost_per_unit=*/2 * page_size, pages);
+    ForEachPageOnCpu(ctx, args.table, args.num_pages, args.shared->dim_size(0), args.page_size,
+                     args.num_weights, [&](const PageSlot& page) {
+                       DequantizePage((page.on_pool ? shared : exclusive) + page.row * row_bytes,
+                                      (page.on_pool ? shared_scale : exclusive_scale)[page.row],
+                                      args.bits, page.size, dst + page.offset);
+                     });
   }
 };
 
@@ -115,24 +86,21 @@ template <>
 struct PageGatherQuantized<GPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherQuantizedArgs& args, Tensor* out) {
     const int64_t num_shared = args.shared->dim_size(0);
-    const int64_t row_bytes = args.shared->dim_size(1);
-    cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
     const HostRows scales{
         reinterpret_cast<const uint8_t*>(args.exclusive_scale->flat<float>().data()),
         static_cast<int64_t>(sizeof(float))};
-    const HostRows rows{static_cast<const uint8_t*>(args.exclusive->data()), row_bytes};
-    StagedSwitch staged;
-    OP_REQUIRES_OK(ctx, StageSwitch(ctx, stream, args.table, args.num_pages, num_shared,
-                                    args.exclusive->dim_size(0), {scales, rows}, &staged));
-    const cudaError_t err = LaunchPageGatherQuantized(
-        static_cast<const uint8_t*>(args.shared->data()), args.shared_scale->flat<float>().data(),
-        staged.rows[1], reinterpret_cast<const float*>(staged.rows[0]), staged.table,
-        static_cast<int>(num_shared), static_cast<int>(args.page_size), args.num_pages,
-        args.num_weights, args.bits, out->flat<float>().data(), stream);
-    OP_REQUIRES(ctx, err == cudaSuccess,
-                absl::InternalError(absl::StrCat(
-                    "PageGatherQuantized: the CUDA kernel failed to launch: ",
-                    cudaGetErrorString(err))));
+    const HostRows rows{static_cast<const uint8_t*>(args.exclusive->data()),
+                        args.shared->dim_size(1)};
+    StageAndLaunch(
+        ctx, kNames.op, args.table, args.num_pages, num_shared, args.exclusive->dim_size(0),
+        {scales, rows}, [&](const StagedSwitch& staged, cudaStream_t stream) {
+          return LaunchPageGatherQuantized(
+              static_cast<const uint8_t*>(args.shared->data()),
+              args.shared_scale->flat<float>().data(), staged.rows[1],
+              reinterpret_cast<const float*>(staged.rows[0]), staged.table,
+              static_cast<int>(num_shared), static_cast<int>(args.page_size), args.num_pages,
+              args.num_weights, args.bits, out->flat<float>().data(), stream);
+        });
   }
 };
 #endif  // GOOGLE_CUDA
@@ -148,8 +116,9 @@ class PageGatherQuantizedOp : public OpKernel {
     // int8 values for bits 8, packed int4 bytes (uint8) for bits 4: one dtype per layout.
     const int want = sizeof(T) == 1 && std::is_signed<T>::value ? 8 : 4;
     OP_REQUIRES(ctx, bits_ == want,
-                Invalid("bits must be 8 with int8 pages or 4 with uint8 (packed int4) pages, "
-                        "got bits = ", bits_, " with ", want == 8 ? "int8" : "uint8", " pages."));
+                Invalid(kNames.op,
+                        "bits must be 8 with int8 pages or 4 with uint8 (packed int4) pages, got "
+                        "bits = ", bits_, " with ", want == 8 ? "int8" : "uint8", " pages."));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -158,46 +127,33 @@ class PageGatherQuantizedOp : public OpKernel {
     const Tensor& exclusive = ctx->input(2);
     const Tensor& exclusive_scale = ctx->input(3);
     const Tensor& table = ctx->input(4);
-    OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(shared.shape()),
-                Invalid("shared must be a matrix [P, B] of quantized pages, but its shape is ",
-                        shared.shape().DebugString(), "."));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(exclusive.shape()),
-                Invalid("exclusive must be a matrix [E, B] of quantized pages (E may be 0), but "
-                        "its shape is ", exclusive.shape().DebugString(), "."));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(table.shape()),
-                Invalid("page_table must be a vector, but its shape is ",
-                        table.shape().DebugString(), "."));
+    OP_REQUIRES_OK(ctx, CheckPageStores(kNames, shared, exclusive, table));
     const int64_t num_shared = shared.dim_size(0);
     const int64_t num_exclusive = exclusive.dim_size(0);
     const int64_t row_bytes = shared.dim_size(1);
-    OP_REQUIRES(ctx, row_bytes > 0,
-                Invalid("the page row size (shared.shape[1]) must be positive, but it is 0."));
-    OP_REQUIRES(ctx, exclusive.dim_size(1) == row_bytes,
-                Invalid("exclusive page rows hold ", exclusive.dim_size(1),
-                        " bytes but shared page rows hold ", row_bytes,
-                        "; both stores must use the same page size."));
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(shared_scale.shape()) &&
                          shared_scale.dim_size(0) == num_shared,
-                Invalid("shared_scale must hold one scale per shared page, shape [", num_shared,
-                        "], but its shape is ", shared_scale.shape().DebugString(), "."));
+                Invalid(kNames.op, "shared_scale must hold one scale per shared page, shape [",
+                        num_shared, "], but its shape is ", shared_scale.shape().DebugString(),
+                        "."));
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(exclusive_scale.shape()) &&
                          exclusive_scale.dim_size(0) == num_exclusive,
-                Invalid("exclusive_scale must hold one scale per exclusive page, shape [",
+                Invalid(kNames.op,
+                        "exclusive_scale must hold one scale per exclusive page, shape [",
                         num_exclusive, "], but its shape is ",
                         exclusive_scale.shape().DebugString(), "."));
     const int64_t page_size = bits_ == 8 ? row_bytes : 2 * row_bytes;
-    std::vector<int32_t> narrowed;
-    const int32_t* entries = nullptr;
-    OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>("PageGatherQuantized", table, num_shared,
-                                               num_exclusive, page_size, num_weights_,
-                                               &narrowed, &entries));
+    CheckedTable checked;
+    OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>(kNames.op, table, num_shared, num_exclusive,
+                                               page_size, num_weights_, &checked));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_weights_}), &out));
     if (num_weights_ == 0) return;
     functor::PageGatherQuantized<Device>()(
         ctx,
-        PageGatherQuantizedArgs{&shared, &shared_scale, &exclusive, &exclusive_scale, entries,
-                                table.dim_size(0), num_weights_, page_size, bits_},
+        PageGatherQuantizedArgs{&shared, &shared_scale, &exclusive, &exclusive_scale,
+                                checked.entries, checked.num_pages, num_weights_, page_size,
+                                bits_},
         out);
   }
 

@@ -8,9 +8,7 @@
 // int32 or int64: the kernel checks int64 entries before narrowing them, so a
 // large entry is an error rather than a wrapped index.
 
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "tensorflow/core/framework/common_shape_fns.h"
+#include "page_gather_shape.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -34,20 +32,7 @@ REGISTER_OP("PageGather")
       TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &table));
       DimensionHandle page_size;
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 1), c->Dim(exclusive, 1), &page_size));
-      int64_t num_weights;
-      TF_RETURN_IF_ERROR(c->GetAttr("num_weights", &num_weights));
-      if (c->ValueKnown(page_size) && c->ValueKnown(c->Dim(table, 0))) {
-        const int64_t s = c->Value(page_size);
-        const int64_t pages = c->Value(c->Dim(table, 0));
-        if (s > 0 && pages != (num_weights + s - 1) / s) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "PageGather: page_table has ", pages, " entries but num_weights = ",
-              num_weights, " with page size ", s, " needs ceil(", num_weights, " / ", s,
-              ") = ", (num_weights + s - 1) / s, " pages."));
-        }
-      }
-      c->set_output(0, c->Vector(num_weights));
-      return absl::OkStatus();
+      return SetPageGatherOutputShape(c, "PageGather", page_size, 1, table);
     })
     .Doc(R"doc(
 Materializes a task's weight vector from the shared pool and exclusive pages.

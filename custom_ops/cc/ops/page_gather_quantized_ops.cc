@@ -10,9 +10,7 @@
 // PageGather encoding and gets the same checks. Not differentiable: training
 // runs on float32 weights with fake quantization, never through this op.
 
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "tensorflow/core/framework/common_shape_fns.h"
+#include "page_gather_shape.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -41,9 +39,9 @@ REGISTER_OP("PageGatherQuantized")
       TF_RETURN_IF_ERROR(c->GetAttr("T", &type));
       const DataType want = bits == 8 ? tensorflow::DT_INT8 : tensorflow::DT_UINT8;
       if ((bits != 4 && bits != 8) || type != want) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "PageGatherQuantized: bits must be 8 with int8 pages or 4 with uint8 (packed int4) "
-            "pages, got bits = ", bits, " with ", tensorflow::DataTypeString(type), " pages."));
+        return Invalid("PageGatherQuantized",
+                       "bits must be 8 with int8 pages or 4 with uint8 (packed int4) pages, got "
+                       "bits = ", bits, " with ", tensorflow::DataTypeString(type), " pages.");
       }
       ShapeHandle shared, exclusive, shared_scale, exclusive_scale, table;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &shared));
@@ -55,20 +53,8 @@ REGISTER_OP("PageGatherQuantized")
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 1), c->Dim(exclusive, 1), &row_bytes));
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 0), c->Dim(shared_scale, 0), &unused));
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(exclusive, 0), c->Dim(exclusive_scale, 0), &unused));
-      int64_t num_weights;
-      TF_RETURN_IF_ERROR(c->GetAttr("num_weights", &num_weights));
-      if (c->ValueKnown(row_bytes) && c->ValueKnown(c->Dim(table, 0))) {
-        const int64_t s = bits == 8 ? c->Value(row_bytes) : 2 * c->Value(row_bytes);
-        const int64_t pages = c->Value(c->Dim(table, 0));
-        if (s > 0 && pages != (num_weights + s - 1) / s) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "PageGatherQuantized: page_table has ", pages, " entries but num_weights = ",
-              num_weights, " with page size ", s, " needs ceil(", num_weights, " / ", s,
-              ") = ", (num_weights + s - 1) / s, " pages."));
-        }
-      }
-      c->set_output(0, c->Vector(num_weights));
-      return absl::OkStatus();
+      return SetPageGatherOutputShape(c, "PageGatherQuantized", row_bytes, bits == 8 ? 1 : 2,
+                                      table);
     })
     .Doc(R"doc(
 Materializes a task's float32 weights from int8 or int4 weight-pages and per-page scales.
