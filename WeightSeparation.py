@@ -118,10 +118,10 @@ def _task_name() -> str:
 
 def _session():
     """A session on the existing state; a folder named by -network_path supplies its task's spec."""
-    from weightsep.pipeline import Session, require_state
+    from weightsep.pipeline import Session
     from weightsep.store import Store
     from weightsep.tasks import load_task
-    session = Session(require_state(Store(FLAGS.state_dir)), _options())
+    session = Session(Store(FLAGS.state_dir).load(), _options())
     if FLAGS.network_path:
         session.use_spec(load_task(FLAGS.network_path))
     return session
@@ -220,12 +220,7 @@ def mode_evaluate():
 def mode_list():
     from weightsep import report
     from weightsep.store import Store
-    store = Store(FLAGS.state_dir)
-    if not store.exists():
-        from weightsep.errors import StateError
-        raise StateError(f"no separated state in {store.dir}: add tasks first with "
-                         f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh)")
-    print("\n".join(report.listing(store.load())))
+    print("\n".join(report.listing(Store(FLAGS.state_dir).load())))
 
 
 def mode_remove():

@@ -20,7 +20,7 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep import fisher as fisher_lib
 from weightsep import matching, separation
-from weightsep.errors import StateError, WeightSepError
+from weightsep.errors import WeightSepError
 from weightsep.networks import Network, load_network
 from weightsep.pages import gather_pages, num_pages, to_pages
 from weightsep.store import Store, TaskRecord
@@ -423,7 +423,7 @@ def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options) -> l
     read), with every task's test accuracy before and after (post-training quantization)."""
     from weightsep.report import packing
     from weightsep.store import convert_state
-    source = require_state(Store(source_dir))
+    source = Store(source_dir).load()
     if source.page_dtype != "float32":
         raise WeightSepError(f"the state in {source.dir} already holds {source.page_dtype} pages; "
                              f"-mode=quantize converts float32 states")
@@ -440,12 +440,3 @@ def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options) -> l
                          f"({100 * (acc - accuracy[rec.name]):+.2f} points)")
     lines += [packing(source).line().replace("packing:", "before:"), packing(dest).line().replace("packing:", "after:")]
     return lines
-
-
-def require_state(store: Store) -> Store:
-    """Load an existing state, or say how to make one."""
-    if not store.exists():
-        raise StateError(f"no separated state in {store.dir}: add tasks first with "
-                         f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh)")
-    return store.load()
-

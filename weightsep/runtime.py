@@ -88,12 +88,7 @@ def ms(seconds: float) -> str:
 
 def load_state(state_dir) -> Store:
     """The state of an execution script: it must exist and hold tasks."""
-    store = Store(state_dir)
-    if not store.exists():
-        raise StateError(f"no separated state in {store.dir}: build one first with "
-                         f"`python WeightSeparation.py -mode=a -network_path=<task>` for each task "
-                         f"(./formation.sh), or pass the -state_dir that holds it")
-    store.load()
+    store = Store(state_dir).load()
     if not store.tasks:
         raise StateError(f"the state in {store.dir} holds no tasks; add some with -mode=a -network_path=<task>")
     return store

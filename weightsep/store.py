@@ -634,8 +634,9 @@ class Store:
                                      f"{self._start_over()}")
                 text = f.read(MAX_REGISTRY_BYTES + 1)
         except FileNotFoundError:
-            raise StateError(f"no separated state in {self.dir}: {path} is missing; add a first task with "
-                             f"-mode=a -vnn_name=<task>, or pass the -state_dir that holds the state") from None
+            raise StateError(f"no separated state in {self.dir} ({path.name} is missing): add tasks first with "
+                             f"`python WeightSeparation.py -mode=a -network_path=<task>` (or ./formation.sh), "
+                             f"or pass the -state_dir that holds the state") from None
         except IsADirectoryError:
             raise StateError(f"{path} is a directory, not the registry file; {self._start_over()}") from None
         except OSError as e:
