@@ -23,7 +23,9 @@ in descending order, by the very bitonic network the original runs on the GPU
 leaves them in. If the level has fewer pages than the task still has, the
 task's lowest-ranked pages wait for the next level. The unplaced pages handed to
 the next level are the original's `list(set(remaining) - set(placed))`, so
-their order (which only matters for ties) is Python's set order, as there.
+their order (which only matters for ties) is Python's set order, as there (the
+original ran on Python 2, whose set tables may iterate some integers in another
+order than Python 3's: ties between levels can then fall differently).
 
 `greedy` (the original's PageAlloc). If the level has more pages than the task
 still has, the level's highest-ranked pages are left out and the task lands on
