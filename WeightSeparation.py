@@ -116,12 +116,14 @@ def _task_name() -> str:
     return names[0]
 
 
-def _session():
-    """A session on the existing state; a folder named by -network_path supplies its task's spec."""
+def _session(existing: bool = True):
+    """A session on the state (which must exist, unless ``existing`` is False: then it is used when
+    there is one); a folder named by -network_path supplies its task's spec."""
     from weightsep.pipeline import Session
     from weightsep.store import Store
     from weightsep.tasks import load_task
-    session = Session(Store(FLAGS.state_dir).load(), _options())
+    store = Store(FLAGS.state_dir)
+    session = Session(store.load() if existing or store.exists() else store, _options())
     if FLAGS.network_path:
         session.use_spec(load_task(FLAGS.network_path))
     return session
@@ -195,11 +197,7 @@ def mode_evaluate():
     from weightsep.pipeline import evaluate_network
     from weightsep.tasks import load_task
     if FLAGS.target == "network":
-        from weightsep.pipeline import Session
-        from weightsep.store import Store
-        store = Store(FLAGS.state_dir)
-        session = Session(store.load() if store.exists() else store, _options())
-        name = _task_name()
+        session, name = _session(existing=False), _task_name()
         task = load_task(FLAGS.network_path) if FLAGS.network_path else session.spec(name)
         acc = evaluate_network(session, task)
         print(f"{task.name} inference accuracy: {acc:.6f}")
@@ -255,18 +253,10 @@ def mode_quantize():
 def _diagnostic(name: str, existing: bool = True, many: bool = False):
     def run():
         from weightsep import diagnostics
+        session = _session(existing)
         if existing:
-            session = _session()
             for task in _names():
                 session.store.task(task)
-        else:
-            from weightsep.pipeline import Session
-            from weightsep.store import Store
-            from weightsep.tasks import load_task
-            store = Store(FLAGS.state_dir)
-            session = Session(store.load() if store.exists() else store, _options())
-            if FLAGS.network_path:
-                session.use_spec(load_task(FLAGS.network_path))
         function = getattr(diagnostics, name)
         lines = function(session, _names()) if many else function(session, _task_name())
         print("\n".join(lines))

@@ -39,10 +39,16 @@ from weightsep.errors import WeightSepError
 from weightsep.store import Store
 
 
-def q_format(weights: np.ndarray, q: int) -> np.ndarray:
-    """int16 Q-format as the original wrote it: w * 2**q, saturated, truncated toward zero."""
+def check_q(q: int) -> int:
+    """-Q: the fraction bits of the int16 Q-format, 0..15."""
     if not 0 <= q <= 15:
         raise WeightSepError(f"-Q={q}: the int16 Q-format needs 0..15 fraction bits")
+    return q
+
+
+def q_format(weights: np.ndarray, q: int) -> np.ndarray:
+    """int16 Q-format as the original wrote it: w * 2**q, saturated, truncated toward zero."""
+    check_q(q)
     scaled = np.asarray(weights, np.float64) * float(1 << q)
     return np.trunc(np.clip(scaled, -32768.0, 32767.0)).astype("<i2")
 
@@ -52,11 +58,15 @@ def _counted(values: np.ndarray) -> bytes:
     return struct.pack("<i", values.size) + np.ascontiguousarray(values).tobytes()
 
 
+def exclusive_rows(store: Store, name: str) -> np.ndarray:
+    """The task's rows in the exclusive store, by ascending task page."""
+    rec = store.task(name)
+    return rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
+
+
 def task_exclusive_pages(store: Store, name: str) -> np.ndarray:
     """The task's exclusive pages, float32 [k, S], by ascending task page."""
-    rec = store.task(name)
-    rows = rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
-    return store.exclusive[rows]
+    return store.exclusive[exclusive_rows(store, name)]
 
 
 def local_page_table(store: Store, name: str) -> np.ndarray:
@@ -87,7 +97,7 @@ def _check_names(store: Store, suffixes: tuple[str, ...]) -> None:
 
 def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
     """-mode=w: the pool and every task's exclusive pages, float32 and Q-format (+ quantized)."""
-    q_format(np.zeros(0), q)  # checks -Q before anything is written
+    check_q(q)  # before anything is written
     _check_names(store, ("_e", "_q", "_e_int8", "_e_int4"))
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(out_dir, store)
@@ -102,6 +112,7 @@ def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
         values, scales = store.quantized("shared")
         _write(out_dir, f"weight_{store.page_dtype}", _quantized_file(values, scales, store.page_size), manifest,
                f"{store.page_dtype} pool with per-page scales")
+        values, scales = store.quantized("exclusive")
     for rec in store.tasks:
         lines.append(rec.name)
         if not rec.exclusive_pages:
@@ -112,8 +123,7 @@ def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
         _write(out_dir, f"{rec.name}_q", _counted(q_format(pages, q)), manifest, f"int16 Q{q} exclusive pages")
         lines += [f"vnn_exclusive_weight_len {pages.size}"] * 2
         if quantized:
-            values, scales = store.quantized("exclusive")
-            rows = rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
+            rows = exclusive_rows(store, rec.name)
             _write(out_dir, f"{rec.name}_e_{store.page_dtype}",
                    _quantized_file(values[rows], scales[rows], store.page_size), manifest,
                    f"{store.page_dtype} exclusive pages with per-page scales")
