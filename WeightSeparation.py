@@ -13,6 +13,8 @@ The original's modes (no -mode means -mode=l, as in the original):
   -mode=tl / cl / tpr -vnn_name=<task> target loss (-target_accuracy) / alpha-loss / target performance rate
   -mode=w / p [-Q=8]                   the original's binary files: pool and exclusive pages (float32 and
                                        int16 Q-format), page tables (uint16)
+  -mode=testdata [-vnn_name=a,b] [-num_examples=K]   the original's test-data files (inputs <task>_t,
+                                       labels <task>_l) of every task, or of the named ones
   -mode=pf pw pnf pnw pnfh pnwh heatmap   plots, saved as PNG files (-plot_dir)
 Ours:
   -mode=pretrain -network_path=<task>  train a task's own network
@@ -47,8 +49,9 @@ flags.DEFINE_float("margin", 0.1, "margin of the exclusive-page walk")
 flags.DEFINE_float("target_accuracy", None, "target accuracy; without it the TPR is 1.0")
 flags.DEFINE_integer("use_exclusive_page", 1, "0: no exclusive pages unless the pool is too small")
 flags.DEFINE_integer("Q", 8, "fraction bits of the int16 Q-format files of -mode=w")
-flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p write (default: the state directory, as the "
-                    "original wrote into its working directory)")
+flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p / -mode=testdata write (default: the state "
+                    "directory, as the original wrote into its working directory)")
+flags.DEFINE_integer("num_examples", None, "-mode=testdata: the first K test examples of each task (default all)")
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
 flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (must not exist or be empty)")
 flags.DEFINE_integer("page_size", 512, "weights per page (state-wide, chosen at the first -mode=a)")
@@ -80,7 +83,7 @@ BOUNDS = {
     "alpha": (0.0, 1.0), "margin": (0.0, 1.0), "target_accuracy": (0.0, 1.0), "use_exclusive_page": (0, 1),
     "Q": (0, 15), "page_size": (1, 1 << 16), "num_pages": (1, 1 << 16), "lamb": (0.0, 1e6),
     "batch_size": (1, 100_000), "lr": (1e-12, 1e6), "fisher_samples": (1, 100_000), "seed": (0, SEED_MAX),
-    "verbose": (0, 2),
+    "verbose": (0, 2), "num_examples": (1, 2**31 - 1),
 }
 MAX_POOL_WEIGHTS = 1 << 27
 
@@ -242,6 +245,21 @@ def mode_export_page_tables():
     print("\n".join(export_page_tables(session.store, Path(FLAGS.export_dir or FLAGS.state_dir))))
 
 
+def mode_export_test_data():
+    from pathlib import Path
+    from weightsep.export import export_test_data
+    session = _session()
+    names = _names() if FLAGS.vnn_name else [rec.name for rec in session.store.tasks]
+    for name in names:
+        session.store.task(name)
+    tests = {}
+    for name in names:
+        test = session.split(name, "test")
+        tests[name] = (test.x, test.y, session.spec(name).num_classes)
+    print("\n".join(export_test_data(session.store, Path(FLAGS.export_dir or FLAGS.state_dir), tests,
+                                      FLAGS.num_examples)))
+
+
 def mode_quantize():
     from weightsep.pipeline import quantize_state
     if FLAGS.page_dtype == "float32":
@@ -278,6 +296,7 @@ def _plot(mode):
 MODES = {
     "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
     "e": mode_evaluate, "l": mode_list, "r": mode_remove, "w": mode_export_weights, "p": mode_export_page_tables,
+    "testdata": mode_export_test_data,
     "quantize": mode_quantize,
     "f": _diagnostic("fisher_of_separated"), "c": _diagnostic("network_cost_lines", many=True),
     "n": _diagnostic("layers", existing=False), "v": _diagnostic("variables", existing=False),

@@ -22,8 +22,17 @@ Quantized states (-page_dtype=int8/int4) also get, per pool and per task (our la
     <task>_e_int8 / _e_int4     the same for the task's k exclusive pages (int32 k, int32 S, ...)
 
 with weight = float32(q) * scale of its page (weightsep/quantize.py).  The float32 files hold the
-dequantized values, so the original's readers work on quantized states too.  All files are
-written atomically; a manifest.json lists them.
+dequantized values, so the original's readers work on quantized states too.
+
+-mode=testdata writes each task's test split as the original's ``<task>_data.py`` modules did
+(their write_data() / write_label()), so that a device can be checked against known inputs:
+
+    <stem>_t        int32 N, int32 V (values per example), then N * V float32: each example's
+                    input channel-first (C, H, W), example after example
+    <stem>_l        int32 N, int32 1, then N int8: each example's class
+
+where <stem> is the task's name, except the original's ``c10`` for cifar10.  docs/FORMAT.md
+describes every file byte by byte.  All files are written atomically; a manifest.json lists them.
 """
 
 from __future__ import annotations
@@ -82,6 +91,9 @@ def _quantized_file(values: np.ndarray, scales: np.ndarray, page_size: int) -> b
     return (struct.pack("<ii", len(scales), page_size) + scales.astype("<f4").tobytes()
             + np.ascontiguousarray(values).tobytes())
 
+
+# The original's test-data file stems where they are not the task's name (cifar10_data.py wrote c10_t).
+TEST_DATA_STEMS = {"cifar10": "c10"}
 
 POOL_FILES = ("weight", "weight_q", "weight_int8", "weight_int4", "manifest.json")
 
@@ -146,6 +158,53 @@ def export_page_tables(store: Store, out_dir: Path) -> list[str]:
     for name, table in tables.items():
         lines += [name, str(table.tolist()), f"weight_page_list_len {table.size}"]
         _write(out_dir, f"{name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
+    _save_manifest(out_dir, manifest)
+    lines.append(f"wrote {out_dir}")
+    return lines
+
+
+def test_data_files(name: str) -> tuple[str, str]:
+    """(inputs, labels) file names of a task's test data: the original's ``<stem>_t``, ``<stem>_l``."""
+    stem = TEST_DATA_STEMS.get(name, name)
+    return f"{stem}_t", f"{stem}_l"
+
+
+def test_data_bytes(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[bytes, bytes]:
+    """The two files' bytes for inputs x [N, H, W, C] and classes y [N]: inputs channel-first
+    (the layout the original's microcontroller code reads), classes as int8."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4 or y.shape != (x.shape[0],):
+        raise WeightSepError(f"test data of shape {x.shape} with labels {y.shape}: expected [N, H, W, C] and [N]")
+    if num_classes > 128:
+        raise WeightSepError(f"{num_classes} classes do not fit the int8 labels of the original's test-data file")
+    n, values = x.shape[0], int(np.prod(x.shape[1:]))
+    inputs = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)), dtype="<f4")
+    return (struct.pack("<ii", n, values) + inputs.tobytes(),
+            struct.pack("<ii", n, 1) + np.asarray(y, "<i1").tobytes())
+
+
+def export_test_data(store: Store, out_dir: Path, tests: dict, num_examples: int | None = None) -> list[str]:
+    """-mode=testdata: for each task, {name: (x [N, H, W, C], y [N], num_classes)}, its first
+    ``num_examples`` test examples (default all) in the original's files.  Every task is checked
+    (enough examples, distinct file names) before anything is written."""
+    files, lines = {}, []
+    for name, (x, y, num_classes) in tests.items():
+        if num_examples is not None and num_examples > len(y):
+            raise WeightSepError(f"-num_examples={num_examples}: the test split of {name} holds only {len(y)} examples")
+        k = len(y) if num_examples is None else num_examples
+        data_name, label_name = test_data_files(name)
+        for taken in (data_name, label_name):
+            if taken in files:
+                raise WeightSepError(f"tasks {files[taken][0]} and {name} would both write the test-data file "
+                                     f"{taken}; export them one at a time (-vnn_name) into different -export_dir")
+        data, labels = test_data_bytes(x[:k], y[:k], num_classes)
+        files[data_name], files[label_name] = (name, data), (name, labels)
+        lines += [name, f"data_len: {k}", f"single_data_size: {int(np.prod(x.shape[1:]))}"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(out_dir, store)
+    for file_name, (name, data) in files.items():
+        what = "test inputs (float32, channel-first)" if file_name.endswith("_t") else "test labels (int8)"
+        _write(out_dir, file_name, data, manifest, f"{name} {what}")
     _save_manifest(out_dir, manifest)
     lines.append(f"wrote {out_dir}")
     return lines
