@@ -66,6 +66,9 @@ flags.DEFINE_enum("loss", "batch_softmax", ["batch_softmax", "per_example"],
 flags.DEFINE_enum("select_on", "test", ["test", "validation"],
                   "-mode=t/o model selection: the original's test split (before each evaluated step's update), "
                   "or a validation split")
+flags.DEFINE_float("validation_split", None, "fraction of the train files cut off as a validation split for a task "
+                   "without validation files (default: none, as the original, except 0.1 for -select_on=validation "
+                   "and -mode=pretrain)")
 flags.DEFINE_float("lamb", 0.1, "weight of the overlapping loss")
 flags.DEFINE_integer("batch_size", 100, "batch size")
 flags.DEFINE_float("lr", 1e-3, "Adam learning rate")
@@ -83,7 +86,7 @@ BOUNDS = {
     "alpha": (0.0, 1.0), "margin": (0.0, 1.0), "target_accuracy": (0.0, 1.0), "use_exclusive_page": (0, 1),
     "Q": (0, 15), "page_size": (1, 1 << 16), "num_pages": (1, 1 << 16), "lamb": (0.0, 1e6),
     "batch_size": (1, 100_000), "lr": (1e-12, 1e6), "fisher_samples": (1, 100_000), "seed": (0, SEED_MAX),
-    "verbose": (0, 2), "num_examples": (1, 2**31 - 1),
+    "verbose": (0, 2), "num_examples": (1, 2**31 - 1), "validation_split": (0.0, 0.9),
 }
 MAX_POOL_WEIGHTS = 1 << 27
 
@@ -96,7 +99,8 @@ def _options():
                    target_accuracy=FLAGS.target_accuracy, use_exclusive_page=bool(FLAGS.use_exclusive_page),
                    matching=FLAGS.matching, init=FLAGS.init, lamb=FLAGS.lamb, batch_size=FLAGS.batch_size,
                    lr=FLAGS.lr, fisher_samples=FLAGS.fisher_samples, seed=FLAGS.seed, data=FLAGS.data,
-                   loss=FLAGS.loss, select_on=FLAGS.select_on, explicit=explicit)
+                   loss=FLAGS.loss, select_on=FLAGS.select_on, validation_split=FLAGS.validation_split,
+                   explicit=explicit)
 
 
 def _need(flag: str) -> str:
@@ -145,9 +149,11 @@ def mode_pretrain():
     from weightsep.training import pretrain_task
     task = load_task(_need("network_path"))
     kind, iters = FLAGS.data or "real", FLAGS.iter or 2000
+    fraction = datasets.DEFAULT_VALIDATION_SPLIT if FLAGS.validation_split is None else FLAGS.validation_split
     print(f"pretrain {task.name}: {iters} steps, batch {FLAGS.batch_size}, loss {FLAGS.loss}, "
-          f"{datasets.describe(task, kind, FLAGS.seed)}")
-    result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss, FLAGS.verbose)
+          f"{datasets.describe(task, kind, FLAGS.seed, fraction)}")
+    result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss, FLAGS.verbose,
+                           fraction)
     print(f"best validation accuracy {result.best_validation:.6f}; saved {result.path}")
     print(f"{task.name} inference accuracy: {result.test_accuracy:.6f}")
 

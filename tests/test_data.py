@@ -113,20 +113,32 @@ def test_validation_files_used_when_listed(tmp_path):
     assert data.num_examples(task, "train") == 20 and data.num_examples(task, "validation") == 6
 
 
-def test_validation_falls_back_to_last_tenth_of_train(tmp_path):
+def test_train_files_are_all_training_unless_a_validation_split_is_asked(tmp_path):
+    """As the original: no validation files, no validation split; the whole files train.  Asked for
+    (validation_split=0.1), the last 10% become validation and the first 90% train."""
     task = task_in(tmp_path, "cifar10")  # cifar10 lists no validation files
     x = images(100, (3072,))
     y = np.arange(100) % 10
     write_split(task, "train", x, one_hot(y, 10))
-    train = data.load_split(task, "train")
-    val = data.load_split(task, "validation")
+    whole = data.load_split(task, "train")
+    assert len(whole) == 100 and data.num_examples(task, "train") == 100
+    np.testing.assert_array_equal(whole.y, y)
+    for ask in (lambda: data.load_split(task, "validation"), lambda: data.num_examples(task, "validation")):
+        with pytest.raises(WeightSepError, match="no validation files.*-validation_split=0.1"):
+            ask()
+    train = data.load_split(task, "train", validation_split=0.1)
+    val = data.load_split(task, "validation", validation_split=0.1)
     assert (len(train), len(val)) == (90, 10)
     # train is the first 90 samples, validation the last 10: disjoint and complete.
     np.testing.assert_allclose(train.x.reshape(90, -1), x[:90].astype(np.float32))
     np.testing.assert_allclose(val.x.reshape(10, -1), x[90:].astype(np.float32))
     np.testing.assert_array_equal(np.concatenate([train.y, val.y]), y)
     assert (train.split, val.split) == ("train", "validation")
-    assert data.num_examples(task, "train") == 90 and data.num_examples(task, "validation") == 10
+    assert data.num_examples(task, "train", validation_split=0.1) == 90
+    assert data.num_examples(task, "validation", validation_split=0.1) == 10
+    assert len(data.load_split(task, "validation", validation_split=0.25)) == 25
+    assert "whole train files" in data.describe(task, "real")
+    assert "last 10%" in data.describe(task, "real", validation_split=0.1)
 
 
 def test_test_split_loads_without_train_files(tmp_path):
@@ -150,16 +162,27 @@ def write_idx(path, array, magic):
 
 def test_mnist_idx_format(tmp_path):
     task = task_in(tmp_path, "mnist")
-    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28))
-    labels = np.arange(20) % 10
+    n = data.MNIST_VALIDATION_HEAD + 20
+    pixels = np.random.default_rng(0).integers(0, 256, size=(n, 28, 28))
+    labels = np.arange(n) % 10
     write_idx(task.path("MNIST_data/train-images-idx3-ubyte.gz"), pixels, 2051)
     write_idx(task.path("MNIST_data/train-labels-idx1-ubyte.gz"), labels, 2049)
-    train = data.load_split(task, "train")
-    val = data.load_split(task, "validation")
-    assert train.x.shape == (18, 28, 28, 1) and val.x.shape == (2, 28, 28, 1)
-    np.testing.assert_allclose(train.x[..., 0], pixels[:18] / 255.0, rtol=1e-6)
-    np.testing.assert_array_equal(val.y, labels[18:])
+    # The original's TensorFlow reader: the first 5,000 examples are validation, the rest train,
+    # whatever validation split is asked for.
+    for fraction in (0.0, 0.1):
+        train = data.load_split(task, "train", validation_split=fraction)
+        val = data.load_split(task, "validation", validation_split=fraction)
+        assert train.x.shape == (20, 28, 28, 1) and val.x.shape == (5000, 28, 28, 1)
+        np.testing.assert_allclose(train.x[..., 0], pixels[5000:] / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(val.y, labels[:5000])
+        assert data.num_examples(task, "train", validation_split=fraction) == 20
     assert float(train.x.max()) <= 1.0
+    assert "first 5000" in data.describe(task, "real")
+    few = task_in(tmp_path / "few", "mnist")
+    write_idx(few.path("MNIST_data/train-images-idx3-ubyte.gz"), pixels[:5000], 2051)
+    write_idx(few.path("MNIST_data/train-labels-idx1-ubyte.gz"), labels[:5000], 2049)
+    with pytest.raises(DataError, match="5000 sample.*first 5000 as validation"):
+        data.load_split(few, "train")
 
 
 def test_mnist_idx_wrong_magic_and_truncation(tmp_path):
@@ -298,7 +321,7 @@ def test_one_train_sample_is_too_few_to_split(tmp_path):
     task = task_in(tmp_path, "cifar10")
     write_split(task, "train", images(1, (3072,)), np.array([3]))
     with pytest.raises(DataError, match=r"cifar10_train_data.npy: 1 sample\(s\) are too few"):
-        data.load_split(task, "validation")
+        data.load_split(task, "validation", validation_split=0.1)
 
 
 # --- label and data types ------------------------------------------------------------------
@@ -636,4 +659,3 @@ def test_synthetic_needs_no_files_and_is_described(tmp_path):
     line = data.describe(task, "synthetic")
     assert "synthetic" in line and "32x32x3" in line and "\n" not in line
     assert "its own validation files" in data.describe(task, "real")
-    assert "last 10%" in data.describe(task_in(tmp_path, "cifar10"), "real")

@@ -10,9 +10,13 @@ Real data (``data="real"``) comes in the two formats the original toolkit used:
   per sample [N, H*W*C] (NHWC order) or shaped [N, H, W, C] ([N, H, W] when C == 1);
   labels one-hot [N, num_classes] or integer [N] / [N, 1].
 - "mnist_idx": the standard MNIST idx ``.gz`` files, images scaled to [0, 1].
-Validation: the task's validation files when its spec lists them; otherwise the
-last 10% of the train files (N // 10 samples, at least 1) and "train" is then the
-first 90%, so training never sees a validation sample.
+Validation: the task's validation files when its spec lists them.  Otherwise, as the
+original, "train" is the whole train files and there is no validation split, unless the
+caller asks for one with ``validation_split`` (a fraction f: the last floor(N x f) samples,
+at least 1, become "validation" and "train" is the rest, so training never sees a validation
+sample).  MNIST is the exception the original made: its TensorFlow reader kept the first
+5,000 examples of the idx train files as validation and trained on the other 55,000, and so
+does the "mnist_idx" format here, whatever ``validation_split`` says.
 
 Every load checks that the files exist, are loadable arrays of real numbers, agree
 in sample count, hold at least one sample, match the task's input shape, hold
@@ -48,11 +52,18 @@ from weightsep.errors import DataError, WeightSepError
 from weightsep.synthetic import SYNTHETIC_SIZES
 from weightsep.tasks import SPLITS, TaskSpec
 
-__all__ = ["DATA_KINDS", "SYNTHETIC_SIZES", "CHECKSUM_MANIFEST", "IDX_MAX_ITEMS", "Dataset", "FileCheck",
+__all__ = ["DATA_KINDS", "DEFAULT_VALIDATION_SPLIT", "MNIST_VALIDATION_HEAD", "SYNTHETIC_SIZES", "CHECKSUM_MANIFEST", "IDX_MAX_ITEMS", "Dataset", "FileCheck",
            "Checksums", "load_split", "num_examples", "describe", "clear_cache", "data_files", "verify_file",
            "check_files", "sha256_of", "read_checksums", "write_checksums", "manifest_path"]
 
 DATA_KINDS = ("real", "synthetic")
+
+# The fraction of the train files cut off as validation when something needs a validation split
+# (-select_on=validation, pretraining) and the task has no validation files.
+DEFAULT_VALIDATION_SPLIT = 0.1
+# The original read MNIST with TensorFlow's tutorial reader (read_data_sets), which keeps the first
+# 5,000 examples of the idx train files as its validation set.
+MNIST_VALIDATION_HEAD = 5000
 
 # An idx header announcing more items than this is refused before anything is
 # decompressed (MNIST has 60,000): a crafted header must not make us allocate or inflate gigabytes.
@@ -92,30 +103,50 @@ def _check_kind(task: TaskSpec, split: str, data: str) -> None:
                         "add DataFiles(...) to it or use -data=synthetic")
 
 
-def load_split(task: TaskSpec, split: str, data: str = "real", seed: int = 0) -> Dataset:
-    """Load one split of a task's data (cached per process; arrays are read-only)."""
+def load_split(task: TaskSpec, split: str, data: str = "real", seed: int = 0,
+               validation_split: float = 0.0) -> Dataset:
+    """Load one split of a task's data (cached per process; arrays are read-only).
+    ``validation_split``: the fraction of the train files that becomes the validation split when
+    the task has no validation files (0: none, "train" is the whole train files)."""
     _check_kind(task, split, data)
     if data == "synthetic":
         return _synthetic_cached(task.name, tuple(task.input_shape), task.num_classes, split, int(seed))
     if split == "test" or task.data.validation is not None:
         return _load_files(task, split, task.data.split(split))
-    # No validation files: train and validation are the two parts of the train files.
     full = _load_files(task, "train", task.data.train)
-    n_val = _fallback_validation_size(len(full), task)
-    cut = len(full) - n_val
-    part = slice(0, cut) if split == "train" else slice(cut, None)
+    train, validation = _train_parts(task, len(full), validation_split)
+    part = train if split == "train" else validation
+    if part is None:
+        raise WeightSepError(_no_validation(task))
+    if part == slice(0, len(full)):
+        return full
     return dataclasses.replace(full, x=full.x[part], y=full.y[part], split=split)
 
 
-def _fallback_validation_size(n: int, task: TaskSpec) -> int:
-    """Size of the validation part (the last 10%) of the train files; both parts are non-empty."""
+def _no_validation(task: TaskSpec) -> str:
+    return (f"task {task.name} has no validation files, and its train files are all used for training (as the "
+            f"original); ask for a validation split cut from them with -validation_split=0.1")
+
+
+def _train_parts(task: TaskSpec, n: int, validation_split: float) -> tuple[slice, Optional[slice]]:
+    """(train, validation) parts of a task's n train-file samples when it has no validation files;
+    validation is None when no validation split is asked for."""
+    if task.data.format == "mnist_idx":
+        if n <= MNIST_VALIDATION_HEAD:
+            raise DataError(f"{task.path(task.data.train[0])}: {n} sample(s); the original's MNIST reader keeps "
+                            f"the first {MNIST_VALIDATION_HEAD} as validation and needs more; {_download_hint(task)}")
+        return slice(MNIST_VALIDATION_HEAD, n), slice(0, MNIST_VALIDATION_HEAD)
+    if not validation_split:
+        return slice(0, n), None
     if n < 2:
         raise DataError(f"{task.path(task.data.train[0])}: {n} sample(s) are too few to split off "
                         f"a validation set; {_download_hint(task)}")
-    return max(1, n // 10)
+    # A small epsilon so that e.g. 0.1 x 70 counts 7 (not 6.999...); both parts stay non-empty.
+    n_val = min(n - 1, max(1, int(n * validation_split + 1e-9)))
+    return slice(0, n - n_val), slice(n - n_val, n)
 
 
-def num_examples(task: TaskSpec, split: str, data: str = "real") -> int:
+def num_examples(task: TaskSpec, split: str, data: str = "real", validation_split: float = 0.0) -> int:
     """Examples in a split, reading only file headers for real data (an empty split is a DataError)."""
     _check_kind(task, split, data)
     if data == "synthetic":
@@ -124,11 +155,14 @@ def num_examples(task: TaskSpec, split: str, data: str = "real") -> int:
         files = task.data.split(split)
         return _check_not_empty(task, _header_count(task, files[1]), files)
     n = _check_not_empty(task, _header_count(task, task.data.train[1]), task.data.train)
-    n_val = _fallback_validation_size(n, task)
-    return n_val if split == "validation" else n - n_val
+    train, validation = _train_parts(task, n, validation_split)
+    part = train if split == "train" else validation
+    if part is None:
+        raise WeightSepError(_no_validation(task))
+    return part.stop - part.start
 
 
-def describe(task: TaskSpec, data: str = "real", seed: int = 0) -> str:
+def describe(task: TaskSpec, data: str = "real", seed: int = 0, validation_split: float = 0.0) -> str:
     """One line for logs saying which data a run uses."""
     shape = "x".join(str(d) for d in task.input_shape)
     if data == "synthetic":
@@ -139,8 +173,12 @@ def describe(task: TaskSpec, data: str = "real", seed: int = 0) -> str:
     folder = task.path("")
     if task.data.validation is not None:
         validation = "its own validation files"
+    elif task.data.format == "mnist_idx":
+        validation = f"validation = first {MNIST_VALIDATION_HEAD} examples of the train files (the original's reader)"
+    elif validation_split:
+        validation = f"validation = last {100 * validation_split:g}% of the train files"
     else:
-        validation = "validation = last 10% of the train files"
+        validation = "training on the whole train files, no validation split"
     return (f"{task.name}: real data ({task.data.format}) from {folder}, "
             f"{shape}, {task.num_classes} classes, {validation}")
 

@@ -52,6 +52,9 @@ class Options:
     data: Optional[str] = None    # None: the data kind the task was added with (else "real")
     loss: str = "batch_softmax"   # the original graphs' loss; "per_example" (ours)
     select_on: str = "test"       # the original's model selection; "validation" (ours)
+    # The fraction of the train files cut off as validation for a task without validation files;
+    # None: only when something uses it (-select_on=validation), else the whole files train (original).
+    validation_split: Optional[float] = None
     explicit: frozenset = frozenset()  # state-wide flags the user gave (contradictions are errors)
 
     @property
@@ -107,8 +110,18 @@ class Session:
         record = self._record(name)
         return int(record.settings.get("data_seed", self.options.seed)) if record else self.options.seed
 
+    def validation_split(self) -> float:
+        """The fraction of a task's train files cut off as validation when it has no validation
+        files: -validation_split when given, else 0.1 if model selection uses it, else none."""
+        opt = self.options
+        if opt.validation_split is not None:
+            return opt.validation_split
+        return datasets.DEFAULT_VALIDATION_SPLIT if opt.select_on == "validation" else 0.0
+
     def split(self, name: str, split: str) -> datasets.Dataset:
-        return datasets.load_split(self.spec(name), split, data=self.data_kind(name), seed=self.data_seed(name))
+        """One split of a task's data; every training, Fisher and report caller reads "train" here."""
+        return datasets.load_split(self.spec(name), split, data=self.data_kind(name), seed=self.data_seed(name),
+                                   validation_split=self.validation_split())
 
     def selection_split(self, name: str) -> datasets.Dataset:
         """The split model selection evaluates on (-select_on)."""

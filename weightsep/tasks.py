@@ -71,7 +71,8 @@ class DataFiles:
     format: "npy" (one data and one label array per split, labels one-hot or integer,
     data flattened per sample or already shaped) or "mnist_idx" (the standard MNIST
     idx ``.gz`` files; ``train``/``test`` then name the image and label files).
-    A missing ``validation`` means: use the last 10% of train.
+    A missing ``validation`` means: the whole train files train, as the original; a validation
+    split is cut from them only when asked for (weightsep.data).
     """
 
     format: str

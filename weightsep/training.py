@@ -152,10 +152,12 @@ class PretrainResult:
 
 def pretrain_task(task: TaskSpec, data: str = "real", seed: int = 0, iters: int = 2000,
                   batch_size: int = 100, lr: float = 1e-3, loss: str = "batch_softmax",
-                  verbose: int = 1) -> PretrainResult:
-    """The one pretraining workflow: load the splits, train, save ``<task>/<task>.weights.h5``."""
-    train = datasets.load_split(task, "train", data, seed)
-    val = datasets.load_split(task, "validation", data, seed)
+                  verbose: int = 1, validation_split: float = datasets.DEFAULT_VALIDATION_SPLIT) -> PretrainResult:
+    """The one pretraining workflow: load the splits, train, save ``<task>/<task>.weights.h5``.
+    Pretraining keeps its best epoch by validation accuracy, so a task without validation files
+    has ``validation_split`` of its train files cut off for it."""
+    train = datasets.load_split(task, "train", data, seed, validation_split)
+    val = datasets.load_split(task, "validation", data, seed, validation_split)
     test = datasets.load_split(task, "test", data, seed)
     net = Network(task)
     best = pretrain(net, train.x, train.y, val.x, val.y, iters, batch_size, lr, seed, verbose, loss)
