@@ -32,6 +32,8 @@ import sys
 from absl import app, flags
 
 from weightsep.cli import SEED_MAX, FlagError, check_flags, main_of
+from weightsep.limits import MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_Q
+from weightsep.pageformat import PAGE_DTYPES
 
 FLAGS = flags.FLAGS
 
@@ -56,7 +58,7 @@ flags.DEFINE_string("state_dir", ".", "where the separated state lives")
 flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (must not exist or be empty)")
 flags.DEFINE_integer("page_size", 512, "weights per page (state-wide, chosen at the first -mode=a)")
 flags.DEFINE_integer("num_pages", 128, "pages in the shared pool (state-wide)")
-flags.DEFINE_enum("page_dtype", "float32", ["float32", "int8", "int4"],
+flags.DEFINE_enum("page_dtype", "float32", list(PAGE_DTYPES),
                   "storage of weight-pages (state-wide): float32 (the paper) or quantized with one scale per page")
 flags.DEFINE_enum("matching", "greedy", ["greedy", "optimal"],
                   "page matching: greedy (the original's PageAlloc) or optimal (exact per level)")
@@ -84,11 +86,10 @@ flags.DEFINE_integer("verbose", 1, "Keras progress output for pretrain: 0 silent
 BOUNDS = {
     "iter": (1, 10_000_000), "rounds": (1, 1_000_000), "passes": (1, 1_000_000), "transpose": (0, 1),
     "alpha": (0.0, 1.0), "margin": (0.0, 1.0), "target_accuracy": (0.0, 1.0), "use_exclusive_page": (0, 1),
-    "Q": (0, 15), "page_size": (1, 1 << 16), "num_pages": (1, 1 << 16), "lamb": (0.0, 1e6),
+    "Q": (0, MAX_Q), "page_size": (1, MAX_PAGE_SIZE), "num_pages": (1, MAX_NUM_PAGES), "lamb": (0.0, 1e6),
     "batch_size": (1, 100_000), "lr": (1e-12, 1e6), "fisher_samples": (1, 100_000), "seed": (0, SEED_MAX),
     "verbose": (0, 2), "num_examples": (1, 2**31 - 1), "validation_split": (0.0, 0.9),
 }
-MAX_POOL_WEIGHTS = 1 << 27
 
 
 def _options():

@@ -401,7 +401,7 @@ def test_state_dir_that_is_a_file(tiny_tasks, tmp_path):
 
 
 def resign(registry):
-    """The registry with its checksum recomputed as store.py's docstring says: the SHA-256 of the
+    """The registry with its checksum recomputed as weightsep/store/registry.py says: the SHA-256 of the
     canonical JSON (sorted keys, no spaces, ASCII) of everything but the checksum."""
     body = {k: v for k, v in registry.items() if k != "checksum"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")

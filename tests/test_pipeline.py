@@ -271,7 +271,7 @@ def test_a_custom_model_needs_its_folder_named(tmp_path):
 
 def test_int8_state_trains_through_its_quantized_pages(tiny_tasks, tmp_path):
     """QAT: the kept weights are stored quantized, and evaluation sees exactly what training saw."""
-    from weightsep import quantize
+    from weightsep.pageformat import page_format
     store = Store(tmp_path / "state")
     session = Session(store, Options(**TINY_OPTIONS, page_dtype="int8"))
     with store.writer():
@@ -281,7 +281,7 @@ def test_int8_state_trains_through_its_quantized_pages(tiny_tasks, tmp_path):
     assert values.dtype == np.int8 and scales.dtype == np.float32
     # Every stored page is a fixed point of quantization (what is stored is already quantized).
     pages = session.pages_of("tiny_a")
-    np.testing.assert_array_equal(quantize.round_trip(pages, "int8"), pages)
+    np.testing.assert_array_equal(page_format("int8").round_trip(pages), pages)
     # The trainer's fake-quantized forward weights equal the stored weights bit for bit.
     trainer = session.trainer("tiny_a")
     trainer.reset(pages, pipeline.overlap_for(store, "tiny_a"))

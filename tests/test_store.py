@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import unprivileged
-from weightsep import quantize
+from weightsep.pageformat import page_format
 from weightsep import store as store_mod
 from weightsep.errors import StateError, StateLockedError, StateReadOnlyError, WeightSepError, WriteError
 from weightsep.store import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, REGISTRY_FILE, SHARED_FILE,
@@ -734,20 +734,20 @@ def test_registry_files_are_plain_json_and_npy(tmp_path):
 def test_quantized_state_round_trip(tmp_path, page_dtype):
     store, values = make_state(tmp_path, page_dtype)
     pool = np.random.default_rng(3).normal(0.0, 0.01, size=(P, S)).astype(np.float32)
-    q_pool, q_scales = quantize.quantize_pages(pool, page_dtype)
+    q_pool, q_scales = page_format(page_dtype).quantize(pool)
     exclusive = np.concatenate([values["a"], values["b"], values["c"]])
-    q_excl, q_excl_scales = quantize.quantize_pages(exclusive, page_dtype)
+    q_excl, q_excl_scales = page_format(page_dtype).quantize(exclusive)
     width = S // 2 if page_dtype == "int4" else S
     loaded = Store(tmp_path).load()
     for s in (store, loaded):
         values_s, scales_s = s.quantized("shared")
-        assert values_s.dtype == quantize.values_dtype(page_dtype) and values_s.shape == (P, width)
+        assert values_s.dtype == page_format(page_dtype).values_dtype and values_s.shape == (P, width)
         assert values_s.tobytes() == q_pool.tobytes() and scales_s.tobytes() == q_scales.tobytes()
         values_e, scales_e = s.quantized("exclusive")
         assert values_e.tobytes() == q_excl.tobytes() and scales_e.tobytes() == q_excl_scales.tobytes()
         # in memory: float32, exactly the dequantized stored values
-        np.testing.assert_array_equal(s.shared, quantize.dequantize_pages(q_pool, q_scales, page_dtype))
-        np.testing.assert_array_equal(s.exclusive, quantize.dequantize_pages(q_excl, q_excl_scales, page_dtype))
+        np.testing.assert_array_equal(s.shared, page_format(page_dtype).dequantize(q_pool, q_scales))
+        np.testing.assert_array_equal(s.exclusive, page_format(page_dtype).dequantize(q_excl, q_excl_scales))
         assert s.exclusive_file() == (tmp_path / EXCLUSIVE_FILE, tmp_path / EXCLUSIVE_SCALE_FILE)
     np.testing.assert_array_equal(np.load(tmp_path / EXCLUSIVE_FILE), q_excl)
     np.testing.assert_array_equal(np.load(tmp_path / EXCLUSIVE_SCALE_FILE), q_excl_scales)
@@ -773,9 +773,8 @@ def test_quantized_writes_touch_only_changed_pages(tmp_path, page_dtype):
     values, scales = loaded.quantized("shared")
     b_pool = [1, 0, 2]  # pool pages of b; pages 3.. are nobody's and keep their bytes
     assert values[3:].tobytes() == before[0][3:].tobytes() and scales[3:].tobytes() == before[1][3:].tobytes()
-    ref_values, ref_scales = quantize.quantize_pages(
-        np.stack([np.r_[weights[8:16]], np.r_[weights[16:24]], np.r_[weights[32], loaded.shared[2, 1:]]]),
-        page_dtype)
+    ref_values, ref_scales = page_format(page_dtype).quantize(
+        np.stack([np.r_[weights[8:16]], np.r_[weights[16:24]], np.r_[weights[32], loaded.shared[2, 1:]]]))
     np.testing.assert_array_equal(values[b_pool[:2]], ref_values[:2])
     np.testing.assert_array_equal(scales[b_pool[:2]], ref_scales[:2])
     # exclusive rows of a and c keep their bytes
@@ -801,7 +800,7 @@ def test_exclusive_file_is_the_pending_file_after_an_interrupted_commit(tmp_path
     files = loaded.exclusive_file()
     assert files.values.name == "exclusive_weight_page.pending.npy"
     assert files.scales == tmp_path / "exclusive_weight_scale.pending.npy"  # the failure stopped the renames
-    stored = quantize.dequantize_pages(np.load(files.values), np.load(files.scales), "int8")
+    stored = page_format("int8").dequantize(np.load(files.values), np.load(files.scales))
     np.testing.assert_array_equal(stored, loaded.exclusive)
     np.testing.assert_array_equal(loaded.materialize("c"), np.full(8, 0.5, np.float32))
 
@@ -821,7 +820,7 @@ def test_convert_state_quantizes_a_copy(tmp_path, page_dtype):
     for s in (converted, loaded):
         assert s.page_dtype == page_dtype and s.page_size == S and s.num_pages == P and s.layout == "natural"
         for which, floats in (("shared", source.shared), ("exclusive", source.exclusive)):
-            values, scales = quantize.quantize_pages(floats, page_dtype)
+            values, scales = page_format(page_dtype).quantize(floats)
             assert s.quantized(which)[0].tobytes() == values.tobytes()
             assert s.quantized(which)[1].tobytes() == scales.tobytes()
         for old, new in zip(source.tasks, s.tasks):
@@ -893,7 +892,7 @@ def test_convert_state_crash_leaves_source_untouched(tmp_path, monkeypatch):
 
 def test_state_modules_do_not_import_tensorflow():
     code = ("import sys\n"
-            "import weightsep.store, weightsep.pages, weightsep.tasks, weightsep.quantize, weightsep.report\n"
+            "import weightsep.store, weightsep.pages, weightsep.tasks, weightsep.pageformat, weightsep.limits, weightsep.report\n"
             "import weightsep.atomic, weightsep.errors\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -5,7 +5,7 @@ Most checks run on one tiny dense network (16 inputs, 8 hidden units with leaky 
 NumPy, by hand: the original's batch-softmax cross-entropy, the overlapping loss (plain loops
 over hand-made page tables), TensorFlow 1's Adam (Keras' Adam on the NumPy gradients), the
 original's model selection (snapshots of the trajectory) and quantization-aware training
-(weightsep.quantize in NumPy).
+(weightsep.pageformat in NumPy).
 """
 
 import math
@@ -16,7 +16,7 @@ import pytest
 from conftest import write_task_folder
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, load_network, network_file
-from weightsep.quantize import round_trip
+from weightsep.pageformat import page_format
 from weightsep.tasks import load_task
 from weightsep.tf import keras, tf
 from weightsep.training import (OverlapTargets, SeparatedTrainer, StepLog, TrainingDiverged,
@@ -473,7 +473,8 @@ def test_divergence_raises_a_one_line_error(net, data, lr):
 
 # --- quantization-aware training --------------------------------------------------
 
-QMAX = {"int8": 127.0, "int4": 7.0}
+def round_trip(pages, page_dtype):
+    return page_format(page_dtype).round_trip(pages)
 
 
 def reciprocal_sensitive_page(qmax, size):
@@ -515,13 +516,13 @@ def bits(values):
 
 @pytest.mark.parametrize("page_dtype", ["int8", "int4"])
 def test_fake_quantize_is_bit_for_bit_the_stored_round_trip(page_dtype):
-    qmax = QMAX[page_dtype]
+    fmt = page_format(page_dtype)
     pages = quantization_pages()
-    expected = round_trip(pages, page_dtype)
-    eager = fake_quantize(tf.constant(pages), qmax).numpy()
+    expected = fmt.round_trip(pages)
+    eager = fake_quantize(tf.constant(pages), fmt).numpy()
     np.testing.assert_array_equal(bits(eager), bits(expected))
     # Compiled in a tf.function (graph optimizations on): the same bits.
-    compiled = tf.function(lambda p: fake_quantize(p, qmax))(tf.constant(pages)).numpy()
+    compiled = tf.function(lambda p: fake_quantize(p, fmt))(tf.constant(pages)).numpy()
     np.testing.assert_array_equal(bits(compiled), bits(expected))
 
 
@@ -529,7 +530,7 @@ def test_fake_quantize_is_bit_for_bit_the_stored_round_trip(page_dtype):
 def test_trainer_runs_on_the_quantized_pages(net, page_dtype):
     rng = np.random.default_rng(2)
     start = rng.normal(0, 0.3, N_PAGES * S).astype(np.float32)
-    start[S:2 * S] = reciprocal_sensitive_page(QMAX[page_dtype], S)
+    start[S:2 * S] = reciprocal_sensitive_page(page_format(page_dtype).qmax, S)
     trainer = SeparatedTrainer(net, page_size=S, page_dtype=page_dtype)
     trainer.reset(start.reshape(N_PAGES, S), no_targets())
     expected = round_trip(start.reshape(N_PAGES, S), page_dtype).reshape(-1)[:N]

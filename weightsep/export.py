@@ -21,7 +21,7 @@ Quantized states (-page_dtype=int8/int4) also get, per pool and per task (our la
                                 (int4: uint8 [P, S / 2], element 2k in the low nibble of byte k)
     <task>_e_int8 / _e_int4     the same for the task's k exclusive pages (int32 k, int32 S, ...)
 
-with weight = float32(q) * scale of its page (weightsep/quantize.py).  The float32 files hold the
+with weight = float32(q) * scale of its page (weightsep/pageformat.py).  The float32 files hold the
 dequantized values, so the original's readers work on quantized states too.
 
 -mode=testdata writes each task's test split as the original's ``<task>_data.py`` modules did
@@ -45,13 +45,15 @@ import numpy as np
 
 from weightsep.atomic import write_bytes
 from weightsep.errors import WeightSepError
+from weightsep.limits import MAX_Q
+from weightsep.pages import task_local_table
 from weightsep.store import Store
 
 
 def check_q(q: int) -> int:
-    """-Q: the fraction bits of the int16 Q-format, 0..15."""
-    if not 0 <= q <= 15:
-        raise WeightSepError(f"-Q={q}: the int16 Q-format needs 0..15 fraction bits")
+    """-Q: the fraction bits of the int16 Q-format, 0..MAX_Q."""
+    if not 0 <= q <= MAX_Q:
+        raise WeightSepError(f"-Q={q}: the int16 Q-format needs 0..{MAX_Q} fraction bits")
     return q
 
 
@@ -69,8 +71,7 @@ def _counted(values: np.ndarray) -> bytes:
 
 def exclusive_rows(store: Store, name: str) -> np.ndarray:
     """The task's rows in the exclusive store, by ascending task page."""
-    rec = store.task(name)
-    return rec.page_table[sorted(rec.exclusive_pages)] - store.num_pages
+    return task_local_table(store.task(name).page_table, store.num_pages)[0]
 
 
 def task_exclusive_pages(store: Store, name: str) -> np.ndarray:
@@ -80,11 +81,7 @@ def task_exclusive_pages(store: Store, name: str) -> np.ndarray:
 
 def local_page_table(store: Store, name: str) -> np.ndarray:
     """The page table with exclusive entries numbered P + (rank among the task's exclusive pages)."""
-    rec = store.task(name)
-    table = rec.page_table.astype(np.int64)
-    for rank, page in enumerate(sorted(rec.exclusive_pages)):
-        table[page] = store.num_pages + rank
-    return table
+    return task_local_table(store.task(name).page_table, store.num_pages)[1]
 
 
 def _quantized_file(values: np.ndarray, scales: np.ndarray, page_size: int) -> bytes:

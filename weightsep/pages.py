@@ -184,6 +184,23 @@ def gather_pages(shared: np.ndarray, exclusive: np.ndarray, table: np.ndarray) -
     return pages
 
 
+def task_local_table(table, num_shared_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, local table) of a task whose exclusive rows are gathered apart from the store.
+
+    rows: int64 [k], the task's exclusive rows in the store, by ascending task page;
+    local table: int64 [n_p], the page table with its i-th exclusive entry renumbered
+    P + i, i.e. pointing into those k rows in that order.  The export writes this table
+    (<task>_p) beside the task's k pages (<task>_e), and the runtime gathers a switch
+    from the rows it brings in.
+    """
+    table = np.asarray(table).astype(np.int64)
+    exclusive = table >= num_shared_pages
+    rows = table[exclusive] - num_shared_pages
+    local = table.copy()
+    local[exclusive] = num_shared_pages + np.arange(len(rows))
+    return rows, local
+
+
 def occupation(page_tables: Mapping[str, np.ndarray], num_shared_pages: int) -> list[list[tuple[str, int]]]:
     """Occupants of each shared page, derived from the tasks' page tables.
 

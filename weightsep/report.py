@@ -4,14 +4,14 @@ before/after) in one, and the packing line in weights and in bytes.
 Memory of the networks is counted as float32 weights x 4 bytes, 1 KB = 1024 bytes.  The
 separated state counts every slot of the shared pool and of the exclusive pages (the padding
 of a task's last page included, since that memory is really allocated), in its stored form:
-float32, or int8 / int4 values plus one float32 scale per page (weightsep.quantize), plus the
+float32, or int8 / int4 values plus one float32 scale per page (weightsep.pageformat), plus the
 page tables as the microcontroller export stores them (one uint16 per task page)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from weightsep import quantize
+from weightsep.pageformat import page_format
 from weightsep.store import Store
 
 
@@ -54,7 +54,7 @@ def packing(store: Store) -> Packing:
     total = sum(rec.num_weights for rec in store.tasks)
     pool = store.num_pages * store.page_size
     exclusive = int(store.exclusive.shape[0]) * store.page_size
-    stored = quantize.pages_bytes(store.page_dtype, store.num_pages + store.num_exclusive, store.page_size)
+    stored = page_format(store.page_dtype).pages_bytes(store.num_pages + store.num_exclusive, store.page_size)
     tables = TABLE_ENTRY_BYTES * sum(rec.num_pages for rec in store.tasks)
     return Packing(total, pool, exclusive, total / (pool + exclusive) if pool + exclusive else 0.0,
                    store.page_dtype, stored, tables)
@@ -108,7 +108,7 @@ def markdown_table(store: Store) -> list[str]:
                  f"{p.packed_bytes / 1024:.0f} | | | | | |")
     lines += ["", p.line(),
               f"memory: the networks as float32 weights x 4 bytes, 1 KB = 1024 bytes; the separated state as "
-              f"stored ({p.page_dtype} pages{' + one float32 scale per page' if p.page_dtype != 'float32' else ''}, "
+              f"stored ({p.page_dtype} pages{_scales_note(p.page_dtype)}, "
               f"whole pages) + page tables (uint16 per task page)"]
     return lines
 
@@ -140,3 +140,8 @@ def occupation_histogram(store: Store) -> list[str]:
         if num:
             lines.append(f"  {k:2d} tasks: {num:4d} pages {'#' * min(num, 60)}")
     return lines
+
+
+def _scales_note(page_dtype: str) -> str:
+    fmt = page_format(page_dtype)
+    return f" + one {fmt.scale_dtype} scale per page" if fmt.quantized else ""

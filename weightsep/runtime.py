@@ -43,6 +43,8 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import Network
+from weightsep.pageformat import page_format
+from weightsep.pages import task_local_table
 from weightsep.store import Store, TaskRecord
 from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
@@ -177,27 +179,23 @@ def _custom_ops(page_dtype: str):
         return None, "the op library is not built for this TensorFlow (make -C custom_ops PYTHON=$PWD/.venv/bin/python)"
     if page_dtype == "float32":
         return (lambda shared, rows, table, n: page_gather(shared[0], rows[0], table, n)), None
-    bits = 8 if page_dtype == "int8" else 4
+    bits = page_format(page_dtype).bits
     return (lambda shared, rows, table, n: page_gather_quantized(shared[0], shared[1], rows[0], rows[1], table, n,
                                                                  bits=bits)), None
 
 
-def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int, page_size: int):
+def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int):
     """A compiled (shared, rows) -> weights equal to the custom op with the same table."""
     on_pool = np.flatnonzero(table < num_shared).astype(np.int32)
     on_rows = np.flatnonzero(table >= num_shared).astype(np.int32)
     pool_entries = table[on_pool].astype(np.int32)
     row_entries = (table[on_rows] - num_shared).astype(np.int32)
 
+    fmt = page_format(page_dtype)
+
     def pages(part, entries):
-        if page_dtype == "float32":
-            return tf.gather(part[0], entries)
         values = tf.gather(part[0], entries)
-        if page_dtype == "int4":
-            low = tf.bitwise.right_shift(tf.bitwise.left_shift(tf.cast(values, tf.int8), 4), 4)
-            high = tf.bitwise.right_shift(tf.cast(values, tf.int8), 4)
-            values = tf.reshape(tf.stack([low, high], axis=-1), [-1, page_size])
-        return tf.cast(values, tf.float32) * tf.gather(part[1], entries)[:, None]
+        return fmt.dequantize_tf(values, tf.gather(part[1], entries)) if fmt.quantized else values
 
     @tf.function
     def gather(shared, rows):
@@ -260,7 +258,7 @@ class _Slot:
     """What a task needs at switch time, all made at start-up."""
 
     record: TaskRecord
-    rows: np.ndarray            # its exclusive rows in the store, ascending
+    rows: np.ndarray            # its exclusive rows in the store, by ascending task page
     buffers: list               # where its rows are brought in: values (and scales)
     runs: list                  # pread plans, one per file (disk)
     table: object               # int32[n_p] on the device, exclusive entries renumbered P + 0..k-1
@@ -337,11 +335,7 @@ class WSRuntime(Runtime):
 
     def _make_slot(self, record: TaskRecord) -> _Slot:
         P = self.num_shared
-        table = record.page_table.astype(np.int64)
-        exclusive = table >= P
-        rows = np.sort(table[exclusive] - P)
-        renumbered = table.copy()
-        renumbered[exclusive] = P + np.searchsorted(rows, table[exclusive] - P)
+        rows, renumbered = task_local_table(record.page_table, P)
         renumbered = renumbered.astype(np.int32)
         buffers = [np.zeros((len(rows), *part.shape[1:]), part.dtype) for part in self._parts]
         runs = [reader.plan(rows) for reader in self._readers]
@@ -351,7 +345,7 @@ class WSRuntime(Runtime):
             op, n = self._op, record.num_weights
             gather = lambda shared, parts: op(shared, parts, table_tensor, n)  # noqa: E731
         else:
-            gather = _tf_gather_fn(self.page_dtype, P, renumbered, record.num_weights, self.page_size)
+            gather = _tf_gather_fn(self.page_dtype, P, renumbered, record.num_weights)
         sync(self.device)
         return _Slot(record, rows, buffers, runs, table_tensor, gather)
 

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 from weightsep import atomic
 from weightsep.errors import WeightSepError, is_int, shown
+from weightsep.limits import MAX_WEIGHTS
 
 # The repository root: the default place to look for task folders.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,6 @@ MAX_UNITS = 1 << 16             # filters, dense units, classes
 MAX_LAYERS = 64                 # conv layers, dense layers (each)
 MAX_INPUT_VALUES = 1 << 24      # H * W * C of one example
 MAX_ACTIVATIONS = 1 << 26       # values of one example's largest conv output
-MAX_WEIGHTS = 1 << 28           # trainable weights of a network (1 GiB of float32)
 MAX_FILE_NAME = 1024
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -25,7 +25,7 @@ Two choices of the original are defaults, each with our alternative one flag awa
   last update on a validation split, and keeps the best that beats the start.
 
 With quantized weight-pages (int8 / int4 states) the forward pass runs on fake-quantized pages
-(each page of the task's padded weight vector quantized as weightsep.quantize does it, bit for
+(each page of the task's padded weight vector quantized as weightsep.pageformat does it, bit for
 bit, with a straight-through gradient), so training sees exactly what the store will keep.
 """
 
@@ -41,13 +41,13 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, save_network
+from weightsep.pageformat import SCALE_FLOOR, PageFormat, page_format
 from weightsep.pages import num_pages, to_pages
 from weightsep.tasks import TaskSpec
 from weightsep.tf import keras, tf
 
 LOSSES = ("batch_softmax", "per_example")
 SELECTIONS = ("test", "validation")
-QMAX = {"float32": None, "int8": 127.0, "int4": 7.0}
 EVAL_EVERY = 100
 
 Log = Callable[[object], None]
@@ -258,8 +258,9 @@ class TrainOutcome:
     start_accuracy: float
 
 
-def fake_quantize(pages: tf.Tensor, qmax) -> tf.Tensor:
-    """Per-page symmetric quantize-dequantize, bit for bit as weightsep.quantize in NumPy:
+def fake_quantize(pages: tf.Tensor, fmt: PageFormat) -> tf.Tensor:
+    """Per-page symmetric quantize-dequantize, bit for bit as fmt.round_trip in NumPy
+    (weightsep.pageformat; every constant comes from fmt):
     scale = max|x| / qmax; q = clip(rint(x / scale), -qmax, qmax); value = q * scale
     (all in float32; a page whose scale is zero or subnormal becomes zero).
 
@@ -267,9 +268,9 @@ def fake_quantize(pages: tf.Tensor, qmax) -> tf.Tensor:
     division by a constant into a multiplication by its reciprocal, which can differ from the
     true division (what NumPy computes) by one unit in the last place.  q goes through an
     integer, as the stored int8 does, so that a rounded -0 becomes +0."""
-    qmax = tf.cast(qmax, tf.float32)
+    qmax = tf.constant(fmt.fake_qmax, tf.float32)
     scale = tf.math.divide_no_nan(tf.reduce_max(tf.abs(pages), axis=1, keepdims=True), qmax)
-    nonzero = scale >= np.finfo(np.float32).tiny  # a subnormal scale counts as zero (weightsep.quantize)
+    nonzero = scale >= SCALE_FLOOR  # a subnormal scale counts as zero
     q = tf.clip_by_value(tf.round(pages / tf.where(nonzero, scale, 1.0)), -qmax, qmax)
     q = tf.cast(tf.cast(q, tf.int32), tf.float32)
     return tf.where(nonzero, q * scale, 0.0)
@@ -286,10 +287,11 @@ class SeparatedTrainer:
     def __init__(self, net: Network, page_size: int, lr: float = 1e-3, lamb: float = 0.1,
                  loss: str = "batch_softmax", page_dtype: str = "float32",
                  beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8):
-        if page_dtype not in QMAX:
-            raise WeightSepError(f"page dtype must be one of {', '.join(QMAX)}, not {page_dtype!r}")
+        try:
+            self.format = page_format(page_dtype)
+        except ValueError as e:
+            raise WeightSepError(str(e)) from None
         self.net, self.loss, self.page_size = net, check_loss(loss), page_size
-        self.qmax = QMAX[page_dtype]
         n = net.num_weights
         self.padded = num_pages(n, page_size) * page_size
         self.lr, self.lamb, self.beta1, self.beta2, self.epsilon = lr, lamb, beta1, beta2, epsilon
@@ -309,13 +311,13 @@ class SeparatedTrainer:
     # -- pieces of the step --
     def _effective(self, w: tf.Tensor) -> tf.Tensor:
         """The weights the network runs with: w, or its fake-quantized pages (straight-through)."""
-        if self.qmax is None:
+        if not self.format.quantized:
             return w
-        qmax, size = self.qmax, self.page_size
+        fmt, size = self.format, self.page_size
 
         @tf.custom_gradient
         def straight_through(x):
-            out = tf.reshape(fake_quantize(tf.reshape(x, [-1, size]), qmax), [-1])
+            out = tf.reshape(fake_quantize(tf.reshape(x, [-1, size]), fmt), [-1])
             return out, lambda dy: dy
         return straight_through(w)
 

@@ -1,9 +1,9 @@
-"""Tests of weightsep.quantize against a per-element reference written independently."""
+"""Tests of weightsep.pageformat against a per-element reference written independently."""
 
 import numpy as np
 import pytest
 
-from weightsep import quantize
+from weightsep.pageformat import SCALE_FLOOR, page_format
 
 QMAX = {"int8": 127, "int4": 7}
 
@@ -46,8 +46,8 @@ def test_matches_per_element_reference(dtype):
         np.r_[rng.normal(0, 1, 15), 40.0],  # one outlier sets the scale
         np.full(16, -2.5),
     ]).astype(np.float32)
-    values, scales = quantize.quantize_pages(pages, dtype)
-    deq = quantize.dequantize_pages(values, scales, dtype)
+    values, scales = page_format(dtype).quantize(pages)
+    deq = page_format(dtype).dequantize(values, scales)
     assert scales.dtype == np.float32 and scales.shape == (5,)
     assert deq.dtype == np.float32 and deq.shape == pages.shape
     if dtype == "int8":
@@ -61,17 +61,17 @@ def test_matches_per_element_reference(dtype):
         assert q[r] == ref_q
         assert scales[r].tobytes() == ref_scale.tobytes()
         assert deq[r].tobytes() == ref_deq.tobytes()  # bit for bit
-    np.testing.assert_array_equal(quantize.round_trip(pages, dtype), deq)
+    np.testing.assert_array_equal(page_format(dtype).round_trip(pages), deq)
 
 
 def test_round_half_to_even_and_known_values():
     # max |x| = 127 -> scale 1 exactly: x / scale is x, so the ties are visible
     page = np.array([[127, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127]], np.float32)
-    values, scales = quantize.quantize_pages(page, "int8")
+    values, scales = page_format("int8").quantize(page)
     assert scales.tolist() == [1.0]
     assert values.tolist() == [[127, 2, 4, -2, 0, 0, 2, -127]]
     # int4: max 7 -> scale 1; 7.5 cannot occur, saturation only at the extremes
-    values, scales = quantize.quantize_pages(np.array([[7, -7, 2.5, 3.5, -6.5, 0]], np.float32), "int4")
+    values, scales = page_format("int4").quantize(np.array([[7, -7, 2.5, 3.5, -6.5, 0]], np.float32))
     assert scales.tolist() == [1.0]
     assert unpack_reference(values[0]) == [7, -7, 2, 4, -6, 0]
 
@@ -80,12 +80,12 @@ def test_round_half_to_even_and_known_values():
 def test_error_bound_and_extremes(dtype):
     rng = np.random.default_rng(9)
     pages = (rng.standard_t(3, size=(64, 32)) * rng.uniform(1e-4, 10, size=(64, 1))).astype(np.float32)
-    values, scales = quantize.quantize_pages(pages, dtype)
-    deq = quantize.dequantize_pages(values, scales, dtype)
+    values, scales = page_format(dtype).quantize(pages)
+    deq = page_format(dtype).dequantize(values, scales)
     err = np.abs(pages.astype(np.float64) - deq)
     assert np.all(err <= scales[:, None].astype(np.float64) / 2 * (1 + 1e-6))
     # The element of largest magnitude maps to +-qmax, so the range is used fully.
-    q = quantize.unpack_int4(values) if dtype == "int4" else values
+    q = page_format("int4").unpack(values) if dtype == "int4" else values
     peak = np.argmax(np.abs(pages), axis=1)
     assert np.all(np.abs(q[np.arange(64), peak]) == QMAX[dtype])
     np.testing.assert_array_equal(scales, np.abs(pages).max(axis=1) / np.float32(QMAX[dtype]))
@@ -95,55 +95,79 @@ def test_zero_and_underflowing_pages_give_zero():
     tiny = np.float32(1e-45)  # the smallest denormal: tiny / 127 underflows to 0
     pages = np.array([[0, 0, 0, 0], [tiny, -tiny, 0, tiny]], np.float32)
     for dtype in ("int8", "int4"):
-        values, scales = quantize.quantize_pages(pages, dtype)
+        values, scales = page_format(dtype).quantize(pages)
         assert scales.tolist() == [0.0, 0.0]
         assert not values.any()
-        assert not quantize.dequantize_pages(values, scales, dtype).any()
+        assert not page_format(dtype).dequantize(values, scales).any()
 
 
 def test_int4_packing_known_bytes():
     q = np.array([[1, -1, 7, -8, 0, 3], [-7, 6, -2, -3, 4, -5]], np.int8)
-    packed = quantize.pack_int4(q)
+    packed = page_format("int4").pack(q)
     assert packed.dtype == np.uint8
     # element 2k in the low nibble of byte k, 2k+1 in the high nibble
     assert packed.tolist() == [[0xF1, 0x87, 0x30], [0x69, 0xDE, 0xB4]]
-    np.testing.assert_array_equal(quantize.unpack_int4(packed), q)
+    np.testing.assert_array_equal(page_format("int4").unpack(packed), q)
     every = np.arange(-8, 8, dtype=np.int8).reshape(1, 16)
-    np.testing.assert_array_equal(quantize.unpack_int4(quantize.pack_int4(every)), every)
+    np.testing.assert_array_equal(page_format("int4").unpack(page_format("int4").pack(every)), every)
     # -8 is never written by quantize_pages but decodes as -8
-    assert quantize.unpack_int4(np.array([[0x08]], np.uint8)).tolist() == [[-8, 0]]
+    assert page_format("int4").unpack(np.array([[0x08]], np.uint8)).tolist() == [[-8, 0]]
     with pytest.raises(ValueError, match="even"):
-        quantize.pack_int4(np.zeros((1, 3), np.int8))
+        page_format("int4").pack(np.zeros((1, 3), np.int8))
     with pytest.raises(ValueError, match=r"\[-8, 7\]"):
-        quantize.pack_int4(np.array([[8, 0]]))
+        page_format("int4").pack(np.array([[8, 0]]))
 
 
 def test_float32_pages_pass_through():
     pages = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
-    values, scales = quantize.quantize_pages(pages, "float32")
+    values, scales = page_format("float32").quantize(pages)
     assert scales is None and values.tobytes() == pages.tobytes()
-    np.testing.assert_array_equal(quantize.dequantize_pages(values, None, "float32"), pages)
+    np.testing.assert_array_equal(page_format("float32").dequantize(values, None), pages)
 
 
 def test_byte_counts_and_shapes():
-    assert quantize.bytes_per_page("float32", 512) == 2048
-    assert quantize.bytes_per_page("int8", 512) == 516
-    assert quantize.bytes_per_page("int4", 512) == 260
-    assert quantize.pages_bytes("int8", 222, 512) == 222 * 516
-    assert quantize.values_shape("int4", 5, 512) == (5, 256)
-    assert quantize.values_dtype("int8") == np.int8 and quantize.values_dtype("int4") == np.uint8
+    assert page_format("float32").bytes_per_page(512) == 2048
+    assert page_format("int8").bytes_per_page(512) == 516
+    assert page_format("int4").bytes_per_page(512) == 260
+    assert page_format("int8").pages_bytes(222, 512) == 222 * 516
+    assert page_format("int4").values_shape(5, 512) == (5, 256)
+    assert page_format("int8").values_dtype == np.int8 and page_format("int4").values_dtype == np.uint8
     with pytest.raises(ValueError, match="even"):
-        quantize.bytes_per_page("int4", 511)
+        page_format("int4").bytes_per_page(511)
     with pytest.raises(ValueError, match="int5"):
-        quantize.check_page_dtype("int5")
+        page_format("int5")
 
 
 def test_refuses_bad_input():
     with pytest.raises(ValueError, match="NaN or infinite"):
-        quantize.quantize_pages(np.array([[1, np.nan]], np.float32), "int8")
+        page_format("int8").quantize(np.array([[1, np.nan]], np.float32))
     with pytest.raises(ValueError, match="float32"):
-        quantize.quantize_pages(np.zeros((2, 2)), "int8")
+        page_format("int8").quantize(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="even"):
-        quantize.quantize_pages(np.zeros((2, 3), np.float32), "int4")
+        page_format("int4").quantize(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="scales"):
-        quantize.dequantize_pages(np.zeros((2, 4), np.int8), np.zeros(3, np.float32), "int8")
+        page_format("int8").dequantize(np.zeros((2, 4), np.int8), np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_dequantize_any_bytes_and_scales(dtype):
+    """Every stored byte and any scale decode as float32(q) * scale, a subnormal scale as a zero of
+    its sign (the rule the PageGatherQuantized kernels follow on every device)."""
+    rng = np.random.default_rng(5)
+    fmt = page_format(dtype)
+    values = rng.integers(0, 256, (6, 8)).astype(np.uint8).view(fmt.values_dtype)
+    scales = np.array([0.5, -2.0, 0.0, -0.0, 1e-40, -1e-40], np.float32)
+    got = fmt.dequantize(values, scales)
+    for r in range(6):
+        q = values[r].astype(int).tolist() if dtype == "int8" else unpack_reference(values[r])
+        scale = scales[r] if abs(scales[r]) >= SCALE_FLOOR else np.copysign(np.float32(0), scales[r])
+        want = np.array([np.float32(v) * np.float32(scale) for v in q], np.float32)
+        assert got[r].tobytes() == want.tobytes()
+
+
+def test_formats_are_data():
+    """The constants of the three formats (an independent statement of the paper's layout)."""
+    assert [(f.bits, f.qmax, f.quantized) for f in map(page_format, ("float32", "int8", "int4"))] == [
+        (32, None, False), (8, 127, True), (4, 7, True)]
+    assert page_format("int8").fake_qmax.dtype == np.float32 and SCALE_FLOOR == np.float32(2.0 ** -126)
+    assert page_format("int8").scales_shape(3, 512) == (3,) and page_format("float32").scales_shape(3, 512) is None

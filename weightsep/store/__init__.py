@@ -1,0 +1,494 @@
+"""The persistent separated state: shared pool, exclusive store, per-task vectors and task registry.
+
+One `Store` object is the state of one `-state_dir` (default: the current
+directory); docs/FORMAT.md describes its files byte by byte.  In memory
+`Store.shared` and `Store.exclusive` are always float32 [P, S] / [E, S] (dequantized
+once at load, weightsep.pageformat), so every algorithm works unchanged;
+`Store.quantized()` gives the stored arrays.  Every write of float values quantizes
+the pages whose values change; the other pages keep their exact stored bytes, and
+what `materialize` returns is exactly what is stored.
+
+A task's page table follows the original runtime encoding: entry e < P is shared
+page e, entry e >= P is exclusive row e - P.  Occupation of the shared pages is
+never stored; it is derived from the page tables (weightsep.pages).
+
+The package, one concern per module: `registry` (schema, parsing, validation,
+checksum), `files` (checked .npy reads, pending files, leftovers), `commit` (the
+commit protocol and crash recovery), `lock` (the writer lock), `pagearrays` (page
+arrays in memory and their rewrite); this module is the facade holding the task
+operations.  Nothing in a state directory is ever run: a task's spec is data, and
+no file can hold a pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from weightsep import pages
+from weightsep.errors import StateError, WeightSepError, is_int
+from weightsep.limits import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE,
+                              MAX_POOL_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
+from weightsep.pageformat import PAGE_DTYPES, QUANTIZED_DTYPES, page_format
+from weightsep.store import commit, lock
+from weightsep.store.commit import Committed
+from weightsep.store.files import check_dir
+from weightsep.store.pagearrays import Pages, as_values, changed_rows, rewrite, stored_pages
+from weightsep.store.registry import (LAYOUTS, POOL_FILES, REQUIRED_VECTORS, SCHEMA_VERSION, VECTOR_KINDS,
+                                      Registry, TaskRecord, parse_vector_rel, vector_rel)
+
+__all__ = ["Store", "TaskRecord", "StoredFiles", "convert_state", "SCHEMA_VERSION", "VECTOR_KINDS",
+           "SHARED_FILE", "EXCLUSIVE_FILE", "SHARED_SCALE_FILE", "EXCLUSIVE_SCALE_FILE", "REGISTRY_FILE",
+           "LOCK_FILE"]
+
+
+class StoredFiles(NamedTuple):
+    """The committed file(s) of one page array: values, and scales for quantized states (else None)."""
+
+    values: Path
+    scales: Optional[Path]
+
+
+class Store:
+    """The separated state of one directory.  See the module docstring for the files.
+
+    Reading needs no lock (and works on a read-only directory): `Store(d).load()`.
+    Changing the state needs the writer lock: `with store.writer(): store.add_task(...)`.
+    Each change is one commit.  Arrays handed out are read-only; change the state
+    through the methods, which write to disk first.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike = "."):
+        self.dir = Path(state_dir)
+        self.registry_path = self.dir / REGISTRY_FILE
+        self.lock_path = self.dir / LOCK_FILE
+        self._lock_fd: int | None = None
+        self._mem = Committed()
+
+    @property
+    def _reg(self) -> Optional[Registry]:
+        return self._mem.reg
+
+    def __repr__(self) -> str:
+        if self._reg is None:
+            return f"Store({str(self.dir)!r}, not loaded)"
+        return (f"Store({str(self.dir)!r}, P={self._reg.num_pages}, S={self._reg.page_size}, "
+                f"E={self._reg.num_exclusive}, {self._reg.page_dtype}, tasks={[t.name for t in self._reg.tasks]})")
+
+    # ---- reading -----------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether load() (or create()) has read the state into this object."""
+        return self._reg is not None
+
+    def exists(self) -> bool:
+        """Whether the directory holds a registry (a created state); StateError if -state_dir is a file."""
+        check_dir(self.dir)
+        return self.registry_path.is_file()
+
+    def load(self) -> "Store":
+        """Read and validate the registry and the page arrays (vectors are read by load_vector)."""
+        check_dir(self.dir)
+        self._mem = commit.load(self.dir)
+        return self
+
+    def _require_loaded(self) -> Registry:
+        if self._reg is None:
+            raise StateError(f"the state in {self.dir} is not loaded: call load() (or create() "
+                             f"inside writer()) first")
+        return self._reg
+
+    @property
+    def page_size(self) -> int:
+        """S, the number of weights per page."""
+        return self._require_loaded().page_size
+
+    @property
+    def num_pages(self) -> int:
+        """P, the number of shared pages."""
+        return self._require_loaded().num_pages
+
+    @property
+    def num_exclusive(self) -> int:
+        """E, the number of exclusive rows of all tasks."""
+        return self._require_loaded().num_exclusive
+
+    @property
+    def page_dtype(self) -> str:
+        """How pages are stored: "float32", "int8" or "int4" (weightsep.pageformat)."""
+        return self._require_loaded().page_dtype
+
+    @property
+    def layout(self) -> str:
+        """The order of weights in the network vectors: "natural" or "transposed" (the original's -transpose)."""
+        return self._require_loaded().layout
+
+    @property
+    def tasks(self) -> list[TaskRecord]:
+        """Copies of the task records, in registration order."""
+        return copy.deepcopy(self._require_loaded().tasks)
+
+    @property
+    def shared(self) -> np.ndarray:
+        """The shared pool, float32 [P, S] (dequantized for quantized states), read-only."""
+        self._require_loaded()
+        return self._mem.pages["shared"].floats
+
+    @property
+    def exclusive(self) -> np.ndarray:
+        """The exclusive store, float32 [E, S] (dequantized for quantized states), read-only."""
+        self._require_loaded()
+        return self._mem.pages["exclusive"].floats
+
+    def quantized(self, which: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The stored arrays of "shared" or "exclusive": (values, scales), read-only.
+
+        values as on disk (int8 [r, S], uint8 [r, S / 2] for int4, float32 [r, S] for a
+        float32 state); scales float32 [r], None for a float32 state.
+        """
+        self._require_loaded()
+        if which not in POOL_FILES:
+            raise ValueError(f"which must be 'shared' or 'exclusive', not {which!r}")
+        return self._mem.pages[which].values, self._mem.pages[which].scales
+
+    def exclusive_file(self) -> StoredFiles:
+        """The committed file(s) holding the exclusive rows, as load read them (the real file, else
+        its pending file): what a runtime reads rows from.  Valid until a writer commits again."""
+        self._require_loaded()
+        values, scales = POOL_FILES["exclusive"]
+        return StoredFiles(self._mem.sources[values], self._mem.sources.get(scales))
+
+    def _index(self, name: str) -> int:
+        reg = self._require_loaded()
+        for index, record in enumerate(reg.tasks):
+            if record.name == name:
+                return index
+        known = ", ".join(t.name for t in reg.tasks) or "none"
+        raise StateError(f"task '{name}' is not in {self.registry_path} (known tasks: {known}); "
+                         f"add it with -mode=a -vnn_name={name}")
+
+    def task(self, name: str) -> TaskRecord:
+        """A copy of one task's record; StateError naming the known tasks if absent."""
+        return copy.deepcopy(self._reg.tasks[self._index(name)])
+
+    def has_task(self, name: str) -> bool:
+        return any(t.name == name for t in self._require_loaded().tasks)
+
+    def materialize(self, name: str) -> np.ndarray:
+        """The task's weight vector, float32[n], exactly as stored (weightsep.pages.materialize)."""
+        record = self._reg.tasks[self._index(name)]
+        return pages.materialize(self.shared, self.exclusive, record.page_table, record.num_weights)
+
+    def _page_tables(self) -> dict[str, np.ndarray]:
+        return {r.name: r.page_table for r in self._require_loaded().tasks}
+
+    def occupation(self) -> list[list[tuple[str, int]]]:
+        """Per shared page, the (task name, task page) pairs on it (weightsep.pages.occupation)."""
+        return pages.occupation(self._page_tables(), self.num_pages)
+
+    def occupation_counts(self) -> np.ndarray:
+        """int64[P]: how many task pages live on each shared page (weightsep.pages.occupation_counts)."""
+        return pages.occupation_counts(self._page_tables(), self.num_pages)
+
+    # ---- per-task vectors ------------------------------------------------------------
+
+    def _file(self, rel: str) -> Path:
+        return self.dir / rel
+
+    def vector_path(self, task: str, kind: str) -> Path:
+        """Where a per-task vector lives (its committed content may still be in its pending file)."""
+        return self._file(vector_rel(task, kind))
+
+    def has_vector(self, task: str, kind: str) -> bool:
+        """Whether the registry records that vector of the task."""
+        return vector_rel(task, kind) in self._require_loaded().files
+
+    def _vector_fix(self, task: str, kind: str) -> str:
+        return {"weight": f"train the task with -mode=t -vnn_name={task}",
+                "fisher": f"compute it with -mode=f -vnn_name={task}"}.get(
+            kind, f"remove the task with -mode=r -vnn_name={task} and add it again with -mode=a")
+
+    def load_vector(self, task: str, kind: str) -> np.ndarray:
+        """A per-task float32 [n] vector, checked against the registry's checksum."""
+        reg = self._require_loaded()
+        rel = vector_rel(task, kind)
+        self._index(task)
+        fix = self._vector_fix(task, kind)
+        if rel not in reg.files:
+            raise StateError(f"task '{task}' has no {kind} vector ({self._file(rel)}); {fix}")
+        array, _ = commit.read_committed(self.dir, reg, rel, fix)
+        return array.copy()
+
+    # ---- the writer lock and recovery --------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["Store"]:
+        """Hold the writer lock (without waiting); on entry, finish or discard any interrupted commit
+        and reload the state.
+
+        Raises StateLockedError (naming the holder's pid) if another process holds it, and
+        StateReadOnlyError if the directory cannot be written (reading it still works).
+        """
+        if self._lock_fd is not None:
+            raise StateError(f"this Store already holds the writer lock of {self.dir}")
+        with lock.hold(self.dir, self.lock_path) as fd:
+            self._lock_fd = fd
+            try:
+                recovered = commit.recover(self.dir, self.exists())
+                if recovered is not None:
+                    self._mem = recovered
+                yield self
+            finally:
+                self._lock_fd = None
+
+    def _require_writer(self, method: str) -> None:
+        if self._lock_fd is None:
+            raise StateError(f"Store.{method} changes {self.dir} and needs the writer lock: "
+                             f"call it inside `with store.writer():`")
+
+    def _commit(self, **change) -> None:
+        commit.commit(self.dir, self._mem, **change)
+
+    # ---- changes ---------------------------------------------------------------------
+
+    def create(self, page_size: int = 512, num_pages: int = 128, seed: int = 0,
+               page_dtype: str = "float32", layout: str = "natural") -> "Store":
+        """Start an empty state: pool ~ N(0, 0.01) (std, seeded; quantized for int8/int4 states),
+        no exclusive rows, no tasks."""
+        self._require_writer("create")
+        if self.exists():
+            raise StateError(f"a separated state already exists in {self.dir} ({self.registry_path}); "
+                             f"add tasks to it, or delete it to start over")
+        for flag, value, limit in (("page_size", page_size, MAX_PAGE_SIZE), ("num_pages", num_pages, MAX_NUM_PAGES)):
+            if not is_int(value) or not 1 <= value <= limit:
+                raise WeightSepError(f"-{flag}={value!r} must be an integer from 1 to {limit}")
+        if page_size * num_pages > MAX_POOL_WEIGHTS:
+            raise WeightSepError(f"a pool of -num_pages={num_pages} x -page_size={page_size} weights is larger "
+                                 f"than {MAX_POOL_WEIGHTS}; choose smaller values")
+        if page_dtype not in PAGE_DTYPES:
+            raise WeightSepError(f"-page_dtype={page_dtype!r} must be one of {', '.join(PAGE_DTYPES)}")
+        try:
+            page_format(page_dtype).check_page_size(page_size)
+        except ValueError as e:
+            raise WeightSepError(f"-page_size={page_size}: {e}") from None
+        if layout not in LAYOUTS:
+            raise WeightSepError(f"layout {layout!r} must be one of {', '.join(LAYOUTS)}")
+        rng = np.random.default_rng(seed)
+        pool = rng.normal(0.0, 0.01, size=(num_pages, page_size)).astype(np.float32)
+        self._mem = Committed()
+        self._commit(tasks=[], next_id=0,
+                     header={"page_size": page_size, "num_pages": num_pages, "page_dtype": page_dtype,
+                             "layout": layout},
+                     new_pages={"shared": stored_pages(page_dtype, pool),
+                                "exclusive": stored_pages(page_dtype, np.zeros((0, page_size), np.float32))})
+        return self
+
+    def _check_vectors(self, name: str, num_weights: int, vectors) -> dict[str, np.ndarray]:
+        """{registry key: float32 [n] finite copy} for a dict of vectors by kind."""
+        if not isinstance(vectors, dict):
+            raise ValueError(f"vectors of task '{name}' must be a dict of kind -> float32 [n] vector")
+        checked = {}
+        for kind, vector in vectors.items():
+            rel = vector_rel(name, kind)
+            array = as_values(vector, f"{kind} vector of task '{name}'")
+            if array.shape != (num_weights,):
+                raise ValueError(f"{kind} vector of task '{name}' has shape {array.shape}, expected ({num_weights},)")
+            checked[rel] = array
+        return checked
+
+    def add_task(self, record: TaskRecord, exclusive_values: np.ndarray, vectors: dict[str, np.ndarray],
+                 shared: np.ndarray | None = None) -> TaskRecord:
+        """Register a task, append its exclusive pages and write its vectors: one commit.
+
+        record.page_table holds the shared page of every sharable page; the entries of
+        record.exclusive_pages are filled in here (P + row, rows appended in
+        exclusive_pages order).  exclusive_values: float32 [len(exclusive_pages), S].
+        vectors: kind -> float32 [n], at least network_weight and network_fisher.
+        shared: optionally, new values for the whole pool (float32 [P, S], -init=merge).
+        Returns the stored record (with its id).
+        """
+        self._require_writer("add_task")
+        reg = self._require_loaded()
+        if self.has_task(record.name):
+            raise StateError(f"task '{record.name}' is already in {self.registry_path}; remove it first "
+                             f"with -mode=r -vnn_name={record.name}")
+        values = as_values(exclusive_values, f"exclusive pages of task '{record.name}'")
+        k = len(record.exclusive_pages)
+        if any(not 0 <= i < record.num_pages for i in record.exclusive_pages):
+            raise ValueError(f"exclusive_pages {record.exclusive_pages} of task '{record.name}' lie "
+                             f"outside its {record.num_pages} pages")
+        if values.shape != (k, reg.page_size):
+            raise ValueError(f"exclusive pages of task '{record.name}' have shape {values.shape}, "
+                             f"expected ({k}, {reg.page_size})")
+        missing = [kind for kind in REQUIRED_VECTORS if kind not in (vectors or {})]
+        if missing:
+            raise ValueError(f"add_task of '{record.name}' needs the vectors {', '.join(missing)}")
+        checked = self._check_vectors(record.name, record.num_weights, vectors)
+        stored = copy.deepcopy(record)
+        stored.id = reg.next_id
+        table = stored.page_table.copy()
+        table[stored.exclusive_pages] = reg.num_pages + reg.num_exclusive + np.arange(k)
+        stored.page_table = table
+        old = self._mem.pages["exclusive"]
+        added = stored_pages(reg.page_dtype, values)
+        new_pages = {"exclusive": Pages(
+            np.concatenate([old.floats, added.floats]), np.concatenate([old.values, added.values]),
+            None if old.scales is None else np.concatenate([old.scales, added.scales]))}
+        if shared is not None:
+            pool = self._check_pool(shared)
+            rewritten = rewrite(reg.page_dtype, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
+            if rewritten is not None:
+                new_pages["shared"] = rewritten
+        self._commit(tasks=reg.tasks + [stored], next_id=reg.next_id + 1, new_pages=new_pages, vectors=checked)
+        return self.task(record.name)
+
+    def _check_pool(self, pool) -> np.ndarray:
+        pool = as_values(pool, "shared pool")
+        if pool.shape != self.shared.shape:
+            raise ValueError(f"shared pool has shape {pool.shape}, expected {self.shared.shape}")
+        return pool
+
+    def _task_pages(self, record: TaskRecord, weights) -> np.ndarray:
+        """The task's pages with `weights` written in; the padding of its last page keeps the stored values."""
+        vector = as_values(weights, f"weights of task '{record.name}'")
+        if vector.shape != (record.num_weights,):
+            raise ValueError(f"weights of task '{record.name}' have shape {vector.shape}, "
+                             f"expected ({record.num_weights},)")
+        new = pages.gather_pages(self.shared, self.exclusive, record.page_table)
+        new.reshape(-1)[:record.num_weights] = vector
+        return new
+
+    def as_stored(self, name: str, weights: np.ndarray) -> np.ndarray:
+        """float32[n]: what materialize(name) returns after commit_task(name, weights=weights).
+
+        Equal to weights for a float32 state; their quantized values for int8/int4 (pages
+        whose values do not change keep their stored values).  Writes nothing.
+        """
+        record = self._reg.tasks[self._index(name)]
+        new = self._task_pages(record, weights)
+        current = pages.gather_pages(self.shared, self.exclusive, record.page_table)
+        changed = changed_rows(current, new)
+        if changed.any():
+            new[changed] = page_format(self.page_dtype).round_trip(new[changed])
+        return pages.from_pages(new, record.num_weights)
+
+    def commit_task(self, name: str, *, weights: np.ndarray | None = None,
+                    vectors: dict[str, np.ndarray] | None = None, settings: dict | None = None,
+                    accuracy: dict | None = None) -> TaskRecord:
+        """Change one task in one commit (all or nothing).
+
+        weights: float32 [n], written into the task's pages (sharable pages into the pool,
+        exclusive pages into the exclusive store; the padding of its last page is not
+        written).  vectors: kind -> float32 [n], replacing those vectors.  settings,
+        accuracy: replace the task's.  Returns the stored record.
+        """
+        self._require_writer("commit_task")
+        reg = self._require_loaded()
+        index = self._index(name)
+        record = copy.deepcopy(reg.tasks[index])
+        new_pages = {}
+        if weights is not None:
+            new = self._task_pages(record, weights)
+            table, num_shared = record.page_table, reg.num_pages
+            on_pool = table < num_shared
+            for which, rows, part in (("shared", table[on_pool], new[on_pool]),
+                                      ("exclusive", table[~on_pool] - num_shared, new[~on_pool])):
+                rewritten = rewrite(reg.page_dtype, self._mem.pages[which], rows.astype(np.int64), part)
+                if rewritten is not None:
+                    new_pages[which] = rewritten
+        checked = self._check_vectors(name, record.num_weights, vectors or {})
+        for key, value in (("settings", settings), ("accuracy", accuracy)):
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key} of task '{name}' must be a dict, got {type(value).__name__}")
+                setattr(record, key, copy.deepcopy(value))
+        tasks = reg.tasks[:index] + [record] + reg.tasks[index + 1:]
+        self._commit(tasks=tasks, new_pages=new_pages, vectors=checked)
+        return self.task(name)
+
+    def save_shared(self, pool: np.ndarray) -> None:
+        """Replace the shared pool's values (float32 [P, S], finite): one commit."""
+        self._require_writer("save_shared")
+        reg = self._require_loaded()
+        pool = self._check_pool(pool)
+        rewritten = rewrite(reg.page_dtype, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
+        self._commit(tasks=reg.tasks, new_pages={} if rewritten is None else {"shared": rewritten})
+
+    def remove_task(self, name: str) -> None:
+        """Unregister a task, compact the exclusive store and drop its vectors: one commit.
+
+        Shared pages it used just lose an occupant; their values stay.  Its vector files
+        are deleted after the commit.
+        """
+        self._require_writer("remove_task")
+        reg = self._require_loaded()
+        index = self._index(name)
+        gone = reg.tasks[index]
+        num_shared = reg.num_pages
+        keep = np.ones(reg.num_exclusive, dtype=bool)
+        keep[gone.page_table[gone.exclusive_pages] - num_shared] = False
+        new_row = np.cumsum(keep) - 1  # old row -> row after compaction
+        tasks = []
+        for record in reg.tasks[:index] + reg.tasks[index + 1:]:
+            record = copy.deepcopy(record)
+            on_store = record.page_table >= num_shared
+            record.page_table[on_store] = num_shared + new_row[record.page_table[on_store] - num_shared]
+            tasks.append(record)
+        old = self._mem.pages["exclusive"]
+        compacted = Pages(old.floats[keep], old.values[keep], None if old.scales is None else old.scales[keep])
+        drop = tuple(vector_rel(name, kind) for kind in VECTOR_KINDS if vector_rel(name, kind) in reg.files)
+        self._commit(tasks=tasks, new_pages={} if keep.all() else {"exclusive": compacted}, drop=drop)
+
+
+def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str) -> Store:
+    """A quantized copy of a float32 state in a new directory: one commit at the destination.
+
+    Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
+    and the exclusive pages quantized to page_dtype ("int8" or "int4").  The source is only
+    read.  A task's "separated" accuracy was measured on the float32 pages, so the copy drops
+    it (re-run -mode=e there).  dest_dir must not exist or be empty, and must not be the
+    source or inside it.  A crash leaves the destination without a registry, or complete.
+    """
+    if page_dtype not in QUANTIZED_DTYPES:
+        raise WeightSepError(f"a state can be converted to {' or '.join(QUANTIZED_DTYPES)} pages, not {page_dtype!r}")
+    source_path, dest_path = Path(source_dir), Path(dest_dir)
+    source = Store(source_path).load()
+    if source.page_dtype != "float32":
+        raise StateError(f"{source.registry_path} holds {source.page_dtype} pages; only a float32 state "
+                         f"can be converted (quantizing twice would add the errors of both)")
+    try:
+        page_format(page_dtype).check_page_size(source.page_size)
+    except ValueError as e:
+        raise WeightSepError(f"{source_path} cannot be converted to {page_dtype}: {e}; convert it to int8 "
+                             f"instead") from None
+    src, dst = source_path.resolve(), dest_path.resolve()
+    if dst == src or dst.is_relative_to(src):
+        raise WeightSepError(f"the converted state must go to a new directory outside {source_path}, "
+                             f"not {dest_path}")
+    if dest_path.exists() and (not dest_path.is_dir() or any(dest_path.iterdir())):
+        raise WeightSepError(f"{dest_path} exists and is not an empty directory; choose a new directory "
+                             f"for the converted state (an interrupted conversion leaves one without a "
+                             f"registry: delete it)")
+    # Everything is read (and verified) before anything is written.
+    vectors = {rel: source.load_vector(*parse_vector_rel(rel)) for rel in source._reg.files
+               if parse_vector_rel(rel) is not None}
+    tasks = source.tasks
+    for record in tasks:
+        record.accuracy.pop("separated", None)
+    dest = Store(dest_path)
+    with dest.writer():
+        if dest.exists():
+            raise StateError(f"a separated state appeared in {dest_path} meanwhile; choose a new directory")
+        dest._commit(tasks=tasks, next_id=source._reg.next_id,
+                     header={"page_size": source.page_size, "num_pages": source.num_pages,
+                             "page_dtype": page_dtype, "layout": source.layout},
+                     new_pages={"shared": stored_pages(page_dtype, np.array(source.shared)),
+                                "exclusive": stored_pages(page_dtype, np.array(source.exclusive))},
+                     vectors=vectors)
+    return dest
