@@ -32,8 +32,7 @@ import sys
 from absl import app, flags
 
 from weightsep.cli import SEED_MAX, FlagError, check_flags, main_of
-from weightsep.limits import MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_Q
-from weightsep.pageformat import PAGE_DTYPES
+from weightsep.limits import MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_Q, PAGE_DTYPES
 
 FLAGS = flags.FLAGS
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from weightsep.pageformat import SCALE_FLOOR, page_format
+from weightsep.limits import PAGE_DTYPES
+from weightsep.pageformat import FORMATS, SCALE_FLOOR, page_format
 
 QMAX = {"int8": 127, "int4": 7}
 
@@ -170,4 +171,5 @@ def test_formats_are_data():
     assert [(f.bits, f.qmax, f.quantized) for f in map(page_format, ("float32", "int8", "int4"))] == [
         (32, None, False), (8, 127, True), (4, 7, True)]
     assert page_format("int8").fake_qmax.dtype == np.float32 and SCALE_FLOOR == np.float32(2.0 ** -126)
+    assert tuple(FORMATS) == PAGE_DTYPES  # the CLI offers the names weightsep.limits lists
     assert page_format("int8").scales_shape(3, 512) == (3,) and page_format("float32").scales_shape(3, 512) is None

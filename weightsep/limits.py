@@ -16,6 +16,10 @@ MAX_PAGE_SIZE = 1 << 20
 MAX_NUM_PAGES = 1 << 20
 MAX_POOL_WEIGHTS = 1 << 27
 
+# The names of the page formats a state can store (each defined in weightsep.pageformat); here so
+# that the CLI can offer them without importing NumPy.
+PAGE_DTYPES = ("float32", "int8", "int4")
+
 # The export's int16 Q-format (-Q): 0 to 15 fraction bits.
 MAX_Q = 15
 

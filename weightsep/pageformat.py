@@ -52,6 +52,8 @@ from typing import Optional
 
 import numpy as np
 
+from weightsep.limits import PAGE_DTYPES
+
 # The smallest normal float32: a scale below it counts as zero (module docstring).
 SCALE_FLOOR = np.finfo(np.float32).tiny
 
@@ -215,7 +217,6 @@ def _as_pages(pages) -> np.ndarray:
 
 
 FORMATS = {f.name: f for f in (PageFormat("float32", 32), PageFormat("int8", 8, 127), PageFormat("int4", 4, 7))}
-PAGE_DTYPES = tuple(FORMATS)
 QUANTIZED_DTYPES = tuple(name for name, f in FORMATS.items() if f.quantized)
 
 
