@@ -1,7 +1,9 @@
 # Weight Separation toolkit.
 #
 #   make setup   .venv/ with every dependency, and the custom ops built
-#   make test    setup, then the test suite
+#   make test    setup, then the test suite (the C runtime's tests included)
+#   make runtime       the C runtime's tool, runtime_c/build/wsrun
+#   make runtime-test  setup, then only the C runtime's tests (host and Cortex-M under QEMU)
 #   make demo    setup, then the whole pipeline on built-in synthetic data (demo_out/)
 #   make bench   the CPU benchmarks of BENCHMARKS.md
 #   make clean   built libraries (keeps .venv/)
@@ -15,9 +17,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean ops
+.PHONY: setup test demo bench clean ops runtime runtime-test mcu-tools
 
-setup: $(STAMP) ops
+setup: $(STAMP) ops mcu-tools
 
 # Reinstall only when the requirements or the TensorFlow choice change.
 $(STAMP): requirements.txt Makefile
@@ -28,8 +30,18 @@ $(STAMP): requirements.txt Makefile
 ops: $(STAMP)
 	$(MAKE) --no-print-directory -C custom_ops PYTHON=$(abspath $(PY))
 
-test: setup
+test: setup runtime
 	$(PY) -m pytest -q tests
+
+runtime:
+	$(MAKE) --no-print-directory -C runtime_c all
+
+runtime-test: setup runtime
+	$(PY) -m pytest -q tests/test_runtime_c.py
+
+# The Cortex-M cross compiler, newlib and qemu-system-arm, from Debian's packages where missing.
+mcu-tools:
+	@tools/install_mcu_tools.sh
 
 demo: setup
 	$(PY) demo.py $(DEMO_ARGS)
@@ -43,3 +55,4 @@ bench: setup
 
 clean:
 	$(MAKE) --no-print-directory -C custom_ops clean
+	$(MAKE) --no-print-directory -C runtime_c clean

@@ -21,6 +21,7 @@ Ours:
   -mode=import   -network_path=<dir>   import an original TF1 checkpoint
   -mode=o   [-rounds=100 -passes=10 -iter=32]   optimization.sh in one process
   -mode=quantize -state_dir=S -out_dir=D [-page_dtype=int8]   a quantized copy of a float32 state
+  -mode=blob                           weights.wsb: the whole state in one file for runtime_c/ (docs/FORMAT.md)
   -mode=loss -vnn_name=<task>          cross-entropy, overlapping loss and accuracies now
 Every mode accepts -data=synthetic to run offline on built-in synthetic data.
 """
@@ -50,7 +51,7 @@ flags.DEFINE_float("margin", 0.1, "margin of the exclusive-page walk")
 flags.DEFINE_float("target_accuracy", None, "target accuracy; without it the TPR is 1.0")
 flags.DEFINE_integer("use_exclusive_page", 1, "0: no exclusive pages unless the pool is too small")
 flags.DEFINE_integer("Q", 8, "fraction bits of the int16 Q-format files of -mode=w")
-flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p / -mode=testdata write (default: the state "
+flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p / -mode=testdata / -mode=blob write (default: the state "
                     "directory, as the original wrote into its working directory)")
 flags.DEFINE_integer("num_examples", None, "-mode=testdata: the first K test examples of each task (default all)")
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
@@ -251,6 +252,13 @@ def mode_export_page_tables():
     print("\n".join(export_page_tables(session.store, Path(FLAGS.export_dir or FLAGS.state_dir))))
 
 
+def mode_export_blob():
+    from pathlib import Path
+    from weightsep.blob import export_blob
+    session = _session()
+    print("\n".join(export_blob(session.store, Path(FLAGS.export_dir or FLAGS.state_dir))))
+
+
 def mode_export_test_data():
     from pathlib import Path
     from weightsep.export import export_test_data
@@ -302,7 +310,7 @@ def _plot(mode):
 MODES = {
     "pretrain": mode_pretrain, "import": mode_import, "a": mode_add, "t": mode_train, "o": mode_optimize,
     "e": mode_evaluate, "l": mode_list, "r": mode_remove, "w": mode_export_weights, "p": mode_export_page_tables,
-    "testdata": mode_export_test_data,
+    "testdata": mode_export_test_data, "blob": mode_export_blob,
     "quantize": mode_quantize,
     "f": _diagnostic("fisher_of_separated"), "c": _diagnostic("network_cost_lines", many=True),
     "n": _diagnostic("layers", existing=False), "v": _diagnostic("variables", existing=False),

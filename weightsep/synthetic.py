@@ -113,3 +113,47 @@ def generate(task_name: str, input_shape: tuple[int, int, int], num_classes: int
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
+
+
+def random_state(path, task_names, num_exclusive: int, page_size: int = 512, num_pages: int = 128,
+                 layout: str = "natural", seed: int = 0):
+    """A float32 state of the named tasks with random pages and page tables, no training: for
+    what needs a state of a given shape but not accuracy (the C runtime's tests, the blob's size).
+
+    Each task's exclusive pages hold its freshly initialized network's values (seeded); its other
+    pages sit on distinct random pages of a pool ~ N(0, 0.05), shared with other tasks.  The
+    num_exclusive exclusive pages are spread over the tasks: each gets the pages it cannot place in
+    the pool (a task occupies a shared page once), the rest go round-robin.  Returns the Store.
+    """
+    from weightsep.networks import Network
+    from weightsep.store import Store, TaskRecord
+    from weightsep.tasks import load_task
+    from weightsep.tf import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    specs = [load_task(name) for name in task_names]
+    vectors = [Network(spec, layout=layout).get_vector() for spec in specs]
+    sizes = [-(-w.size // page_size) for w in vectors]
+    counts = [max(0, n - num_pages) for n in sizes]
+    if sum(counts) > num_exclusive or num_exclusive > sum(sizes):
+        raise ValueError(f"{num_exclusive} exclusive pages: the tasks need {sum(counts)} to {sum(sizes)}")
+    task = 0
+    while sum(counts) < num_exclusive:
+        if counts[task] < sizes[task]:
+            counts[task] += 1
+        task = (task + 1) % len(specs)
+    store = Store(path)
+    with store.writer():
+        store.create(page_size=page_size, num_pages=num_pages, layout=layout)
+        store.save_shared(rng.normal(0, 0.05, (num_pages, page_size)).astype(np.float32))
+        for spec, w, n_p, k in zip(specs, vectors, sizes, counts):
+            pages = np.zeros((n_p, page_size), np.float32)
+            pages.reshape(-1)[:w.size] = w
+            exclusive = sorted(rng.choice(n_p, k, replace=False).tolist())
+            shared = [i for i in range(n_p) if i not in exclusive]
+            table = np.zeros(n_p, np.int64)
+            table[shared] = rng.choice(num_pages, len(shared), replace=False)
+            store.add_task(TaskRecord(spec.name, w.size, table, exclusive, spec.to_json()), pages[exclusive],
+                           vectors={"network_weight": w, "network_fisher": np.ones(w.size, np.float32)})
+    return store
