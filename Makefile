@@ -52,6 +52,7 @@ bench: setup
 	$(PY) benchmarks/bench_switch.py
 	$(PY) benchmarks/bench_formation.py
 	$(PY) benchmarks/bench_startup.py -state_dir=bench_out/method/state_original
+	$(PY) benchmarks/bench_runtime_c.py
 
 clean:
 	$(MAKE) --no-print-directory -C custom_ops clean

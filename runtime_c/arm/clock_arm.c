@@ -1,7 +1,8 @@
 /* wsrun's clock under QEMU: SysTick on the processor clock, with a wrap counter.  Run with
  * `-icount shift=0` (one instruction = 1 ns of virtual time) on mps2-an386, whose 25 MHz clock
  * gives one tick per 40 instructions: the figures are instructions under emulation, not cycles
- * (QEMU does not model the Cortex-M4's timing). */
+ * (QEMU does not model the Cortex-M4's timing).  The stack is measured by painting: fill the
+ * free stack below the caller with a pattern, run, find the deepest word changed. */
 #include "wsrun_clock.h"
 
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
@@ -30,4 +31,17 @@ uint64_t wsrun_clock_now(void) {
         value = SYST_CVR;
     } while (before != wraps);
     return ((uint64_t)before << 24) + (0xFFFFFFu - value);
+}
+
+#define STACK_PAINT_WORDS 4096u /* 16 KiB below the caller's frame */
+#define STACK_PATTERN 0xA5C3E1F7u
+
+__attribute__((noinline)) size_t wsrun_stack_used(void (*fn)(void *), void *arg) {
+    uint32_t *sp, *low, *p;
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    low = sp - STACK_PAINT_WORDS;
+    for (p = low; p < sp; ++p) *(volatile uint32_t *)p = STACK_PATTERN;
+    fn(arg);
+    for (p = low; p < sp && *p == STACK_PATTERN; ++p) continue;
+    return (size_t)(sp - p) * sizeof(uint32_t);
 }

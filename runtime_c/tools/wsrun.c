@@ -279,6 +279,18 @@ static double median(double *v, int n) {
 
 #define BENCH_MAX_REPEATS 101
 
+typedef struct {
+    ws_runtime *rt;
+    const float *x;
+    float *probs;
+    size_t per, classes;
+} infer_call;
+
+static void infer_once(void *arg) {
+    infer_call *c = (infer_call *)arg;
+    ws_infer(c->rt, c->x, c->per, c->probs, c->classes);
+}
+
 /* Per task: the median over REPEATS of one switch (timed over a batch of switches, as one is
  * below the clock's resolution on a host) and of one inference on a constant input. */
 static int cmd_bench(int argc, char **argv) {
@@ -288,8 +300,8 @@ static int cmd_bench(int argc, char **argv) {
     double sw[BENCH_MAX_REPEATS], inf[BENCH_MAX_REPEATS];
     if (repeats < 1 || repeats > BENCH_MAX_REPEATS) return fail("REPEATS must be 1 to 101", NULL);
     if (open_session(&s, argv[0])) return 1;
-    printf("task switch_%s inference_%s (median of %d; %s)\n", wsrun_clock_unit, wsrun_clock_unit, repeats,
-           wsrun_clock_note);
+    printf("task switch_%s inference_%s stack_bytes (median of %d; %s; stack 0: not measured)\n",
+           wsrun_clock_unit, wsrun_clock_unit, repeats, wsrun_clock_note);
     for (t = 0; t < s.blob.num_tasks; ++t) {
         ws_task_info info;
         size_t per, k;
@@ -314,7 +326,16 @@ static int cmd_bench(int argc, char **argv) {
             ws_infer(&s.rt, x, per, probs, info.num_classes);
             inf[r] = (double)(wsrun_clock_now() - t0) * wsrun_clock_scale;
         }
-        printf("%s %.6g %.6g\n", info.name, median(sw, repeats), median(inf, repeats));
+        {
+            infer_call call;
+            call.rt = &s.rt;
+            call.x = x;
+            call.probs = probs;
+            call.per = per;
+            call.classes = info.num_classes;
+            printf("%s %.6g %.6g %lu\n", info.name, median(sw, repeats), median(inf, repeats),
+                   (unsigned long)wsrun_stack_used(infer_once, &call));
+        }
         free(x);
         free(probs);
     }
