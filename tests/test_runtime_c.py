@@ -277,6 +277,23 @@ def test_info_lists_tasks_pages_and_arena(tools, golden):
     assert len(lines) == 3 + 10
 
 
+def test_a_subnormal_scale_decodes_as_zero(tools, golden, tmp_path):
+    """The page format: a scale below the smallest normal float32 counts as zero, in C too."""
+    blob, vectors = golden["int8"]
+    data = blob.read_bytes()
+    head = read_blob(data)
+    page = int(head["tasks"][0]["page_table"][0])  # cifar10's first page: its first kernel's weights
+    outputs = {}
+    for label, scale in (("stored", None), ("subnormal", 1e-40), ("zero", 0.0)):
+        copy = bytearray(data)
+        if scale is not None:
+            struct.pack_into("<f", copy, head["scales_offset"] + 4 * page, scale)
+        (tmp_path / f"{label}.wsb").write_bytes(_with_crc(copy))
+        wsrun(tools, "run", tmp_path / f"{label}.wsb", "cifar10", vectors["cifar10"][0], tmp_path / f"{label}.out")
+        outputs[label] = (tmp_path / f"{label}.out").read_bytes()
+    assert outputs["subnormal"] == outputs["zero"] != outputs["stored"]
+
+
 # ---- hostile blobs ---------------------------------------------------------------------------
 
 def _with_crc(data: bytearray) -> bytes:

@@ -14,7 +14,7 @@ the start of the file, so the blob is position independent):
     values   the shared pool's P pages, then the E exclusive pages, in the page dtype
     scales   float32, one per page (quantized blobs only)
 
-The page values are the store's stored values (weightsep/quantize.py defines the encodings),
+The page values are the store's stored values (weightsep/pageformat.py defines the encodings),
 so the blob's weights are bit for bit what Store.materialize returns.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import quantize
 from weightsep.errors import WeightSepError
 from weightsep.export import _manifest, _save_manifest, _write
+from weightsep.pageformat import page_format
 from weightsep.store import Store
 
 BLOB_NAME = "weights.wsb"
@@ -93,13 +93,14 @@ def _check_task(store: Store, record) -> list[tuple[int, ...]]:
 def blob_bytes(store: Store) -> bytes:
     """The blob of a loaded store (docs/FORMAT.md, "The blob (weights.wsb)")."""
     page_dtype, page_size = store.page_dtype, store.page_size
+    fmt = page_format(page_dtype)
     tasks = store.tasks
     layers = {rec.name: _check_task(store, rec) for rec in tasks}
     shared_values, shared_scales = store.quantized("shared")
     exclusive_values, exclusive_scales = store.quantized("exclusive")
     values = np.concatenate([shared_values, exclusive_values])
     num_shared, num_exclusive = len(shared_values), len(exclusive_values)
-    stride = quantize.values_shape(page_dtype, 1, page_size)[1] * quantize.values_dtype(page_dtype).itemsize
+    stride = fmt.values_shape(1, page_size)[1] * fmt.values_dtype.itemsize
     num_layers = sum(len(v) for v in layers.values())
     num_entries = sum(rec.num_pages for rec in tasks)
 
@@ -109,7 +110,7 @@ def blob_bytes(store: Store) -> bytes:
     values_off = _align(tables_off + 4 * num_entries)
     end = _align(values_off + stride * len(values))
     scales_off = 0
-    if quantize.has_scales(page_dtype):
+    if fmt.quantized:
         scales_off, end = end, _align(end + 4 * len(values))
 
     out = bytearray(end)
@@ -133,7 +134,7 @@ def blob_bytes(store: Store) -> bytes:
         out[scales_off:scales_off + 4 * len(scales)] = scales.tobytes()
 
     flags = FLAG_TRANSPOSED if store.layout == "transposed" else 0
-    group = page_size if quantize.has_scales(page_dtype) else 0
+    group = page_size if fmt.quantized else 0
     struct.pack_into("<8s", out, 0, MAGIC)
     struct.pack_into("<I", out, 8, VERSION)
     struct.pack_into("<17I", out, 16, end, HEADER_BYTES, DTYPE_CODES[page_dtype], flags, page_size, group,

@@ -3,6 +3,7 @@
  * kernels then rely only on what ws_blob_open verified. */
 #include "wsrt.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -372,6 +373,9 @@ typedef struct {
 static void cursor_load(cursor *c) {
     c->values = c->rt->page[c->page];
     c->scale = c->rt->scale[c->page] ? rdf32(c->rt->scale[c->page]) : 1.0f;
+    /* The page format: a subnormal scale decodes as a zero of its sign (devices that flush
+     * subnormals and devices that do not then agree). */
+    if (fabsf(c->scale) < FLT_MIN) c->scale = copysignf(0.0f, c->scale);
 }
 
 static void cursor_seek(cursor *c, const ws_runtime *rt, uint32_t index) {
