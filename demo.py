@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The whole method on built-in synthetic data, in one process: `make demo`.
+"""The whole method on built-in synthetic data, in one process: `make demo` (README: "What
+`make demo` does and prints").
 
 Stages: pretrain every task's own network, formation (add each task: Fisher, separation,
 overlapping; then retrain it), optimization (rounds of passes of every task with the
@@ -8,7 +9,9 @@ baseline's full reload), then the report and plots.  Every stage calls the libra
 workflow function (training.pretrain_task, pipeline.form_all, pipeline.optimize_all, ...);
 numbers come back through return values and callbacks, never by reading printed lines.
 
-Everything is written under -out (default demo_out/), which is WIPED at the start:
+Everything is written under -out (default demo_out/).  Every flag and task name is checked
+first; only then does an earlier output move aside to <out>.previous (replacing the one
+before it), so one bad run never loses results:
     demo_out/networks/<task>/   the task's spec (copied) and its pretrained network
     demo_out/state/             the separated state (shared pool, exclusive store, registry)
     demo_out/plots/             PNG figures
@@ -16,17 +19,20 @@ Everything is written under -out (default demo_out/), which is WIPED at the star
 The task folders of the repository are only read (their task.py), never written.
 
 The method is the original's (its loss, model selection, matching, pool writes, schedule
-shape) with one setting changed, margin 0.25 instead of 0.1 (see README "The demo"), and a
+shape) with one setting changed, margin 0.25 instead of 0.1 (README, "Schedule"), and a
 SHORTENED schedule so that it runs in minutes on two CPU cores: 500 pretraining steps, 200
 formation steps, 2 optimization rounds of 10 passes x 32 steps (the original: 2000 formation
 steps and 100 rounds of 10 passes x 32 steps).  It prints its expected duration at the start,
-calibrated on this CPU.  Each flag takes its default from an environment variable:
+calibrated on this CPU.  The method's flags are WeightSeparation.py's own (-margin, -matching,
+-page_dtype, -lamb, ...).  Every flag takes its default from the environment variable
+DEMO_<FLAG> (upper case):
     DEMO_ROUNDS=10 make demo
     make demo DEMO_ARGS="-page_dtype=int8 -rounds=3"
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -34,45 +40,33 @@ from pathlib import Path
 
 from absl import app, flags
 
-from weightsep.cli import SEED_MAX, check_flags, main_of
+from weightsep import cli
+from weightsep.cli import FlagError, check_flags, main_of
+from weightsep.progress import Progress, duration, plural
 
 REPO = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
 TEN = "cifar10,mnist,fmnist,gtsrb,svhn,obs,gsc,esc10,us8k,hhar"
+MARKER = ".weightsep-demo"  # marks a folder the demo wrote: only such a folder is ever moved aside
+STEPS_FILE = "pretrain_steps.json"  # networks/: the steps each pretrained network was trained
 
+flags.DEFINE_string("out", "demo_out", "output folder; an earlier output there moves to <out>.previous")
+flags.DEFINE_list("tasks", TEN, "tasks, comma list, in formation order")
+flags.DEFINE_integer("pretrain_iter", 500, "pretraining steps per task")
+flags.DEFINE_integer("formation_iter", 200, "training steps right after adding a task (original: 2000)")
+flags.DEFINE_integer("rounds", 2, "optimization rounds (original: 100)")
+flags.DEFINE_integer("passes", 10, "passes per round (original: 10)")
+flags.DEFINE_integer("iter", 32, "steps per task per pass (original: 32)")
+flags.DEFINE_integer("switches", 20, "random task executions for each runtime (original: 50)")
+flags.DEFINE_bool("reuse_networks", False, "keep the pretrained networks of the previous output and pretrain only "
+                  "the tasks that have none")
+cli.define_method_flags(defaults={"margin": 0.25}, skip=("data",))  # WeightSeparation.py's own method flags
+flags.adopt_module_key_flags(cli)  # -help lists them too
+OWN_FLAGS = ("out", "tasks", "pretrain_iter", "formation_iter", "rounds", "passes", "iter", "switches",
+             "reuse_networks", *(name for name in cli.METHOD_FLAGS if name != "data"))
 
-def _env(name: str, default):
-    return type(default)(os.environ.get(name, default))
-
-
-flags.DEFINE_string("out", _env("DEMO_OUT", "demo_out"), "output folder, wiped at start (env DEMO_OUT)")
-flags.DEFINE_list("tasks", _env("DEMO_TASKS", TEN), "tasks, comma list, in formation order (env DEMO_TASKS)")
-flags.DEFINE_integer("pretrain_iter", _env("DEMO_PRETRAIN_ITER", 500),
-                     "pretraining steps per task (env DEMO_PRETRAIN_ITER)")
-flags.DEFINE_integer("formation_iter", _env("DEMO_FORMATION_ITER", 200),
-                     "training steps right after adding a task (original: 2000; env DEMO_FORMATION_ITER)")
-flags.DEFINE_integer("rounds", _env("DEMO_ROUNDS", 2), "optimization rounds (original: 100; env DEMO_ROUNDS)")
-flags.DEFINE_integer("passes", _env("DEMO_PASSES", 10), "passes per round (original: 10; env DEMO_PASSES)")
-flags.DEFINE_integer("iter", _env("DEMO_ITER", 32), "steps per task per pass (original: 32; env DEMO_ITER)")
-flags.DEFINE_integer("switches", _env("DEMO_SWITCHES", 20),
-                     "random task executions for each runtime (original: 50; env DEMO_SWITCHES)")
-flags.DEFINE_float("margin", _env("DEMO_MARGIN", 0.25), "margin of the exclusive-page walk (original 0.1; env DEMO_MARGIN)")
-flags.DEFINE_enum("matching", _env("DEMO_MATCHING", "greedy"), ["greedy", "optimal"], "page matching (env DEMO_MATCHING)")
-flags.DEFINE_enum("init", _env("DEMO_INIT", "none"), ["none", "merge"], "pool values at add (env DEMO_INIT)")
-flags.DEFINE_enum("loss", _env("DEMO_LOSS", "batch_softmax"), ["batch_softmax", "per_example"],
-                  "training cross-entropy (env DEMO_LOSS)")
-flags.DEFINE_enum("select_on", _env("DEMO_SELECT_ON", "test"), ["test", "validation"],
-                  "model selection of -mode=t (env DEMO_SELECT_ON)")
-flags.DEFINE_enum("page_dtype", _env("DEMO_PAGE_DTYPE", "float32"), ["float32", "int8", "int4"],
-                  "storage of the weight-pages (env DEMO_PAGE_DTYPE)")
-flags.DEFINE_integer("seed", _env("DEMO_SEED", 0), "seed of the synthetic data, sampling and the pool (env DEMO_SEED)")
-flags.DEFINE_bool("reuse_networks", bool(_env("DEMO_REUSE_NETWORKS", 0)),
-                  "keep <out>/networks/ and skip pretraining tasks that already have a network there "
-                  "(env DEMO_REUSE_NETWORKS=1)")
-
-BOUNDS = {"pretrain_iter": (1, 10_000_000), "formation_iter": (0, 10_000_000), "rounds": (0, 100_000),
-          "passes": (1, 1000), "iter": (1, 100_000), "switches": (1, 100_000), "margin": (0.0, 1.0),
-          "seed": (0, SEED_MAX)}
+BOUNDS = {**cli.METHOD_BOUNDS, "pretrain_iter": (1, 10_000_000), "formation_iter": (0, 10_000_000),
+          "rounds": (0, 100_000), "passes": (1, 1000), "iter": (1, 100_000), "switches": (1, 100_000)}
 STAGES = 6
 
 
@@ -89,14 +83,78 @@ def stage(number: int, title: str) -> float:
     return time.perf_counter()
 
 
-def prepare_out(out: Path, reuse_networks: bool) -> None:
-    keep = out / "networks" if reuse_networks else None
-    if out.exists():
-        for child in out.iterdir():
-            if child == keep:
-                continue
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+def env_defaults() -> None:
+    """Take each flag's default from DEMO_<FLAG> where that is set (a flag on the command line wins)."""
+    for name in OWN_FLAGS:
+        variable = f"DEMO_{name.upper()}"
+        if variable in os.environ:
+            try:
+                FLAGS.set_default(name, os.environ[variable])
+            except (flags.Error, ValueError) as exc:
+                raise FlagError(f"{variable}={os.environ[variable]!r}: {exc}") from None
+
+
+def corrected(**changed) -> str:
+    """This demo's command line with some flags changed: what a hint prints."""
+    return cli.command("demo.py", *cli.flag_args(FLAGS, OWN_FLAGS, **changed))
+
+
+def check_tasks(names: list[str]) -> dict:
+    """{name: task folder} of the repository's tasks; a misspelled one is an error with the fixed command."""
+    from weightsep.errors import closest
+    from weightsep.tasks import list_tasks, load_task
+    if not names:
+        raise FlagError(f"-tasks is empty; for example {corrected(tasks='mnist,hhar')}")
+    if len(set(names)) != len(names):
+        raise FlagError(f"-tasks names a task twice: {','.join(names)}")
+    known = list_tasks()
+    for name in names:
+        if name not in known:
+            guess = closest(name, known)
+            fix = (f"; did you mean {guess}? run {corrected(tasks=','.join(guess if n == name else n for n in names))}"
+                   if guess else "")
+            raise FlagError(f"-tasks: unknown task {name!r} (the tasks: {', '.join(known)}){fix}")
+    return {name: load_task(REPO / name).folder for name in names}
+
+
+def check_out(out: Path) -> Path | None:
+    """Refuse an output folder the demo must not replace; return the earlier output to move aside."""
+    previous = out.with_name(out.name + ".previous")
+    if out.exists() and not out.is_dir():
+        raise FlagError(f"-out={FLAGS.out}: {out} is a file, not a folder")
+    if out == REPO or out in REPO.parents or out == Path.home():
+        raise FlagError(f"-out={FLAGS.out}: {out} would hold the demo's output; pass a folder of its own, "
+                        f"e.g. {corrected(out='demo_out')}")
+    for folder in (out, previous):
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+            raise FlagError(f"-out={FLAGS.out}: {folder} holds files the demo did not write; pass another folder, "
+                            f"e.g. {corrected(out=FLAGS.out.rstrip('/') + '_2')}")
+    return previous if out.is_dir() and any(out.iterdir()) else None
+
+
+def prepare_out(out: Path, previous: Path | None) -> str:
+    """Move an earlier output aside (replacing the one before it), start a new one; say what happened."""
+    note = ""
+    if previous is not None:
+        if previous.exists():
+            shutil.rmtree(previous)
+        out.rename(previous)
+        note = f"the earlier output moved to {previous}"
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by demo.py; moved to <out>.previous by the next run\n")
+    if FLAGS.reuse_networks and previous is not None and (previous / "networks").is_dir():
+        shutil.copytree(previous / "networks", out / "networks")
+        note += f"; networks copied from {previous / 'networks'}"
+    return note
+
+
+def pretrain_steps(out: Path) -> dict:
+    """{task: steps} of the networks under <out>/networks (an unreadable record counts as none)."""
+    try:
+        steps = json.loads((out / "networks" / STEPS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in steps.items() if isinstance(v, int)} if isinstance(steps, dict) else {}
 
 
 def expected_seconds(specs: dict) -> tuple[float, float]:
@@ -131,25 +189,35 @@ def forward_macs(spec) -> int:
     return macs
 
 
-def run_pretrain(out: Path, names: list[str], timings: dict) -> dict:
+def run_pretrain(out: Path, folders: dict, timings: dict) -> tuple[dict, dict]:
+    """Pretrain (or, with -reuse_networks, keep) every task's network; ({name: spec}, {name: steps})."""
+    from weightsep.atomic import write_bytes
     from weightsep.networks import network_file
     from weightsep.tasks import copy_spec, load_task
     from weightsep.training import pretrain_task
-    specs = {name: load_task(copy_spec(REPO / name, out / "networks")) for name in names}
+    specs = {name: load_task(copy_spec(folder, out / "networks")) for name, folder in folders.items()}
     estimate, per_step = expected_seconds(specs)
     say(f"expected duration: about {estimate / 60:.0f} min on this CPU (a training step of the costliest network "
         f"took {per_step * 1e3:.0f} ms here)")
     start = stage(1, f"pretrain: each task's own network, {FLAGS.pretrain_iter} steps, synthetic data")
+    steps = pretrain_steps(out)
+    names = list(specs)
     for i, (name, spec) in enumerate(specs.items(), 1):
         t0 = time.perf_counter()
         if FLAGS.reuse_networks and network_file(spec).is_file():
-            say(f"  [{i}/{len(names)}] {name}: kept {network_file(spec)}")
+            trained = steps.get(name)
+            say(f"  [{i}/{len(names)}] {name}: kept {network_file(spec)} "
+                f"({plural(trained, 'step') if trained else 'steps unknown'})")
+            steps.setdefault(name, None)
             continue
-        result = pretrain_task(spec, "synthetic", FLAGS.seed, FLAGS.pretrain_iter, loss=FLAGS.loss, verbose=0)
+        result = pretrain_task(spec, "synthetic", FLAGS.seed, FLAGS.pretrain_iter, batch_size=FLAGS.batch_size,
+                               lr=FLAGS.lr, loss=FLAGS.loss, verbose=0)
+        steps[name] = FLAGS.pretrain_iter
+        write_bytes(out / "networks" / STEPS_FILE, (json.dumps(steps, indent=1) + "\n").encode())
         say(f"  [{i}/{len(names)}] {name}: {result.num_weights:,} weights, validation {result.best_validation:.3f}, "
             f"test accuracy {result.test_accuracy:.3f} ({time.perf_counter() - t0:.1f} s)")
     timings["pretrain"] = time.perf_counter() - start
-    return specs
+    return specs, {name: steps.get(name) for name in names}
 
 
 def run_formation(session, specs: dict, timings: dict) -> None:
@@ -168,17 +236,28 @@ def run_formation(session, specs: dict, timings: dict) -> None:
 
 def run_optimization(session, timings: dict) -> list:
     from weightsep.pipeline import optimize_all
-    start = stage(3, f"optimization: {FLAGS.rounds} rounds x {FLAGS.passes} passes x {FLAGS.iter} steps per task, "
-                     f"overlapping loss")
+    start = stage(3, f"optimization: {plural(FLAGS.rounds, 'round')} x {plural(FLAGS.passes, 'pass', 'passes')} x "
+                     f"{plural(FLAGS.iter, 'step')} per task, overlapping loss")
     last = [start]
+    tasks = len(session.store.tasks)
+    # A round of the ten tasks takes about a minute here: a line at least every 10 s meanwhile.
+    bar = Progress(FLAGS.rounds * FLAGS.passes * tasks, "  trained", every=10.0)
+
+    def on_train(done, total):
+        r = (done - 1) // (FLAGS.passes * tasks) + 1
+        p = (done - 1) // tasks % FLAGS.passes + 1
+        bar.update(done, f"round {r}/{FLAGS.rounds}, pass {p}/{FLAGS.passes}")
 
     def progress(r, rounds, accuracies):
         now = time.perf_counter()
+        bar.finish()
         say(f"  round {r}/{rounds}: mean separated accuracy {sum(accuracies.values()) / len(accuracies):.4f} "
-            f"({now - last[0]:.1f} s)")
+            f"({now - last[0]:.1f} s; {duration(now - start)} elapsed"
+            + (f", about {duration((now - start) / r * (rounds - r))} left)" if r < rounds else ")"))
         last[0] = now
 
-    history = optimize_all(session, FLAGS.rounds, FLAGS.iter, FLAGS.passes, log=quiet, progress=progress)
+    history = optimize_all(session, FLAGS.rounds, FLAGS.iter, FLAGS.passes, log=quiet, progress=progress,
+                           on_train=on_train)
     timings["optimization"] = time.perf_counter() - start
     return history
 
@@ -247,8 +326,10 @@ def run_plots(session, out: Path, names: list[str]) -> dict:
     return made
 
 
-def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: Path, history: list) -> list[str]:
+def report_lines(session, execution: dict, timings: dict, plots_made: dict, out: Path, history: list,
+                 steps: dict) -> list[str]:
     from weightsep import report, synthetic
+    store, opt = session.store, session.options
     rows = report.task_rows(store)
     packing = report.packing(store)
     diffs = [r["difference"] for r in rows if r["difference"] is not None]
@@ -275,12 +356,13 @@ def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: P
     total = sum(timings.values())
     lines += ["", "## Settings and time per stage", "",
               f"- tasks: {', '.join(r['task'] for r in rows)}",
-              f"- pretrain: {FLAGS.pretrain_iter} steps per task (Adam, lr 1e-3, batch 100, loss {FLAGS.loss})",
-              f"- formation: add (Fisher on 50 examples, separation with TPR 1.0 and margin {FLAGS.margin}, "
-              f"{FLAGS.matching} matching, init {FLAGS.init}) then {FLAGS.formation_iter} steps per task",
-              f"- optimization: {FLAGS.rounds} rounds x {FLAGS.passes} passes x {FLAGS.iter} steps per task "
-              f"(the original: 100 x 10 x 32), lamb 0.1, loss {FLAGS.loss}, model selection on the "
-              f"{FLAGS.select_on} split",
+              f"- pretrain: {pretrain_text(steps)} (Adam, lr {opt.lr:g}, batch {opt.batch_size}, loss {opt.loss})",
+              f"- formation: add (Fisher on {opt.fisher_samples} examples, separation with TPR 1.0 and margin "
+              f"{opt.margin}, {opt.matching} matching, init {opt.init}) then {plural(FLAGS.formation_iter, 'step')} "
+              f"per task",
+              f"- optimization: {plural(FLAGS.rounds, 'round')} x {plural(FLAGS.passes, 'pass', 'passes')} x "
+              f"{plural(FLAGS.iter, 'step')} per task (the original: 100 x 10 x 32), lamb {opt.lamb:g}, loss "
+              f"{opt.loss}, model selection on the {opt.select_on} split",
               f"- pool {store.num_pages} pages x {store.page_size} weights, {store.page_dtype} pages; "
               f"switches: {FLAGS.switches}", "",
               "| stage | wall time (s) |", "|---|---:|"]
@@ -295,23 +377,35 @@ def report_lines(store, execution: dict, timings: dict, plots_made: dict, out: P
     return lines
 
 
+def pretrain_text(steps: dict) -> str:
+    """How the networks were pretrained: the demo's steps, and the kept networks' own."""
+    kept = {name: n for name, n in steps.items() if n != FLAGS.pretrain_iter}
+    text = f"{plural(FLAGS.pretrain_iter, 'step')} per task"
+    if kept:
+        text += "; kept from an earlier run: " + ", ".join(
+            f"{name} ({plural(n, 'step') if n else 'steps unknown'})" for name, n in kept.items())
+    return text
+
+
 def run():
+    env_defaults()
     check_flags(FLAGS, BOUNDS)
     wall = time.perf_counter()
     out = Path(FLAGS.out).resolve()
-    names = [n.strip() for n in FLAGS.tasks if n.strip()]
-    say(f"Weight Separation demo: {len(names)} tasks on synthetic data, {FLAGS.page_dtype} pages; output in {out} "
-        f"(wiped at start{', networks kept' if FLAGS.reuse_networks else ''})")
-    prepare_out(out, FLAGS.reuse_networks)
+    folders = check_tasks([n.strip() for n in FLAGS.tasks if n.strip()])
+    previous = check_out(out)  # every argument is checked before anything is moved
+    names = list(folders)
+    say(f"Weight Separation demo: {len(names)} tasks on synthetic data, {FLAGS.page_dtype} pages; output in {out}")
+    note = prepare_out(out, previous)
+    if note:
+        say(f"({note})")
     t0 = time.perf_counter()
-    from weightsep.pipeline import Options, Session  # imports TensorFlow once
+    from weightsep.pipeline import Session  # imports TensorFlow once
     from weightsep.store import Store
     timings = {"start-up (TensorFlow import)": time.perf_counter() - t0}
-    specs = run_pretrain(out, names, timings)
+    specs, steps = run_pretrain(out, folders, timings)
     store = Store(out / "state")
-    options = Options(data="synthetic", margin=FLAGS.margin, matching=FLAGS.matching, init=FLAGS.init,
-                      seed=FLAGS.seed, loss=FLAGS.loss, select_on=FLAGS.select_on, page_dtype=FLAGS.page_dtype)
-    session = Session(store, options)
+    session = Session(store, cli.method_options(FLAGS, data="synthetic"))
     with store.writer():
         run_formation(session, specs, timings)
         history = run_optimization(session, timings)
@@ -320,7 +414,7 @@ def run():
     start = stage(6, "report and plots")
     plots_made = run_plots(session, out, names)
     timings["report and plots"] = time.perf_counter() - start
-    lines = report_lines(store, execution, timings, plots_made, out, history)
+    lines = report_lines(session, execution, timings, plots_made, out, history, steps)
     report_path = out / "report.md"
     report_path.write_text("\n".join(lines) + "\n")
     say("")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (TINY_OPTIONS, assert_one_line_error, copy_state, copy_task_folder, run_main, unprivileged,
+from conftest import (REPO, TINY_OPTIONS, assert_one_line_error, copy_state, copy_task_folder, run_main, unprivileged,
                       write_task_folder)
 from weightsep import data as datasets
 from weightsep import separation
@@ -236,9 +236,11 @@ def test_overlapping_cost_of_tasks(tiny_state):
     cost = float(one_value(result.stdout, "total cost:"))
     assert cost == total_network_cost(store, ["tiny_a", "tiny_b"])
     assert cost > 0 and cost == pytest.approx(network_cost_by_hand(store, ["tiny_a", "tiny_b"]), rel=1e-9)
-    # One task has no pair to share a page with: its overlapping cost is zero.
-    assert float(one_value(run_main("-mode=c", "-vnn_name=tiny_b", f"-state_dir={tiny_state}").stdout,
-                           "total cost:")) == 0.0
+    # One task has no pair: a usage error (not a cost of 0), as is a task named twice.
+    for names, message in (("tiny_b", "needs two or more different tasks"), ("tiny_b,tiny_b", "different tasks")):
+        result = run_main("-mode=c", f"-vnn_name={names}", f"-state_dir={tiny_state}", check=False)
+        assert_one_line_error(result, message)
+        assert result.returncode == 2
     result = run_main("-mode=c", "-vnn_name=tiny_a,nosuch", f"-state_dir={tiny_state}", check=False)
     assert_one_line_error(result, "nosuch", "tiny_a, tiny_b")
 
@@ -288,7 +290,14 @@ def test_target_loss_alpha_loss_and_tpr(tiny_state, tiny_tasks):
     out = run_main("-mode=cl", *common).stdout
     assert float(one_value(out, "loss:")) == printed["current_loss"]
 
-    assert one_value(run_main("-mode=tpr", *common).stdout, "Target performance rate:") == "1.0"
+    out = run_main("-mode=tpr", *common).stdout
+    assert one_value(out, "Target performance rate:") == "1.0"
+    # The state's margin (0.6, as the task was added, TPR 1.0) gives the task's own exclusive pages.
+    rec = store.task("tiny_a")
+    assert rec.settings["margin"] == TINY_OPTIONS["margin"] != 0.1
+    assert one_value(out, "tiny_a:") == (f"{len(rec.exclusive_pages)} exclusive pages {rec.exclusive_pages} "
+                                         f"(margin {TINY_OPTIONS['margin']:g}, as the task was added)")
+    assert one_value(run_main("-mode=tpr", *common, "-margin=0.1").stdout, "tiny_a:").endswith("(margin 0.1, -margin)")
     out = run_main("-mode=tpr", *common, "-target_accuracy=0.9").stdout
     target_loss = loss * (alpha_acc + 1 - 0.9)
     assert float(one_value(out, "Target performance rate:")) == pytest.approx(
@@ -318,7 +327,7 @@ def test_missing_data_network_and_state_are_one_line_errors(tmp_path):
                       check=False)
     assert_one_line_error(result, "mnist.weights.h5 is missing", "-mode=pretrain")
     result = run_main("-mode=e", "-vnn_name=mnist", f"-state_dir={tmp_path / 'empty'}", check=False)
-    assert_one_line_error(result, "no separated state in", "-mode=a")
+    assert_one_line_error(result, "no separated state in", "formation.sh -state_dir=")
     assert not (tmp_path / "empty").exists()
     # An add that fails before it has anything to add leaves no state directory behind.
     assert not (tmp_path / "st").exists(), sorted(p.name for p in (tmp_path / "st").iterdir())
@@ -332,7 +341,7 @@ def test_train_prints_the_original_lines_and_rewrites_the_weight_vector(tiny_sta
     lines = run_main("-mode=t", "-vnn_name=tiny_b", "-iter=102", f"-state_dir={state}").stdout.splitlines()
     number = r"(-?\d+\.\d{6})"
     train = re.compile(rf"step (\d+), training accuracy: {number} original loss: {number} overlapping loss: {number}")
-    valid = re.compile(rf"step (\d+), Validation accuracy: {number}")
+    valid = re.compile(rf"step (\d+), Validation accuracy: {number} \(test split, as the original\)")
     steps = [int(m.group(1)) for m in map(train.fullmatch, lines) if m]
     assert steps == [0, 100, 101]  # i % 100 == 0 and i == iter - 1
     for step in steps:
@@ -424,3 +433,9 @@ def test_corrupt_registry_is_one_line_naming_the_file(tiny_state, tmp_path):
         assert result.returncode == 1
     path.write_text(json.dumps(resign(good)))  # the reader of the checksum above is right
     assert run_main("-mode=l", f"-state_dir={state}").stdout.splitlines()[1] == "[VNN list]"
+
+
+def test_readme_lists_the_modes_of_the_table():
+    """README's list of modes is -help's, made from the one table of modes."""
+    import WeightSeparation
+    assert f"```\n{WeightSeparation.modes_help()}\n```" in (REPO / "README.md").read_text()

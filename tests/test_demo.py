@@ -16,30 +16,44 @@ TASKS = ("hhar", "mnist")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """A mistyped task first: the demo refuses it before touching the earlier output, and prints
+    the corrected command, which is then run as printed (the tiny schedule comes from DEMO_*)."""
     out = tmp_path_factory.mktemp("demo") / "demo_out"
-    (out / "stale").mkdir(parents=True)  # the demo wipes its output folder
+    (out / "stale").mkdir(parents=True)  # an earlier demo's output: it moves to demo_out.previous
+    (out / ".weightsep-demo").write_text("")
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", DEMO_OUT=str(out),
-               DEMO_TASKS=",".join(TASKS), DEMO_PRETRAIN_ITER="30", DEMO_FORMATION_ITER="20",
+               DEMO_TASKS="hhar,mnst", DEMO_PRETRAIN_ITER="30", DEMO_FORMATION_ITER="20",
                DEMO_ROUNDS="1", DEMO_PASSES="1", DEMO_ITER="10", DEMO_SWITCHES="4")
-    proc = subprocess.run([sys.executable, str(REPO / "demo.py")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    typo = subprocess.run([sys.executable, str(REPO / "demo.py")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert typo.returncode == 2 and typo.stdout == "", typo
+    assert sorted(p.name for p in out.iterdir()) == [".weightsep-demo", "stale"]
+    hint = re.fullmatch(r"error: -tasks: unknown task 'mnst' \(the tasks: .*\); did you mean mnist\? run (.*)\n",
+                        typo.stderr)
+    assert hint, typo.stderr
+    proc = subprocess.run(hint[1], shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout}\n{proc.stderr}"
     return out, proc.stdout
 
 
 def test_demo_progress_and_outputs(demo):
     out, stdout = demo
-    assert not (out / "stale").exists()
+    assert not (out / "stale").exists() and (out.with_name("demo_out.previous") / "stale").is_dir()
+    assert f"(the earlier output moved to {out.with_name('demo_out.previous')})" in stdout
     assert re.search(r"^expected duration: about \d+ min on this CPU \(a training step of the costliest network "
                      r"took \d+ ms here\)$", stdout, re.M)
     for number, title in enumerate(["pretrain", "formation", "optimization", "evaluation", "execution",
                                     "report and plots"], 1):
         assert f"[{number}/6] {title}" in stdout
+    assert "[3/6] optimization: 1 round x 1 pass x 10 steps per task" in stdout
     assert "[2/2] mnist:" in stdout and "round 1/1: mean separated accuracy" in stdout
+    # The first training of the optimization is always shown (then at most one line every 10 s).
+    assert re.search(r"^  trained: 1/2 \(round 1/1, pass 1/1\), \d+ s elapsed, about \d+ s left$", stdout, re.M)
     assert "step 0," not in stdout  # the pipeline's per-step lines stay quiet
     for name in TASKS:
         assert (out / "networks" / name / f"{name}.weights.h5").is_file()
         assert (out / "networks" / name / "task.py").read_text() == (REPO / name / "task.py").read_text()
+    assert json.loads((out / "networks" / "pretrain_steps.json").read_text()) == {"hhar": 30, "mnist": 30}
     # The Fisher plot shows the task with the most exclusive pages (the first such in task order).
     registry = json.loads((out / "state" / "weightsep_state.json").read_text())
     focus = max(registry["tasks"], key=lambda t: len(t["exclusive_pages"]))["name"]
@@ -47,6 +61,7 @@ def test_demo_progress_and_outputs(demo):
     assert plots == sorted(["accuracy.png", "occupation.png", "exclusive.png", "heatmap_hhar_mnist.png",
                             f"pnf_{focus}.png"])
     report = (out / "report.md").read_text()
+    assert "- pretrain: 30 steps per task (Adam" in report and "| difference (points) |" in report
     for name in plots:
         assert f"(plots/{name})" in report
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

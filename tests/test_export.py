@@ -128,10 +128,12 @@ def test_hand_built_state_byte_for_byte(hand_state, tmp_path):
     out = tmp_path / "mcu"
     w = run_main("-mode=w", f"-state_dir={hand_state}", f"-export_dir={out}")
     assert w.stdout.splitlines() == ["weight_len 12", "weight_len 12", "ta", "vnn_exclusive_weight_len 8",
-                                     "vnn_exclusive_weight_len 8", "tb", "no exclusive weight", f"wrote {out}"]
+                                     "vnn_exclusive_weight_len 8", "tb", "no exclusive weight",
+                                     summary_line(out, 4, 52 + 28 + 36 + 20)]
     p = run_main("-mode=p", f"-state_dir={hand_state}", f"-export_dir={out}")
     assert p.stdout.splitlines() == ["ta", "[3, 2, 4]", "weight_page_list_len 3",
-                                     "tb", "[1, 0]", "weight_page_list_len 2", f"wrote {out}"]
+                                     "tb", "[1, 0]", "weight_page_list_len 2",
+                                     summary_line(out, 6, 52 + 28 + 36 + 20 + 10 + 8)]
 
     assert (out / "weight").read_bytes() == b"\x0c\x00\x00\x00" + POOL.astype("<f4").tobytes()
     assert (out / "weight_q").read_bytes() == b"\x0c\x00\x00\x00" + np.array(POOL_Q8, "<i2").tobytes()
@@ -150,10 +152,19 @@ def test_hand_built_state_byte_for_byte(hand_state, tmp_path):
         assert rebuilt.tobytes() == store.materialize(name).tobytes(), name
 
 
+def summary_line(out, files, size, default=""):
+    """The last line of -mode=w / -mode=p; files and bytes checked against the folder itself."""
+    on_disk = [f for f in out.iterdir() if f.name != "manifest.json"]
+    assert len(on_disk) == files and sum(f.stat().st_size for f in on_disk) == size
+    return f"export in {out}{default}: {files} files, {size:,} bytes, listed in {out / 'manifest.json'}"
+
+
 def test_trained_state_rebuilds_every_task(tiny_state, tmp_path):
-    """Export into the state directory (the default, as the original's working directory); every
-    task rebuilt from `weight` + `<task>_e` + `<task>_p` is exactly what the state materializes."""
+    """Export into <state_dir>/export (the default); every task rebuilt from `weight` + `<task>_e`
+    + `<task>_p` is exactly what the state materializes.  Long page tables print shortened unless
+    -print_tables."""
     state = copy_state(tiny_state, tmp_path / "st")
+    out = state / "export"
     store = Store(state).load()
     P, S = store.num_pages, store.page_size
     records = store.tasks
@@ -162,32 +173,43 @@ def test_trained_state_rebuilds_every_task(tiny_state, tmp_path):
     expected = [f"weight_len {P * S}"] * 2
     for rec in records:
         expected += [rec.name] + [f"vnn_exclusive_weight_len {len(rec.exclusive_pages) * S}"] * 2
-    assert w.stdout.splitlines() == expected + [f"wrote {state}"]
+    files = 2 + 2 * len(records)
+    size = 2 * 4 + P * S * 6 + sum(2 * 4 + len(rec.exclusive_pages) * S * 6 for rec in records)
+    assert w.stdout.splitlines() == expected + [summary_line(out, files, size, " (the default -export_dir)")]
     p = run_main("-mode=p", f"-state_dir={state}")
-    expected = []
+    full, short = [], []
     for rec in records:
-        expected += [rec.name, str(original_page_list(rec, P)), f"weight_page_list_len {rec.num_pages}"]
-    assert p.stdout.splitlines() == expected + [f"wrote {state}"]
+        table = original_page_list(rec, P)
+        assert len(table) > 12
+        cut = f"[{', '.join(map(str, table[:6]))}, ..., {', '.join(map(str, table[-6:]))}] ({len(table)} entries; " \
+              f"-print_tables prints them all)"
+        full += [rec.name, str(table), f"weight_page_list_len {rec.num_pages}"]
+        short += [rec.name, cut, f"weight_page_list_len {rec.num_pages}"]
+    size += sum(4 + 2 * rec.num_pages for rec in records)
+    assert p.stdout.splitlines() == short + [summary_line(out, files + len(records), size,
+                                                          " (the default -export_dir)")]
+    p = run_main("-mode=p", f"-state_dir={state}", "-print_tables")
+    assert p.stdout.splitlines()[:-1] == full
 
-    pool = read_counted(state / "weight", "<f4")
+    pool = read_counted(out / "weight", "<f4")
     assert pool.tobytes() == store.shared.astype("<f4").tobytes()
-    np.testing.assert_array_equal(read_counted(state / "weight_q", "<i2"),
+    np.testing.assert_array_equal(read_counted(out / "weight_q", "<i2"),
                                   np.trunc(np.clip(pool.astype(np.float64) * 256, -32768, 32767)))
     for rec in records:
-        exclusive = read_counted(state / f"{rec.name}_e", "<f4").reshape(-1, S)
+        exclusive = read_counted(out / f"{rec.name}_e", "<f4").reshape(-1, S)
         rows = [rec.page_table[page] - P for page in sorted(rec.exclusive_pages)]
         assert exclusive.tobytes() == store.exclusive[rows].astype("<f4").tobytes()
-        np.testing.assert_array_equal(read_counted(state / f"{rec.name}_q", "<i2"),
+        np.testing.assert_array_equal(read_counted(out / f"{rec.name}_q", "<i2"),
                                       np.trunc(np.clip(exclusive.reshape(-1).astype(np.float64) * 256,
                                                        -32768, 32767)))
-        table = read_counted(state / f"{rec.name}_p", "<u2")
+        table = read_counted(out / f"{rec.name}_p", "<u2")
         assert table.tolist() == original_page_list(rec, P)
         rebuilt = rebuild(pool.reshape(P, S), exclusive, table, rec.num_weights)
         assert rebuilt.tobytes() == store.materialize(rec.name).tobytes(), rec.name
     # The exported files do not disturb the state: it still loads, lists and takes a writer.
     with Store(state).writer() as again:
         assert [r.name for r in again.tasks] == [r.name for r in records]
-    assert (state / "weight").is_file()
+    assert (out / "weight").is_file()
 
 
 @pytest.mark.parametrize("page_dtype", ["int8", "int4"])

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_task_folder
+from conftest import assert_one_line_error, copy_task_folder, run_main
 
 from weightsep import plots
-from weightsep.errors import WeightSepError
 
 TASKS = ("hhar", "mnist")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,23 +115,27 @@ def test_sharing_cost_heatmap_equals_cost_matrix(session, tmp_path):
     assert sorted(map(tuple, plot.data["pairs"].tolist())) == expected_pairs
 
 
-def test_plot_modes_write_named_files(session, tmp_path):
+def test_plot_modes_of_the_cli_write_named_files(session, tmp_path):
+    """Every plot mode of WeightSeparation.py's table, run as a user runs it, writes its named file."""
+    import WeightSeparation
     store = session.store
-    for mode in ("pw", "pnw", "pnfh", "pnwh", "pf"):
-        plot = plots.plot_mode(session, mode, ["hhar"], tmp_path)
-        assert plot.path == tmp_path / f"{mode}_hhar.png"
-        assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
+    plot_modes = [name for name, mode in WeightSeparation.MODES.items() if mode.help.startswith("plot:")]
+    assert sorted(plot_modes) == sorted(["pf", "pw", "pnf", "pnw", "pnfh", "pnwh", "heatmap"])
+    for mode in plot_modes:
+        tasks = "hhar,mnist" if mode == "heatmap" else "hhar"
+        result = run_main(f"-mode={mode}", f"-vnn_name={tasks}", f"-state_dir={store.dir}", f"-plot_dir={tmp_path}",
+                          "-fisher_samples=10")
+        path = tmp_path / f"{mode}_{tasks.replace(',', '_')}.png"
+        assert result.stdout == f"saved {path}\n"
+        assert png_size(path) == inches_to_pixels(plots.SQUARE if mode == "heatmap" else plots.WIDE)
     rec = store.task("hhar")
     w = store.materialize("hhar")
-    pw = plots.plot_mode(session, "pw", ["hhar"], tmp_path).data["mean_abs"]
+    pw = plots.separated_weights_per_page(store, "hhar", tmp_path).data["mean_abs"]
     assert pw[0] == pytest.approx(np.abs(w[:store.page_size]).mean(), rel=1e-6)
     last = rec.num_weights - store.page_size * (rec.num_pages - 1)
     assert pw[-1] == pytest.approx(np.abs(w[-last:]).mean(), rel=1e-6)
-    hist = plots.plot_mode(session, "pnwh", ["hhar"], tmp_path).data
+    hist = plots.network_weights_histogram(store, "hhar", tmp_path).data
     assert hist["counts"].sum() == rec.num_weights
-    heat = plots.plot_mode(session, "heatmap", ["hhar", "mnist"], tmp_path)
-    assert heat.path == tmp_path / "heatmap_hhar_mnist.png"
-    with pytest.raises(WeightSepError, match="needs 2 task names"):
-        plots.plot_mode(session, "heatmap", ["hhar"], tmp_path)
-    with pytest.raises(WeightSepError, match="unknown plot mode"):
-        plots.plot_mode(session, "px", ["hhar"], tmp_path)
+    for tasks, message in (("hhar", "needs two different tasks"), ("hhar,hhar", "needs different tasks")):
+        result = run_main("-mode=heatmap", f"-vnn_name={tasks}", f"-state_dir={store.dir}", check=False)
+        assert_one_line_error(result, message)

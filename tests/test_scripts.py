@@ -29,18 +29,30 @@ def imported_modules(stderr):
     (["-mode=zz"], 2, "error: -mode must be one of "),
     (["-mode=l", "stray"], 2, "error: unexpected arguments: stray"),
     (["-mode=t", "-vnn_name=mnist", "-iter=0"], 2, "error: -iter=0: must be "),
+    (["-mode=e"], 2, "error: -mode=e needs -vnn_name=<task>"),
+    (["-mode=pf"], 2, "error: -mode=pf needs -vnn_name=<task>"),
+    (["-mode=heatmap", "-vnn_name=mnist"], 2, "error: -mode=heatmap needs two different tasks"),
+    (["-mode=c", "-vnn_name=mnist,mnist"], 2, "error: -mode=c needs different tasks"),
+    (["-mode=e", "-vnn_name=mnist"], 1, "error: no separated state in "),
     (["-help"], None, None),
-], ids=["bad-mode", "stray-argument", "bad-flag", "help"])
+], ids=["bad-mode", "stray-argument", "bad-flag", "e-no-task", "pf-no-task", "heatmap-one-task", "c-twice",
+        "e-no-state", "help"])
 def test_answers_without_importing_tensorflow(tmp_path, args, code, message):
     proc = subprocess.run([PYTHON, "-X", "importtime", str(REPO / "WeightSeparation.py"), *args], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
     modules, rest = imported_modules(proc.stderr)
     assert "absl.app" in modules  # the import report is there: the check below can see imports
-    heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "numpy"))
+    # Looking for a state reads the store's module (NumPy); nothing else may load more than absl.
+    light = ("tensorflow", "keras") if code == 1 else ("tensorflow", "keras", "numpy")
+    heavy = sorted(m for m in modules if m.split(".")[0] in light)
     assert not heavy, heavy
     assert "Traceback" not in proc.stderr
-    if code is None:  # -help: the modes from the docstring, then every flag with its help
-        assert "-mode=quantize -state_dir=S -out_dir=D" in proc.stdout and "--page_dtype" in proc.stdout
+    if code is None:  # -help: every mode of the table with its line, then every flag with its help
+        import WeightSeparation
+        for name, mode in WeightSeparation.MODES.items():
+            assert re.search(rf"^  -mode={name} {re.escape(mode.usage)} +{re.escape(mode.help)}$", proc.stdout, re.M), name
+        for flag in WeightSeparation.OWN_FLAGS:
+            assert re.search(rf"^  --(\[no\])?{flag}:", proc.stdout, re.M), flag
         assert rest == []
     else:
         assert proc.returncode == code and proc.stdout == ""
@@ -94,6 +106,10 @@ def test_formation_then_optimization_in_one_process_and_in_a_loop(tiny_tasks, tm
     out_inproc, out_loop = finish(inproc), finish(loop)
     for out in (out_inproc, out_loop):
         assert "1-th optimization" in out and "1-th evaluation" in out
+    # In one process: where the schedule is after each round, and a closing summary.
+    assert re.search(r"^round 1/1 done: mean test accuracy \d\.\d{6}; \d+ s elapsed$", out_inproc, re.M)
+    assert re.search(r"^optimization done: 1 round x 1 pass x 5 steps of 1 task in \d+ s; mean test accuracy "
+                     r"\d\.\d{6} after round 1, \d\.\d{6} after round 1$", out_inproc, re.M)
     accuracies = final_accuracies(out_inproc)
     assert sorted(accuracies) == ["tiny_b"]
     assert final_accuracies(out_loop) == accuracies
@@ -102,3 +118,14 @@ def test_formation_then_optimization_in_one_process_and_in_a_loop(tiny_tasks, tm
         np.testing.assert_array_equal(a.materialize(rec.name), b.materialize(rec.name))
         assert rec.settings["trained_steps"] == b.task(rec.name).settings["trained_steps"] == 10
         assert f"{rec.accuracy['separated']:.6f}" == accuracies[rec.name]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tiny_state):
+    """`WeightSeparation.py | head -1`: the reader is gone before the listing is written."""
+    proc = subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), f"-state_dir={tiny_state}"],
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert err == ""

@@ -33,22 +33,23 @@ def read_labels(path):
 
 
 def test_every_task_round_trips_exactly(tiny_state, tmp_path):
-    """No -vnn_name: every task of the state, all its test examples, into the state directory
+    """No -vnn_name: every task of the state, all its test examples, into <state_dir>/export
     (the default, as -mode=w), listed in the manifest; tiny_b has two channels (the NCHW order)."""
     state = copy_state(tiny_state, tmp_path / "st")
     result = run_main("-mode=testdata", f"-state_dir={state}")
-    manifest = json.loads((state / "manifest.json").read_text())
+    out = state / "export"
+    manifest = json.loads((out / "manifest.json").read_text())
     store = Store(state).load()
     assert [rec.name for rec in store.tasks] == ["tiny_a", "tiny_b"]
     for rec in store.tasks:
         spec = rec.runnable_spec()
         test = datasets.load_split(spec, "test", "synthetic", int(rec.settings["data_seed"]))
-        n, x = read_inputs(state / f"{rec.name}_t", spec.input_shape)
+        n, x = read_inputs(out / f"{rec.name}_t", spec.input_shape)
         assert n == len(test.y) == 1000
         assert x.tobytes() == np.asarray(test.x, np.float32).tobytes()
-        np.testing.assert_array_equal(read_labels(state / f"{rec.name}_l"), test.y)
+        np.testing.assert_array_equal(read_labels(out / f"{rec.name}_l"), test.y)
         for suffix in ("_t", "_l"):
-            assert manifest["files"][rec.name + suffix]["bytes"] == (state / (rec.name + suffix)).stat().st_size
+            assert manifest["files"][rec.name + suffix]["bytes"] == (out / (rec.name + suffix)).stat().st_size
         assert f"data_len: {n}" in result.stdout
     # The state is untouched by the export: it still loads and takes a writer.
     with Store(state).writer() as again:
@@ -95,8 +96,9 @@ def test_cifar10_files_keep_the_original_short_name(tmp_path):
                                   spec=spec.to_json()), np.zeros((0, 512), np.float32),
                        vectors={"network_weight": np.ones(n, np.float32), "network_fisher": np.ones(n, np.float32)})
     run_main("-mode=testdata", f"-state_dir={store.dir}", "-data=synthetic", "-num_examples=3")
-    assert not (store.dir / "cifar10_t").exists()
+    out = store.dir / "export"
+    assert not (out / "cifar10_t").exists()
     test = datasets.load_split(spec, "test", "synthetic", 0)
-    _, x = read_inputs(store.dir / "c10_t", (32, 32, 3))
+    _, x = read_inputs(out / "c10_t", (32, 32, 3))
     np.testing.assert_array_equal(x, test.x[:3])
-    np.testing.assert_array_equal(read_labels(store.dir / "c10_l"), test.y[:3])
+    np.testing.assert_array_equal(read_labels(out / "c10_l"), test.y[:3])

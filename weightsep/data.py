@@ -40,6 +40,7 @@ import gzip
 import hashlib
 import posixpath
 import re
+import shlex
 import struct
 import zlib
 from pathlib import Path
@@ -48,9 +49,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from weightsep import atomic, synthetic
-from weightsep.errors import DataError, WeightSepError
+from weightsep.errors import DataError, WeightSepError, command
 from weightsep.synthetic import SYNTHETIC_SIZES
-from weightsep.tasks import SPLITS, TaskSpec
+from weightsep.tasks import PAPER_TASKS, REPO_ROOT, SPLITS, TaskSpec
 
 __all__ = ["DATA_KINDS", "DEFAULT_VALIDATION_SPLIT", "MNIST_VALIDATION_HEAD", "SYNTHETIC_SIZES", "CHECKSUM_MANIFEST", "IDX_MAX_ITEMS", "Dataset", "FileCheck",
            "Checksums", "load_split", "num_examples", "describe", "clear_cache", "data_files", "verify_file",
@@ -90,7 +91,12 @@ class Dataset:
 
 
 def _download_hint(task: TaskSpec) -> str:
-    return f"run ./download_dataset.sh {task.name} (or use -data=synthetic)"
+    """The command that downloads the task's files into its folder (wherever that folder is)."""
+    if task.name not in PAPER_TASKS:
+        return f"put the task's data files into {task.folder} (or use -data=synthetic)"
+    folder = Path(task.folder) if task.folder is not None else REPO_ROOT / task.name
+    env = "" if folder.resolve() == (REPO_ROOT / task.name).resolve() else f"WS_ROOT={shlex.quote(str(folder.parent))}"
+    return f"run {command('download_dataset.sh', task.name, env=env)} (or use -data=synthetic)"
 
 
 def _check_kind(task: TaskSpec, split: str, data: str) -> None:

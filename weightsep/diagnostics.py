@@ -115,7 +115,13 @@ def tpr_lines(session: Session, name: str) -> list[str]:
               else fisher_lib.compute_fisher(net, net.get_vector(), train.x, opt.fisher_samples, opt.seed))
     page_size = store.page_size if store.loaded else opt.page_size
     num_shared = store.num_pages if store.loaded else opt.num_pages
-    sep = separation.separate(fisher, net.num_weights, page_size, tpr, opt.margin, num_shared, opt.use_exclusive_page)
+    # The margin the task was added with, unless -margin asks about another one.
+    recorded = store.task(name).settings.get("margin") if store.loaded and store.has_task(name) else None
+    if "margin" in opt.explicit or recorded is None:
+        margin, source = opt.margin, "-margin" if "margin" in opt.explicit else "the default -margin"
+    else:
+        margin, source = float(recorded), "as the task was added"
+    sep = separation.separate(fisher, net.num_weights, page_size, tpr, margin, num_shared, opt.use_exclusive_page)
     return [f"Target performance rate: {tpr}",
             f"{name}: {sep.num_of_exclusive_weight_page} exclusive pages {sep.exclusive_pages.tolist()} "
-            f"(margin {opt.margin})"]
+            f"(margin {margin:g}, {source})"]

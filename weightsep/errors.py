@@ -6,6 +6,12 @@ and what to run.  The CLI prints the message on one line and exits non-zero;
 tracebacks are for bugs.
 """
 
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
 
 class WeightSepError(Exception):
     """An error the user can act on; its message is shown as is."""
@@ -42,3 +48,27 @@ def shown(value) -> str:
     """A value for a one-line message, cut short."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def closest(name: str, known) -> str | None:
+    """The known name a mistyped ``name`` most likely meant (None when nothing is close)."""
+    import difflib
+    found = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def command(script: str, *args: str, env: str = "") -> str:
+    """A command line that runs ``script`` of this repository (a .py through this Python) with
+    ``args``, as a user can paste it into a shell in the current directory: what hints print."""
+    here = os.getcwd()
+
+    def short(path: str) -> str:
+        relative = os.path.relpath(path, here)
+        if relative.startswith(".."):
+            return path
+        return relative if "/" in relative else f"./{relative}"
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = short(os.path.join(root, script))
+    words = [short(sys.executable), path.removeprefix("./")] if script.endswith(".py") else [path]
+    return (f"{env} " if env else "") + shlex.join([*words, *args])

@@ -141,8 +141,9 @@ def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
     return lines
 
 
-def export_page_tables(store: Store, out_dir: Path) -> list[str]:
-    """-mode=p: each task's page table as uint16 entries (task-local exclusive numbering)."""
+def export_page_tables(store: Store, out_dir: Path, full_tables: bool = True) -> list[str]:
+    """-mode=p: each task's page table as uint16 entries (task-local exclusive numbering); the
+    lines print each table in full, or its first and last entries (``full_tables`` False)."""
     _check_names(store, ("_p",))
     tables = {rec.name: local_page_table(store, rec.name) for rec in store.tasks}
     for name, table in tables.items():  # every table checked before any file is written
@@ -153,7 +154,7 @@ def export_page_tables(store: Store, out_dir: Path) -> list[str]:
     manifest = _manifest(out_dir, store)
     lines = []
     for name, table in tables.items():
-        lines += [name, str(table.tolist()), f"weight_page_list_len {table.size}"]
+        lines += [name, str(table.tolist()) if full_tables else _shortened(table), f"weight_page_list_len {table.size}"]
         _write(out_dir, f"{name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
     _save_manifest(out_dir, manifest)
     lines.append(f"wrote {out_dir}")
@@ -205,6 +206,14 @@ def export_test_data(store: Store, out_dir: Path, tests: dict, num_examples: int
     _save_manifest(out_dir, manifest)
     lines.append(f"wrote {out_dir}")
     return lines
+
+
+def _shortened(table: np.ndarray, keep: int = 6) -> str:
+    """A long page table as its first and last ``keep`` entries."""
+    if table.size <= 2 * keep:
+        return str(table.tolist())
+    head, tail = ", ".join(map(str, table[:keep].tolist())), ", ".join(map(str, table[-keep:].tolist()))
+    return f"[{head}, ..., {tail}] ({table.size} entries; -print_tables prints them all)"
 
 
 def _write(out_dir: Path, name: str, data: bytes, manifest: dict, what: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep.atomic import write_bytes
-from weightsep.errors import WeightSepError
+from weightsep.errors import WeightSepError, command
 from weightsep.tasks import TaskSpec
 
 from weightsep.tf import keras, tf
@@ -309,9 +309,10 @@ def load_network(task: TaskSpec, path: Path | None = None, layout: str = "natura
     """Build the task's model and restore its saved weights; errors name the file and the fix."""
     path = Path(path or network_file(task))
     if not path.is_file():
+        folder = str(task.folder) if task.folder is not None else task.name
         raise WeightSepError(
             f"no trained network for task {task.name}: {path} is missing; run "
-            f"`python WeightSeparation.py -mode=pretrain -network_path={task.name}` "
+            f"{command('WeightSeparation.py', '-mode=pretrain', f'-network_path={folder}')} "
             f"(add -data=synthetic for the offline data) or -mode=import an original checkpoint")
     net = Network(task, layout=layout)
     try:
@@ -333,6 +334,8 @@ def load_network(task: TaskSpec, path: Path | None = None, layout: str = "natura
 
 # --- import of the original TensorFlow 1 checkpoints --------------------------------
 
+ORIGINAL_REPOSITORY = "https://github.com/weight-separation/WeightSeparation"
+
 def _checkpoint_prefix(folder: Path, name: str) -> Path:
     prefix = Path(folder) / name
     missing = [str(prefix) + ext for ext in (".meta", ".index", ".data-00000-of-00001")
@@ -340,7 +343,9 @@ def _checkpoint_prefix(folder: Path, name: str) -> Path:
     if missing:
         raise WeightSepError(
             f"original checkpoint of {name} is incomplete: missing {', '.join(missing)} "
-            f"(expected {name}.meta, {name}.index, {name}.data-00000-of-00001 in {folder})")
+            f"(expected {name}.meta, {name}.index, {name}.data-00000-of-00001 in {folder}); the authors' "
+            f"checkpoints are in the task folders of {ORIGINAL_REPOSITORY}: git clone it, then "
+            f"{command('WeightSeparation.py', '-mode=import', f'-network_path=WeightSeparation/{name}')}")
     return prefix
 
 

@@ -378,18 +378,24 @@ def record_accuracy(store: Store, name: str, accuracy: float) -> None:
 
 
 def optimize_all(session: Session, rounds: int, iters: int, passes: int = 10, log: Log = print_log,
-                 progress: Callable[[int, int, dict], None] | None = None) -> list[dict[str, float]]:
+                 progress: Callable[[int, int, dict], None] | None = None,
+                 on_train: Callable[[int, int], None] | None = None) -> list[dict[str, float]]:
     """optimization.sh in one process: each round, ``passes`` times every task trains ``iters``
     steps, then every task is evaluated on its test split (and its accuracy recorded).
-    ``progress(round, rounds, accuracies)`` is called after each round."""
+    ``progress(round, rounds, accuracies)`` is called after each round, ``on_train(done, total)``
+    after each task's training (``total`` = rounds x passes x tasks)."""
     names = [rec.name for rec in session.store.tasks]
     history = []
+    done, total = 0, rounds * passes * len(names)
     for r in range(1, rounds + 1):
         log(f"{r}-th optimization")
         for _ in range(passes):
             for name in names:
                 log(f"[{name}]")
                 train_task(session, name, iters, log=log)
+                done += 1
+                if on_train is not None:
+                    on_train(done, total)
         log(f"{r}-th evaluation")
         accs = {}
         for name in names:

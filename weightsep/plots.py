@@ -7,7 +7,8 @@ independent computation.  The data behind each figure comes from a small pure
 function (``occupation_by_task``, ``exclusive_by_task``, ``page_contribution``,
 ``sharing_cost``, ...) that tests call directly too.
 
-``plot_mode`` serves the original's plot modes of WeightSeparation.py:
+One function per plot mode of WeightSeparation.py (``separated_fisher_per_page`` ...,
+at the end) names the file and calls the figure:
 
     pf       Fisher per page of the separated task, recomputed on its materialized
              weights (same K examples and seed as at add), exclusive pages highlighted
@@ -330,41 +331,41 @@ def plot_sharing_cost(store: Store, a: str, b: str, path) -> Plot:
     return Plot(_save(fig, path), data)
 
 
-# --- the CLI plot modes -------------------------------------------------------------
+# --- the CLI plot modes: one function each, writing <plot_dir>/<mode>_<task>.png ----------
 
-PLOT_MODES = {
-    "pf": "Fisher per page of the separated task, recomputed on its materialized weights",
-    "pw": "mean |w| per page of the separated task (materialized weights)",
-    "pnf": "Fisher per page of the task's network (stored at add)",
-    "pnw": "mean |w| per page of the task's network weights",
-    "pnfh": "histogram of the network Fisher (log10 of nonzero values)",
-    "pnwh": "histogram of the network weights",
-    "heatmap": "overlapping cost of task a's pages against task b's pages (-vnn_name=a,b)",
-}
+def separated_fisher_per_page(session, name: str, plot_dir) -> Plot:
+    """-mode=pf: Fisher per page of the separated task, recomputed on its materialized weights."""
+    from weightsep.diagnostics import separated_fisher  # runs the network: TensorFlow
+    return plot_page_fisher(session.store, name, Path(plot_dir) / f"pf_{name}.png", separated_fisher(session, name),
+                            label="separated weights")
 
 
-def plot_mode(session, mode: str, names: list[str], plot_dir) -> Plot:
-    """Draw one of PLOT_MODES into <plot_dir>/<mode>_<task>.png (heatmap: heatmap_<a>_<b>.png)."""
-    store = session.store
-    if mode not in PLOT_MODES:
-        raise WeightSepError(f"unknown plot mode {mode!r}; expected one of {', '.join(PLOT_MODES)}")
-    want = 2 if mode == "heatmap" else 1
-    if len(names) != want:
-        example = "-vnn_name=a,b" if want == 2 else "-vnn_name=<task>"
-        raise WeightSepError(f"-mode={mode} needs {want} task name{'s' if want == 2 else ''}: {example}")
-    path = Path(plot_dir) / f"{mode}_{'_'.join(names)}.png"
-    name = names[0]
-    if mode == "pf":
-        from weightsep.diagnostics import separated_fisher  # runs the network: TensorFlow
-        return plot_page_fisher(store, name, path, separated_fisher(session, name), label="separated weights")
-    if mode == "pw":
-        return plot_page_weights(store, name, path, store.materialize(name), label="separated")
-    if mode == "pnf":
-        return plot_page_fisher(store, name, path)
-    if mode == "pnw":
-        return plot_page_weights(store, name, path)
-    if mode == "pnfh":
-        return plot_histogram(store, name, path, "fisher")
-    if mode == "pnwh":
-        return plot_histogram(store, name, path, "weight")
-    return plot_sharing_cost(store, names[0], names[1], path)
+def separated_weights_per_page(store: Store, name: str, plot_dir) -> Plot:
+    """-mode=pw: mean |w| per page of the separated task's materialized weights."""
+    return plot_page_weights(store, name, Path(plot_dir) / f"pw_{name}.png", store.materialize(name),
+                             label="separated")
+
+
+def network_fisher_per_page(store: Store, name: str, plot_dir) -> Plot:
+    """-mode=pnf: Fisher per page of the task's network (the Fisher stored at add)."""
+    return plot_page_fisher(store, name, Path(plot_dir) / f"pnf_{name}.png")
+
+
+def network_weights_per_page(store: Store, name: str, plot_dir) -> Plot:
+    """-mode=pnw: mean |w| per page of the task's network weights (stored at add)."""
+    return plot_page_weights(store, name, Path(plot_dir) / f"pnw_{name}.png")
+
+
+def network_fisher_histogram(store: Store, name: str, plot_dir) -> Plot:
+    """-mode=pnfh: histogram of the network Fisher values (log10 of the nonzero ones)."""
+    return plot_histogram(store, name, Path(plot_dir) / f"pnfh_{name}.png", "fisher")
+
+
+def network_weights_histogram(store: Store, name: str, plot_dir) -> Plot:
+    """-mode=pnwh: histogram of the network weight values."""
+    return plot_histogram(store, name, Path(plot_dir) / f"pnwh_{name}.png", "weight")
+
+
+def sharing_cost_heatmap(store: Store, a: str, b: str, plot_dir) -> Plot:
+    """-mode=heatmap: the overlapping cost of a's pages against b's pages."""
+    return plot_sharing_cost(store, a, b, Path(plot_dir) / f"heatmap_{a}_{b}.png")

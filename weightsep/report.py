@@ -92,7 +92,7 @@ def markdown_table(store: Store) -> list[str]:
     rows = task_rows(store)
     p = packing(store)
     lines = [
-        "| DNN | weights | memory (KB) | pages | exclusive pages | network acc. (%) | separated acc. (%) | difference (%) |",
+        "| DNN | weights | memory (KB) | pages | exclusive pages | network acc. (%) | separated acc. (%) | difference (points) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

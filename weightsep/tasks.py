@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from weightsep import atomic
-from weightsep.errors import WeightSepError, is_int, shown
+from weightsep.errors import WeightSepError, closest, is_int, shown
 from weightsep.limits import MAX_WEIGHTS
 
 # The repository root: the default place to look for task folders.
@@ -341,8 +341,10 @@ def _find_folder(name_or_path: str | os.PathLike, root: str | os.PathLike | None
     for folder in candidates:
         if _task_file(folder).is_file():
             return folder
-    known = ", ".join(t for t in list_tasks(root)) or "none"
-    raise WeightSepError(f"unknown task {text!r}: no {text}/task.py found (known tasks: {known})")
+    names = list(list_tasks(root))
+    guess = closest(Path(text).name, names)
+    raise WeightSepError(f"unknown task {text!r}: no {text}/task.py found (known tasks: {', '.join(names) or 'none'})"
+                         + (f"; did you mean {guess}?" if guess else ""))
 
 
 def load_task(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> TaskSpec:

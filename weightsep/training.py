@@ -249,6 +249,7 @@ class StepLog:
     original_loss: float
     overlapping_loss: float
     selection_accuracy: float | None = None
+    selection_split: str = "test"  # the split selection_accuracy was measured on
 
 
 @dataclasses.dataclass
@@ -405,7 +406,7 @@ class SeparatedTrainer:
                     best_acc, best_w, improved = acc, self.w.numpy(), True
             stats = self._checked_step(x_train[idx], y_train[idx], i)
             if evaluate:
-                log(StepLog(i, *stats, acc))
+                log(StepLog(i, *stats, acc, "test"))
                 if improved:
                     log(f"get new weight for {best_acc:.6f}")
         return TrainOutcome(best_w, best_acc, start_acc)
@@ -416,11 +417,11 @@ class SeparatedTrainer:
         for i, idx in enumerate(batches):
             stats = self._checked_step(x_train[idx], y_train[idx], i)
             if i == 0:
-                log(StepLog(0, *stats, start_acc))
+                log(StepLog(0, *stats, start_acc, "validation"))
             done = i + 1
             if done % EVAL_EVERY == 0 or done == iters:
                 acc = self.accuracy(x_sel, y_sel)
-                log(StepLog(done, *stats, acc))
+                log(StepLog(done, *stats, acc, "validation"))
                 if acc > best_acc:
                     best_acc, best_w = acc, self.w.numpy()
                     log(f"get new weight for {acc:.6f}")
@@ -433,7 +434,9 @@ def print_log(entry) -> None:
         print(f"step {entry.step}, training accuracy: {entry.train_accuracy:.6f} "
               f"original loss: {entry.original_loss:.6f} overlapping loss: {entry.overlapping_loss:.6f}")
         if entry.selection_accuracy is not None:
-            print(f"step {entry.step}, Validation accuracy: {entry.selection_accuracy:.6f}")
+            # The original's words, though it measured the test split: the split is said after them.
+            said = "test split, as the original" if entry.selection_split == "test" else "validation split"
+            print(f"step {entry.step}, Validation accuracy: {entry.selection_accuracy:.6f} ({said})")
     else:
         print(entry)
     sys.stdout.flush()

@@ -31,7 +31,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from weightsep import pages
-from weightsep.errors import StateError, WeightSepError, is_int
+from weightsep.errors import StateError, WeightSepError, closest, is_int
 from weightsep.limits import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE,
                               MAX_POOL_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
 from weightsep.pageformat import PAGE_DTYPES, QUANTIZED_DTYPES, page_format
@@ -170,8 +170,9 @@ class Store:
             if record.name == name:
                 return index
         known = ", ".join(t.name for t in reg.tasks) or "none"
-        raise StateError(f"task '{name}' is not in {self.registry_path} (known tasks: {known}); "
-                         f"add it with -mode=a -vnn_name={name}")
+        guess = closest(name, [t.name for t in reg.tasks])
+        raise StateError(f"task '{name}' is not in {self.registry_path} (known tasks: {known}); " +
+                         (f"did you mean {guess}?" if guess else "add its folder with -mode=a -network_path=<folder>"))
 
     def task(self, name: str) -> TaskRecord:
         """A copy of one task's record; StateError naming the known tasks if absent."""
