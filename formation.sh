@@ -11,6 +11,15 @@
 # default state directory is the current one, as the original's). Later flags win, so -iter=N
 # overrides the 2000 steps.
 set -euo pipefail
+for arg in "$@"; do
+    case "$arg" in
+        -h|-help|--help|-helpshort|--helpshort)
+            # The comment above, as the usage; every flag is WeightSeparation.py's (-help lists them).
+            sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+            echo "Flags: those of WeightSeparation.py, passed to each of its calls; see: python WeightSeparation.py -help"
+            exit 0 ;;
+    esac
+done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || echo python3 )}
 TASKS=${TASKS:-"cifar10 mnist fmnist gtsrb svhn obs gsc esc10 us8k hhar"}

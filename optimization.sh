@@ -14,6 +14,15 @@
 # the caller's directory (a relative -state_dir is relative to it). Later flags win, so
 # -rounds=N, -passes=N and -iter=N override the defaults.
 set -euo pipefail
+for arg in "$@"; do
+    case "$arg" in
+        -h|-help|--help|-helpshort|--helpshort)
+            # The comment above, as the usage; every flag is WeightSeparation.py's (-help lists them).
+            sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+            echo "Flags: those of WeightSeparation.py, passed to each of its calls; see: python WeightSeparation.py -help"
+            exit 0 ;;
+    esac
+done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || echo python3 )}
 

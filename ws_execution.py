@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from weightsep import cli
 from weightsep.cli import EXECUTION_BOUNDS, check_flags, define_execution_flags, execution_specs, main_of
 
 FLAGS = flags.FLAGS
 define_execution_flags()
+flags.adopt_module_key_flags(cli)  # -help lists the shared flags too, not only this script's own
 
 flags.DEFINE_enum("secondary", None, ["disk", "host"],
                   "level-2 memory of the exclusive pages (default: disk on a CPU, host with a GPU)")

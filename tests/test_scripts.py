@@ -129,3 +129,31 @@ def test_output_into_a_closed_pipe_ends_quietly(tiny_state):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert err == ""
+
+
+EXECUTION_FLAGS = ["state_dir", "num_execution", "seed", "device", "data", "data_seed", "batch_size", "network_path"]
+
+
+@pytest.mark.parametrize("script, own", [("ws_execution.py", ["secondary"]), ("baseline_execution.py", ["baseline"])])
+def test_execution_scripts_help_lists_every_flag(tmp_path, script, own):
+    proc = subprocess.run([PYTHON, "-X", "importtime", str(REPO / script), "-help"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
+    modules, rest = imported_modules(proc.stderr)
+    assert not sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras")) and rest == []
+    listed = re.findall(r"^  --(?:\[no\])?(\w+):", proc.stdout, re.M)
+    assert sorted(listed) == sorted(EXECUTION_FLAGS + own)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script, first", [("formation.sh", "Step 1 of weight separation"),
+                                           ("optimization.sh", "Step 2 of weight separation")])
+@pytest.mark.parametrize("flag", ["-help", "--help", "-h"])
+def test_shell_scripts_help_starts_no_work(tmp_path, script, first, flag):
+    """The usage, then the pointer to WeightSeparation.py's flags; no Python runs, nothing is written."""
+    env = dict(os.environ, PYTHON="/bin/false")  # a call of WeightSeparation.py would fail the script
+    proc = subprocess.run([str(REPO / script), "-data=synthetic", flag], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith(first) and "WeightSeparation.py -help" in proc.stdout.splitlines()[-1]
+    assert not re.search(r"^#", proc.stdout, re.M) and "== add" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
