@@ -27,8 +27,9 @@ flags.DEFINE_integer("iter", None, "training steps (pretrain: 2000, t: 2000, o: 
 flags.DEFINE_integer("rounds", 100, "-mode=o: rounds (each: -passes passes, then every task evaluated)")
 flags.DEFINE_integer("passes", 10, "-mode=o: passes per round (each: every task trains -iter steps)")
 flags.DEFINE_integer("Q", 8, "fraction bits of the int16 Q-format files of -mode=w")
-flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p / -mode=testdata / -mode=blob write (default: "
-                    "<state_dir>/export; the original wrote into its working directory)")
+flags.DEFINE_string("export_dir", None, "where -mode=w / -mode=p / -mode=testdata / -mode=blob write, replaced "
+                    "all-or-nothing with a manifest (default: <state_dir>/export; the original wrote into its working "
+                    "directory)")
 flags.DEFINE_integer("num_examples", None, "-mode=testdata: the first K test examples of each task (default all)")
 flags.DEFINE_bool("print_tables", False, "-mode=p: print every page table in full (default: long tables shortened)")
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
@@ -73,30 +74,42 @@ class Mode:
     tasks: int = 0                 # task names it needs: 0 none, 1 one, 2 two different, -1 two or more different
     state: str = "none"            # "need": an existing state; "use": the state if there is one; "none"
     ours: bool = False             # a mode the original did not have
+    writes: str = ""               # the flag of the directory it writes into (checked before any work)
 
 
 # --- helpers ------------------------------------------------------------------------
 
 def _names() -> list[str]:
-    """The task names of -vnn_name (a comma list) or, failing that, of -network_path."""
-    text = FLAGS.vnn_name or FLAGS.network_path or ""
-    return [part.strip().rstrip("/").split("/")[-1] for part in text.split(",") if part.strip()]
+    """The task names of -vnn_name (a comma list of plain names) or, failing that, the name of the
+    -network_path folder."""
+    from weightsep.errors import WeightSepError
+    from weightsep.tasks import check_task_name
+    if not FLAGS.vnn_name:
+        return [FLAGS.network_path.rstrip("/").split("/")[-1]] if FLAGS.network_path else []
+    names = [part.strip() for part in FLAGS.vnn_name.split(",") if part.strip()]
+    for name in names:
+        try:
+            check_task_name(name)
+        except WeightSepError as why:
+            raise FlagError(f"-vnn_name: {why}") from None
+    return names
 
 
 def _check_names(mode: str, spec: Mode, names: list[str]) -> None:
+    from weightsep.errors import shown
     if spec.tasks == 0:
         return
     example = {1: "-vnn_name=<task>", 2: "-vnn_name=<a>,<b>", -1: "-vnn_name=<a>,<b>[,...]"}[spec.tasks]
     if not names:
         raise FlagError(f"-mode={mode} needs {example}")
     if spec.tasks == 1 and len(names) != 1:
-        raise FlagError(f"-mode={mode} takes one task, got -vnn_name={FLAGS.vnn_name}")
+        raise FlagError(f"-mode={mode} takes one task, got -vnn_name={shown(FLAGS.vnn_name)}")
     if spec.tasks in (2, -1):
         if len(set(names)) != len(names):
-            raise FlagError(f"-mode={mode} needs different tasks, got -vnn_name={FLAGS.vnn_name}")
+            raise FlagError(f"-mode={mode} needs different tasks, got -vnn_name={shown(FLAGS.vnn_name)}")
         if len(names) < 2 or (spec.tasks == 2 and len(names) != 2):
             raise FlagError(f"-mode={mode} needs {'two' if spec.tasks == 2 else 'two or more'} different tasks "
-                            f"({example}), got -vnn_name={FLAGS.vnn_name or FLAGS.network_path}")
+                            f"({example}), got -vnn_name={shown(FLAGS.vnn_name or FLAGS.network_path)}")
 
 
 def _missing_state(store) -> str:
@@ -113,7 +126,7 @@ def _missing_state(store) -> str:
 
 def _unknown_task(store, name: str) -> str:
     """The error for a task that is not in the state: the closest name's command, or how to add it."""
-    from weightsep.errors import closest
+    from weightsep.errors import closest, shown
     from weightsep.tasks import REPO_ROOT
     known = [rec.name for rec in store.tasks]
     listed = ", ".join(known) or "none"
@@ -122,13 +135,14 @@ def _unknown_task(store, name: str) -> str:
         fixed = ",".join(guess if n == name else n for n in _names())
         corrected = cli.command("WeightSeparation.py", *cli.flag_args(
             FLAGS, [flag for flag in OWN_FLAGS if flag != "network_path"], vnn_name=fixed))
-        return f"task {name} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? run {corrected}"
+        return (f"task {shown(name)} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? "
+                f"run {corrected}")
     folder = Path(REPO_ROOT) / name
     add = (cli.command("WeightSeparation.py", "-mode=a", f"-network_path={folder}", f"-state_dir={FLAGS.state_dir}")
            if (folder / "task.py").is_file() else
            cli.command("WeightSeparation.py", "-mode=a", "-network_path=FOLDER", f"-state_dir={FLAGS.state_dir}")
            + " (FOLDER: the folder of its task.py)")
-    return f"task {name} is not in the state in {store.dir} (tasks: {listed}); add it with {add}"
+    return f"task {shown(name)} is not in the state in {store.dir} (tasks: {listed}); add it with {add}"
 
 
 def preflight(mode: str, spec: Mode) -> Call:
@@ -141,6 +155,15 @@ def preflight(mode: str, spec: Mode) -> Call:
     for flag in spec.needs:
         if FLAGS[flag].value is None:
             raise FlagError(f"-mode={mode} needs -{flag}=...: {mode} {spec.usage}")
+    from weightsep.atomic import check_dir_path
+    from weightsep.pageformat import page_format
+    try:
+        page_format(FLAGS.page_dtype).check_page_size(FLAGS.page_size)
+    except ValueError as why:
+        raise FlagError(f"-page_dtype={FLAGS.page_dtype} -page_size={FLAGS.page_size}: {why}") from None
+    if spec.writes:
+        default = {"export_dir": _export_dir, "plot_dir": _plot_dir}.get(spec.writes)
+        check_dir_path(default() if default else FLAGS[spec.writes].value, spec.writes)
     names = _names()
     _check_names(mode, spec, names)
     state = spec.state if not (mode == "e" and FLAGS.target == "network") else "use"
@@ -252,16 +275,22 @@ def mode_evaluate(call: Call):
         task = load_task(FLAGS.network_path) if FLAGS.network_path else session.spec(call.name)
         print(f"{task.name} inference accuracy: {evaluate_network(session, task):.6f}")
         return
-    from weightsep.errors import StateLockedError, StateReadOnlyError
+    from weightsep.errors import StateLockedError, StateReadOnlyError, WriteError
     from weightsep.pipeline import evaluate_task, record_accuracy
     session = _session(call)
+    acc = None
     try:
         with session.store.writer():  # record the accuracy when nobody else writes the state
             acc = evaluate_task(session, call.name)
             record_accuracy(session.store, call.name, acc)
-    except (StateLockedError, StateReadOnlyError) as why:
-        acc = evaluate_task(session, call.name)
+    except (StateLockedError, StateReadOnlyError, WriteError) as why:
+        # The accuracy is the result; the registry is only where it is kept (a full disk, a
+        # read-only or locked state: say so, after the result).
+        if acc is None:
+            acc = evaluate_task(session, call.name)
+        print(f"{call.name} inference accuracy: {acc:.6f}")
         print(f"note: accuracy not recorded in the registry ({why})", file=sys.stderr)
+        return
     print(f"{call.name} inference accuracy: {acc:.6f}")
 
 
@@ -324,7 +353,7 @@ def mode_quantize(call: Call):
     from weightsep.pipeline import quantize_state
     if FLAGS.page_dtype == "float32":
         raise FlagError("-mode=quantize needs -page_dtype=int8 or -page_dtype=int4")
-    _print(quantize_state(FLAGS.state_dir, FLAGS.out_dir, FLAGS.page_dtype, _options()))
+    _print(quantize_state(FLAGS.state_dir, FLAGS.out_dir, FLAGS.page_dtype, _options(), source=call.store))
 
 
 # Diagnostics: each prints the lines of its function in weightsep/diagnostics.py.
@@ -416,7 +445,7 @@ MODES: dict[str, Mode] = {
     "l": Mode(mode_list, "", "list tasks, pool occupation, packing in weights and bytes",
               state="need"),
     "a": Mode(mode_add, "-network_path=T", "add a task: Fisher, separation, overlapping",
-              needs=("network_path",)),
+              needs=("network_path",), writes="state_dir"),
     "t": Mode(mode_train, f"{T} [-iter=2000]", "train one task with the overlapping loss", tasks=1, state="need"),
     "e": Mode(mode_evaluate, f"{T} [-target=network]", "test accuracy of the separated task (or of its own network)",
               tasks=1, state="need"),
@@ -434,29 +463,33 @@ MODES: dict[str, Mode] = {
     "tpr": Mode(mode_tpr, T, "target performance rate and the exclusive pages it gives",
                 tasks=1, state="use"),
     "w": Mode(mode_export_weights, "[-Q=8 -export_dir=D]", "the original's binary files: pool and exclusive pages (float32, "
-              "int16 Q-format)", state="need"),
-    "p": Mode(mode_export_page_tables, "[-export_dir=D -print_tables]", "the original's binary page tables (uint16)", state="need"),
+              "int16 Q-format)", state="need", writes="export_dir"),
+    "p": Mode(mode_export_page_tables, "[-export_dir=D -print_tables]", "the original's binary page tables (uint16)",
+              state="need", writes="export_dir"),
     "testdata": Mode(mode_export_test_data, "[-vnn_name=A,B] [-num_examples=K]", "the original's test-data files "
-                     "(<task>_t inputs, <task>_l labels) for a device", state="need"),
-    "pf": Mode(mode_plot_fisher_separated, T, "plot: Fisher per page of the separated task (recomputed): pf_T.png", tasks=1, state="need"),
+                     "(<task>_t inputs, <task>_l labels) for a device", state="need", writes="export_dir"),
+    "pf": Mode(mode_plot_fisher_separated, T, "plot: Fisher per page of the separated task (recomputed): pf_T.png", tasks=1,
+               state="need", writes="plot_dir"),
     "pw": Mode(mode_plot_weights_separated, T, "plot: mean |w| per page of the separated task: pw_T.png", tasks=1,
-               state="need"),
+               state="need", writes="plot_dir"),
     "pnf": Mode(mode_plot_fisher_network, T, "plot: Fisher per page of the task's network (at add): pnf_T.png",
-                tasks=1, state="need"),
+                tasks=1, state="need", writes="plot_dir"),
     "pnw": Mode(mode_plot_weights_network, T, "plot: mean |w| per page of the task's network: pnw_T.png", tasks=1,
-                state="need"),
+                state="need", writes="plot_dir"),
     "pnfh": Mode(mode_plot_fisher_histogram, T, "plot: histogram of the network's Fisher values: pnfh_T.png",
-                 tasks=1, state="need"),
+                 tasks=1, state="need", writes="plot_dir"),
     "pnwh": Mode(mode_plot_weights_histogram, T, "plot: histogram of the network's weights: pnwh_T.png", tasks=1,
-                 state="need"),
-    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B", "plot: overlapping cost of A's x B's pages: heatmap_A_B.png", tasks=2, state="need"),
+                 state="need", writes="plot_dir"),
+    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B", "plot: overlapping cost of A's x B's pages: heatmap_A_B.png", tasks=2,
+                    state="need", writes="plot_dir"),
     "pretrain": Mode(mode_pretrain, "-network_path=T [-iter=2000]", "train a task's own network",
                      needs=("network_path",), ours=True),
     "import": Mode(mode_import, "-network_path=DIR [-vnn_name=T]", "import an original TF1 checkpoint (DIR/T.meta ...)", needs=("network_path",), ours=True),
     "o": Mode(mode_optimize, "[-rounds=100 -passes=10 -iter=32]", "optimization.sh in one process (round i/N, time left)", state="need", ours=True),
-    "quantize": Mode(mode_quantize, "-out_dir=D -page_dtype=int8", "a quantized copy of a float32 state", needs=("out_dir",), state="need", ours=True),
+    "quantize": Mode(mode_quantize, "-out_dir=D -page_dtype=int8", "a quantized copy of a float32 state", needs=("out_dir",),
+                     state="need", writes="out_dir", ours=True),
     "blob": Mode(mode_export_blob, "[-export_dir=D]", "weights.wsb: the whole state in one file for runtime_c/ "
-                 "(docs/FORMAT.md)", state="need", ours=True),
+                 "(docs/FORMAT.md)", state="need", writes="export_dir", ours=True),
     "loss": Mode(mode_loss, T, "the training loss terms and accuracies now", tasks=1,
                  state="need", ours=True),
 }
@@ -481,7 +514,8 @@ __doc__ = f"{__doc__}\n{modes_help()}\n"
 def run():
     mode = MODES.get(FLAGS.mode)
     if mode is None:
-        raise FlagError(f"-mode must be one of {' '.join(MODES)}, not {FLAGS.mode!r} (-help describes each)")
+        from weightsep.errors import shown
+        raise FlagError(f"-mode must be one of {' '.join(MODES)}, not {shown(FLAGS.mode)} (-help describes each)")
     mode.run(preflight(FLAGS.mode, mode))
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -29,6 +31,25 @@ from weightsep.errors import WriteError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_HINTS = {
+    errno.EFBIG: "; the file-size limit (ulimit -f) is reached: raise it or write less, and retry",
+    errno.ENAMETOOLONG: "; use a shorter path",
+    errno.ENOTDIR: "; a part of the path is a file, not a directory: choose another path",
+    errno.EISDIR: "; it is a directory: choose another path",
+    errno.EEXIST: "; something else exists there: choose another path",
+    errno.ELOOP: "; the path has too many symbolic links: choose another path",
+}
+# NumPy reports a short write of np.save / tofile as "<n> requested and <m> written", without errno.
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+MAX_SHOWN_PATH = 120
+
+
+def short_path(path) -> str:
+    """A path for a one-line message: as is, or its start and end around "..." when long."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    if len(text) <= MAX_SHOWN_PATH:
+        return text
+    return f"{text[:50]}...{text[-50:]} ({len(text)} characters)"
 
 
 def reason(error: OSError) -> str:
@@ -37,17 +58,37 @@ def reason(error: OSError) -> str:
     return " ".join(str(text).split())
 
 
-def _hint(error: OSError) -> str:
+def hint(error: OSError) -> str:
+    """What to do about an OSError, as "; ..." to append to its reason (empty when nothing applies)."""
     if error.errno in _NO_SPACE:
         return "; free some disk space and retry"
     if error.errno in _NOT_WRITABLE:
         return "; make the directory writable or choose another one, and retry"
-    return ""
+    return _HINTS.get(error.errno, "")
+
+
+def short_write_error(path, requested: int, written: int) -> WriteError:
+    """A write that stopped short without an error code: the disk or the file-size limit is full."""
+    return WriteError(f"cannot write {short_path(path)}: only {written} of {requested} bytes were written, "
+                      f"so the disk or the file-size limit (ulimit -f) is full; free some disk space (or "
+                      f"raise the limit) and retry")
 
 
 def write_error(action: str, path, error: OSError) -> WriteError:
     """A WriteError for `action` ("write", "rename ... to") on path, one line."""
-    return WriteError(f"cannot {action} {path}: {reason(error)}{_hint(error)}")
+    short = _SHORT_WRITE.search(str(error)) if error.errno is None else None
+    if short:
+        return short_write_error(path, int(short.group(1)), int(short.group(2)))
+    return WriteError(f"cannot {action} {short_path(path)}: {reason(error)}{hint(error)}")
+
+
+def os_error_line(error: OSError) -> str:
+    """Any OSError on a user's path as one line naming the path, the reason and the fix."""
+    path = error.filename if error.filename is not None else "a file"
+    line = str(write_error("use", path, error))
+    if error.filename2 is not None:
+        line += f" (and {short_path(error.filename2)})"
+    return line
 
 
 def fsync_dir(directory) -> None:
@@ -62,6 +103,31 @@ def fsync_dir(directory) -> None:
         # Some filesystems cannot fsync a directory; the rename is still atomic there.
         if e.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise write_error("sync directory", directory, e) from e
+
+
+def check_dir_path(directory, flag: str) -> None:
+    """WriteError (one line, naming -flag) unless `directory` is a directory, or can be created as
+    one, that this process may write: checked before any work, so that a typo costs nothing."""
+    directory = Path(directory)
+    probe = directory
+    try:
+        while True:
+            try:
+                info = os.stat(probe)
+                break
+            except (FileNotFoundError, NotADirectoryError):
+                if probe.parent == probe:
+                    return
+                probe = probe.parent
+    except OSError as e:
+        raise WriteError(f"-{flag}={short_path(directory)}: {reason(e)}{hint(e)}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        where = "is a file" if probe == directory else f"is below {short_path(probe)}, a file"
+        raise WriteError(f"-{flag}={short_path(directory)} {where}, not a directory; choose another path")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=effective):
+        raise WriteError(f"-{flag}={short_path(directory)}: {short_path(probe)} is read-only; make it writable "
+                         f"or choose another path")
 
 
 def ensure_dir(directory) -> Path:
@@ -112,7 +178,7 @@ def replace(source, target) -> None:
     try:
         os.replace(source, target)
     except OSError as e:
-        raise write_error(f"rename {source} to", target, e) from e
+        raise write_error(f"rename {short_path(source)} to", target, e) from e
     fsync_dir(Path(target).parent)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep.errors import WeightSepError
-from weightsep.export import _manifest, _save_manifest, _write
+from weightsep.export_dir import ExportFile, publish, state_of
 from weightsep.pageformat import page_format
 from weightsep.store import Store
 
@@ -145,12 +145,10 @@ def blob_bytes(store: Store) -> bytes:
 
 
 def export_blob(store: Store, out_dir: Path) -> list[str]:
-    """-mode=blob: write <out_dir>/weights.wsb atomically; lines to print."""
+    """-mode=blob: write <out_dir>/weights.wsb (all-or-nothing, with the manifest); lines to print."""
     data = blob_bytes(store)  # every check passes before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(out_dir, store)
-    _write(out_dir, BLOB_NAME, data, manifest, f"blob format {VERSION} for runtime_c (docs/FORMAT.md)")
-    _save_manifest(out_dir, manifest)
+    notes = publish(out_dir, "blob", [ExportFile(BLOB_NAME, data, f"blob format {VERSION} for runtime_c "
+                                                                  f"(docs/FORMAT.md)")], state_of(store))
     return [f"{len(store.tasks)} tasks, {store.num_pages} shared + {store.num_exclusive} exclusive "
-            f"{store.page_dtype} pages of {store.page_size} weights",
+            f"{store.page_dtype} pages of {store.page_size} weights", *notes,
             f"wrote {out_dir / BLOB_NAME} ({len(data)} bytes)"]

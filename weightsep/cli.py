@@ -28,8 +28,9 @@ class FlagError(WeightSepError):
 
 def main_of(action: Callable[[], None]) -> Callable[[list[str]], int]:
     """An absl ``main`` running ``action()``: a WeightSepError becomes one ``error: ...`` line
-    on stderr and exit status 1 (2 for a bad flag); tracebacks are left for bugs.  When the
-    reader of stdout goes away (``| head``), the script stops quietly with status 0."""
+    on stderr and exit status 1 (2 for a bad flag), and so does an OSError (naming its path);
+    tracebacks are left for bugs.  When the reader of stdout goes away (``| head``), the script
+    stops quietly with status 0."""
     def main(argv: list[str]) -> int:
         if len(argv) > 1:
             print(f"error: unexpected arguments: {' '.join(argv[1:])} (flags are written -name=value)",
@@ -46,6 +47,12 @@ def main_of(action: Callable[[], None]) -> Callable[[list[str]], int]:
             return 2
         except WeightSepError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            # An OS error on a user-given path (a file where a folder is expected, a name too
+            # long, a full disk) that no closer handler turned into a WeightSepError.
+            from weightsep.atomic import os_error_line
+            print(f"error: {os_error_line(exc)}", file=sys.stderr)
             return 1
         return 0
     return main

@@ -32,19 +32,20 @@ dequantized values, so the original's readers work on quantized states too.
     <stem>_l        int32 N, int32 1, then N int8: each example's class
 
 where <stem> is the task's name, except the original's ``c10`` for cifar10.  docs/FORMAT.md
-describes every file byte by byte.  All files are written atomically; a manifest.json lists them.
+describes every file byte by byte.  The export directory is replaced all-or-nothing, and its
+manifest.json lists exactly the files of the latest export of each mode with their SHA-256
+(weightsep/export_dir.py).
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from weightsep.atomic import write_bytes
 from weightsep.errors import WeightSepError
+from weightsep.export_dir import ExportFile, publish, state_of
 from weightsep.limits import MAX_Q
 from weightsep.pages import task_local_table
 from weightsep.store import Store
@@ -104,59 +105,72 @@ def _check_names(store: Store, suffixes: tuple[str, ...]) -> None:
                                  f"pool's file of that name; rename the task (remove it and add it under another name)")
 
 
-def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
-    """-mode=w: the pool and every task's exclusive pages, float32 and Q-format (+ quantized)."""
-    check_q(q)  # before anything is written
+def weight_files(store: Store, q: int = 8) -> list[ExportFile]:
+    """-mode=w's files: the pool and every task's exclusive pages, float32 and Q-format (+ quantized)."""
+    check_q(q)
     _check_names(store, ("_e", "_q", "_e_int8", "_e_int4"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(out_dir, store)
-    manifest["q"] = q
     pool = store.shared.reshape(-1)
-    lines = [f"weight_len {pool.size}"]
-    _write(out_dir, "weight", _counted(pool.astype("<f4")), manifest, "float32 pool")
-    _write(out_dir, "weight_q", _counted(q_format(pool, q)), manifest, f"int16 Q{q} pool")
-    lines.append(f"weight_len {pool.size}")
+    files = [ExportFile("weight", _counted(pool.astype("<f4")), "float32 pool"),
+             ExportFile("weight_q", _counted(q_format(pool, q)), f"int16 Q{q} pool")]
     quantized = store.page_dtype != "float32"
     if quantized:
         values, scales = store.quantized("shared")
-        _write(out_dir, f"weight_{store.page_dtype}", _quantized_file(values, scales, store.page_size), manifest,
-               f"{store.page_dtype} pool with per-page scales")
+        files.append(ExportFile(f"weight_{store.page_dtype}", _quantized_file(values, scales, store.page_size),
+                                f"{store.page_dtype} pool with per-page scales"))
         values, scales = store.quantized("exclusive")
     for rec in store.tasks:
-        lines.append(rec.name)
         if not rec.exclusive_pages:
-            lines.append("no exclusive weight")
             continue
         pages = task_exclusive_pages(store, rec.name).reshape(-1)
-        _write(out_dir, f"{rec.name}_e", _counted(pages.astype("<f4")), manifest, "float32 exclusive pages")
-        _write(out_dir, f"{rec.name}_q", _counted(q_format(pages, q)), manifest, f"int16 Q{q} exclusive pages")
-        lines += [f"vnn_exclusive_weight_len {pages.size}"] * 2
+        files += [ExportFile(f"{rec.name}_e", _counted(pages.astype("<f4")), "float32 exclusive pages"),
+                  ExportFile(f"{rec.name}_q", _counted(q_format(pages, q)), f"int16 Q{q} exclusive pages")]
         if quantized:
             rows = exclusive_rows(store, rec.name)
-            _write(out_dir, f"{rec.name}_e_{store.page_dtype}",
-                   _quantized_file(values[rows], scales[rows], store.page_size), manifest,
-                   f"{store.page_dtype} exclusive pages with per-page scales")
-    _save_manifest(out_dir, manifest)
+            files.append(ExportFile(f"{rec.name}_e_{store.page_dtype}",
+                                    _quantized_file(values[rows], scales[rows], store.page_size),
+                                    f"{store.page_dtype} exclusive pages with per-page scales"))
+    return files
+
+
+def export_weights(store: Store, out_dir: Path, q: int = 8) -> list[str]:
+    """-mode=w: write weight_files into out_dir (all-or-nothing); the original's printed lines."""
+    files = weight_files(store, q)  # everything is computed and checked before anything is written
+    pool_size = store.shared.size
+    lines = [f"weight_len {pool_size}"] * 2
+    for rec in store.tasks:
+        lines.append(rec.name)
+        if rec.exclusive_pages:
+            lines += [f"vnn_exclusive_weight_len {len(rec.exclusive_pages) * store.page_size}"] * 2
+        else:
+            lines.append("no exclusive weight")
+    lines += publish(out_dir, "w", files, state_of(store), {"q": q})
     lines.append(f"wrote {out_dir}")
     return lines
 
 
-def export_page_tables(store: Store, out_dir: Path, full_tables: bool = True) -> list[str]:
-    """-mode=p: each task's page table as uint16 entries (task-local exclusive numbering); the
-    lines print each table in full, or its first and last entries (``full_tables`` False)."""
+def page_table_files(store: Store) -> list[ExportFile]:
+    """-mode=p's files: each task's page table as uint16 entries (task-local exclusive numbering)."""
     _check_names(store, ("_p",))
-    tables = {rec.name: local_page_table(store, rec.name) for rec in store.tasks}
-    for name, table in tables.items():  # every table checked before any file is written
+    files = []
+    for rec in store.tasks:
+        table = local_page_table(store, rec.name)
         if table.size and table.max() > np.iinfo(np.uint16).max:
-            raise WeightSepError(f"task {name}: page table entry {int(table.max())} does not fit the uint16 "
+            raise WeightSepError(f"task {rec.name}: page table entry {int(table.max())} does not fit the uint16 "
                                  f"entries of the original's <task>_p file (pool of {store.num_pages} pages)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(out_dir, store)
+        files.append(ExportFile(f"{rec.name}_p", _counted(table.astype("<u2")), "uint16 page table"))
+    return files
+
+
+def export_page_tables(store: Store, out_dir: Path, full_tables: bool = True) -> list[str]:
+    """-mode=p: write page_table_files into out_dir (all-or-nothing); the original's printed lines,
+    each table in full, or its first and last entries (``full_tables`` False)."""
+    files = page_table_files(store)
     lines = []
-    for name, table in tables.items():
-        lines += [name, str(table.tolist()) if full_tables else _shortened(table), f"weight_page_list_len {table.size}"]
-        _write(out_dir, f"{name}_p", _counted(table.astype("<u2")), manifest, "uint16 page table")
-    _save_manifest(out_dir, manifest)
+    for rec in store.tasks:
+        table = local_page_table(store, rec.name)
+        lines += [rec.name, str(table.tolist()) if full_tables else _shortened(table),
+                  f"weight_page_list_len {table.size}"]
+    lines += publish(out_dir, "p", files, state_of(store))
     lines.append(f"wrote {out_dir}")
     return lines
 
@@ -198,12 +212,10 @@ def export_test_data(store: Store, out_dir: Path, tests: dict, num_examples: int
         data, labels = test_data_bytes(x[:k], y[:k], num_classes)
         files[data_name], files[label_name] = (name, data), (name, labels)
         lines += [name, f"data_len: {k}", f"single_data_size: {int(np.prod(x.shape[1:]))}"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(out_dir, store)
-    for file_name, (name, data) in files.items():
-        what = "test inputs (float32, channel-first)" if file_name.endswith("_t") else "test labels (int8)"
-        _write(out_dir, file_name, data, manifest, f"{name} {what}")
-    _save_manifest(out_dir, manifest)
+    exported = [ExportFile(file_name, data, f"{name} " + ("test inputs (float32, channel-first)"
+                                                         if file_name.endswith("_t") else "test labels (int8)"))
+                for file_name, (name, data) in files.items()]
+    lines += publish(out_dir, "testdata", exported, state_of(store), {"num_examples": num_examples})
     lines.append(f"wrote {out_dir}")
     return lines
 
@@ -215,27 +227,3 @@ def _shortened(table: np.ndarray, keep: int = 6) -> str:
     head, tail = ", ".join(map(str, table[:keep].tolist())), ", ".join(map(str, table[-keep:].tolist()))
     return f"[{head}, ..., {tail}] ({table.size} entries; -print_tables prints them all)"
 
-
-def _write(out_dir: Path, name: str, data: bytes, manifest: dict, what: str) -> None:
-    write_bytes(out_dir / name, data)
-    manifest["files"][name] = {"bytes": len(data), "what": what}
-
-
-def _manifest(out_dir: Path, store: Store) -> dict:
-    path = out_dir / "manifest.json"
-    manifest = {"files": {}}
-    if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            manifest = {"files": {}}
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            manifest = {"files": {}}
-    manifest.update({"page_size": store.page_size, "num_shared_pages": store.num_pages,
-                     "page_dtype": store.page_dtype, "layout": store.layout,
-                     "format": "int32 little-endian count, then the values (see weightsep/export.py)"})
-    return manifest
-
-
-def _save_manifest(out_dir: Path, manifest: dict) -> None:
-    write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())

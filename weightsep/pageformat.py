@@ -179,6 +179,37 @@ class PageFormat:
             raise ValueError(f"scales must be {self.scale_dtype} [{values.shape[0]}], got {scales.dtype} {scales.shape}")
         return self.unpack(values).astype(np.float32) * effective_scale(scales)[:, None]
 
+    def check_scales(self, scales) -> None:
+        """The one rule of a valid stored scale; ValueError naming the first bad one.
+
+        A scale is valid iff it is finite, not negative (-0.0 is zero), zero or normal (a
+        subnormal scale is refused: the quantizer never writes one, see above), and qmax * scale
+        is finite in float32, so that no value a quantizer writes can dequantize to infinity.
+        """
+        scales = np.asarray(scales)
+        limit = np.float32(np.finfo(np.float32).max / self.fake_qmax)
+        with np.errstate(over="ignore", invalid="ignore"):
+            overflows = ~np.isfinite(np.abs(scales) * self.fake_qmax) & np.isfinite(scales)
+        checks = (("not finite", ~np.isfinite(scales)), ("negative", scales < 0),
+                  ("subnormal (a scale is zero or at least 2**-126)", (scales != 0) & (np.abs(scales) < SCALE_FLOOR)),
+                  (f"above FLT_MAX / {self.qmax} = {limit:.6g} (its values would overflow)", overflows))
+        for what, bad in checks:
+            rows = np.flatnonzero(bad)
+            if rows.size:
+                raise ValueError(f"{rows.size} scale(s) are {what}, the first of page {rows[0]}: {scales[rows[0]]!r}")
+
+    def dequantize_checked(self, values, scales) -> np.ndarray:
+        """dequantize for pages read from disk: check_scales first, and ValueError unless every
+        value is finite (int8's -128 and int4's -8, never written, may still overflow)."""
+        if self.quantized:
+            self.check_scales(scales)
+        with np.errstate(over="ignore"):
+            floats = self.dequantize(values, scales)
+        bad = np.count_nonzero(~np.isfinite(floats))
+        if bad:
+            raise ValueError(f"{bad} weights dequantize to infinity or NaN")
+        return floats
+
     def round_trip(self, pages) -> np.ndarray:
         """float32 [r, S] -> the float32 values the pages hold once stored in this format."""
         return self.dequantize(*self.quantize(pages))

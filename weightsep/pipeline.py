@@ -437,18 +437,21 @@ def form_all(session: Session, tasks: list[TaskSpec], iters: int, log: Log = pri
     return steps
 
 
-def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options) -> list[str]:
+def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options, source: Store | None = None) -> list[str]:
     """-mode=quantize: a quantized copy of a float32 state in a new directory (the source is only
-    read), with every task's test accuracy before and after (post-training quantization)."""
+    read), with every task's test accuracy before and after (post-training quantization).
+    ``source``: the state of source_dir, loaded already."""
     from weightsep.report import packing
-    from weightsep.store import convert_state
-    source = Store(source_dir).load()
+    from weightsep.store import check_conversion, convert_state
+    if source is None:
+        source = Store(source_dir).load()  # loaded once: the accuracies before are of the state converted
     if source.page_dtype != "float32":
         raise WeightSepError(f"the state in {source.dir} already holds {source.page_dtype} pages; "
                              f"-mode=quantize converts float32 states")
+    check_conversion(source, dest_dir, page_dtype)  # before the evaluation: a typo costs nothing
     before = Session(source, options)
     accuracy = {rec.name: evaluate_task(before, rec.name) for rec in source.tasks}
-    dest = convert_state(source_dir, dest_dir, page_dtype)
+    dest = convert_state(source_dir, dest_dir, page_dtype, source=source)
     after = Session(dest, options)
     lines = [f"quantized {source.dir} ({source.page_dtype}) into {dest.dir} ({page_dtype})"]
     with dest.writer():

@@ -23,6 +23,7 @@ at the end) names the file and calls the figure:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from weightsep import matching, separation  # noqa: E402
+from weightsep import atomic, matching, separation  # noqa: E402
 from weightsep.errors import WeightSepError  # noqa: E402
 from weightsep.pages import occupation_counts, to_pages  # noqa: E402
 from weightsep.store import Store  # noqa: E402
@@ -64,8 +65,15 @@ def _figure(size=WIDE) -> Figure:
 
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    created = not path.parent.exists()
+    atomic.ensure_dir(path.parent)
+    try:
+        atomic.atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))  # no half-written PNG
+    except WeightSepError:
+        if created:  # a failed plot leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
     return path
 
 

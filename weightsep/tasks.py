@@ -59,7 +59,7 @@ _DATA_KEYS = ("format", "train", "test", "validation")
 def check_task_name(name) -> str:
     """name if it is a plain folder name (letters, digits, _ . -, starting alphanumeric)."""
     if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _TASK_NAME.match(name):
-        raise WeightSepError(f"task name {name!r} is not a plain folder name (letters, digits, _ . -, "
+        raise WeightSepError(f"task name {shown(name)} is not a plain folder name (letters, digits, _ . -, "
                              f"starting with a letter or digit, at most {MAX_NAME_LENGTH} characters)")
     return name
 

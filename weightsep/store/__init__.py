@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from weightsep import pages
-from weightsep.errors import StateError, WeightSepError, closest, is_int
+from weightsep import atomic, pages
+from weightsep.errors import StateError, WeightSepError, closest, is_int, shown
 from weightsep.limits import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE,
                               MAX_POOL_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
 from weightsep.pageformat import PAGE_DTYPES, QUANTIZED_DTYPES, page_format
@@ -105,6 +106,16 @@ class Store:
         return self._reg
 
     @property
+    def generation(self) -> int:
+        """The number of commits that made this state (the registry's generation)."""
+        return self._require_loaded().generation
+
+    @property
+    def checksum(self) -> str:
+        """The registry's checksum: it names this state's content at this generation."""
+        return self._require_loaded().checksum
+
+    @property
     def page_size(self) -> int:
         """S, the number of weights per page."""
         return self._require_loaded().page_size
@@ -171,7 +182,7 @@ class Store:
                 return index
         known = ", ".join(t.name for t in reg.tasks) or "none"
         guess = closest(name, [t.name for t in reg.tasks])
-        raise StateError(f"task '{name}' is not in {self.registry_path} (known tasks: {known}); " +
+        raise StateError(f"task {shown(name)} is not in {self.registry_path} (known tasks: {known}); " +
                          (f"did you mean {guess}?" if guess else "add its folder with -mode=a -network_path=<folder>"))
 
     def task(self, name: str) -> TaskRecord:
@@ -234,19 +245,32 @@ class Store:
         and reload the state.
 
         Raises StateLockedError (naming the holder's pid) if another process holds it, and
-        StateReadOnlyError if the directory cannot be written (reading it still works).
+        StateReadOnlyError if the directory cannot be written (reading it still works).  A writer
+        that created the directory removes it again if the work inside fails or commits nothing;
+        a commit that fails removes its pending files, so a failure leaves the directory as it was.
         """
         if self._lock_fd is not None:
             raise StateError(f"this Store already holds the writer lock of {self.dir}")
+        created = not self.dir.exists()
         with lock.hold(self.dir, self.lock_path) as fd:
             self._lock_fd = fd
+            failed = False
             try:
                 recovered = commit.recover(self.dir, self.exists())
                 if recovered is not None:
                     self._mem = recovered
                 yield self
+            except BaseException:
+                failed = True
+                raise
             finally:
                 self._lock_fd = None
+                if created and (failed or not self.registry_path.exists()):
+                    # A directory this writer created, and the work failed (a first -mode=a):
+                    # leave nothing behind.  Removed while the lock is held, so that no other
+                    # writer can be inside meanwhile.
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                    self._mem = Committed()
 
     def _require_writer(self, method: str) -> None:
         if self._lock_fd is None:
@@ -447,19 +471,12 @@ class Store:
         self._commit(tasks=tasks, new_pages={} if keep.all() else {"exclusive": compacted}, drop=drop)
 
 
-def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str) -> Store:
-    """A quantized copy of a float32 state in a new directory: one commit at the destination.
-
-    Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
-    and the exclusive pages quantized to page_dtype ("int8" or "int4").  The source is only
-    read.  A task's "separated" accuracy was measured on the float32 pages, so the copy drops
-    it (re-run -mode=e there).  dest_dir must not exist or be empty, and must not be the
-    source or inside it.  A crash leaves the destination without a registry, or complete.
-    """
+def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str) -> None:
+    """WeightSepError unless the loaded float32 state `source` can be converted to page_dtype into
+    dest_dir (a new or empty directory outside the source, that can be created and written)."""
     if page_dtype not in QUANTIZED_DTYPES:
         raise WeightSepError(f"a state can be converted to {' or '.join(QUANTIZED_DTYPES)} pages, not {page_dtype!r}")
-    source_path, dest_path = Path(source_dir), Path(dest_dir)
-    source = Store(source_path).load()
+    source_path, dest_path = source.dir, Path(dest_dir)
     if source.page_dtype != "float32":
         raise StateError(f"{source.registry_path} holds {source.page_dtype} pages; only a float32 state "
                          f"can be converted (quantizing twice would add the errors of both)")
@@ -468,14 +485,32 @@ def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, pa
     except ValueError as e:
         raise WeightSepError(f"{source_path} cannot be converted to {page_dtype}: {e}; convert it to int8 "
                              f"instead") from None
+    atomic.check_dir_path(dest_path, "out_dir")
     src, dst = source_path.resolve(), dest_path.resolve()
     if dst == src or dst.is_relative_to(src):
         raise WeightSepError(f"the converted state must go to a new directory outside {source_path}, "
-                             f"not {dest_path}")
-    if dest_path.exists() and (not dest_path.is_dir() or any(dest_path.iterdir())):
-        raise WeightSepError(f"{dest_path} exists and is not an empty directory; choose a new directory "
-                             f"for the converted state (an interrupted conversion leaves one without a "
-                             f"registry: delete it)")
+                             f"not {atomic.short_path(dest_path)}")
+    if dest_path.exists() and any(dest_path.iterdir()):
+        raise WeightSepError(f"{atomic.short_path(dest_path)} exists and is not an empty directory; choose a new "
+                             f"directory for the converted state (an interrupted conversion leaves one without "
+                             f"a registry: delete it)")
+
+
+def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str,
+                  source: Optional[Store] = None) -> Store:
+    """A quantized copy of a float32 state in a new directory: one commit at the destination.
+
+    Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
+    and the exclusive pages quantized to page_dtype ("int8" or "int4").  The source is only
+    read (``source``: the state of source_dir, loaded already).  A task's "separated" accuracy
+    was measured on the float32 pages, so the copy drops it (re-run -mode=e there).  dest_dir
+    must pass check_conversion.  A crash leaves the destination without a registry, or complete;
+    a failure leaves no directory behind (writer).
+    """
+    dest_path = Path(dest_dir)
+    if source is None:
+        source = Store(source_dir).load()
+    check_conversion(source, dest_path, page_dtype)
     # Everything is read (and verified) before anything is written.
     vectors = {rel: source.load_vector(*parse_vector_rel(rel)) for rel in source._reg.files
                if parse_vector_rel(rel) is not None}

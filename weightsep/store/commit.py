@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from weightsep import atomic
-from weightsep.errors import StateError, WriteError
+from weightsep.errors import StateError, WeightSepError
 from weightsep.limits import REGISTRY_FILE
 from weightsep.pageformat import page_format
 from weightsep.store.files import discard_leftovers, matches, pending_name, read_npy, task_dirs
@@ -85,9 +85,10 @@ def _read_pages(state_dir: Path, reg: Registry, which: str) -> tuple[Pages, dict
             arrays[name], sources[name] = read_committed(state_dir, reg, name, fix)
     values_name, scales_name = POOL_FILES[which]
     scales = arrays.get(scales_name)
-    if scales is not None and np.any(scales < 0):
-        raise StateError(f"{sources[scales_name]} holds negative scales; {fix}")
-    floats = page_format(reg.page_dtype).dequantize(arrays[values_name], scales)
+    try:
+        floats = page_format(reg.page_dtype).dequantize_checked(arrays[values_name], scales)
+    except ValueError as e:
+        raise StateError(f"{sources.get(scales_name, sources[values_name])}: {e}; {fix}") from None
     return Pages(floats, arrays[values_name], scales).freeze(), sources
 
 
@@ -195,24 +196,37 @@ def commit(state_dir: Path, memory: Committed, *, tasks: list[TaskRecord], next_
     try:
         # What is adopted is what a load of these bytes gives: memory and disk agree exactly.
         raw = json.loads(text)
-        raw.pop("checksum")
+        signature = raw.pop("checksum")
         reg = parse_registry(raw)
+        reg.checksum = signature
     except Invalid as e:
         raise ValueError(f"refusing to write an inconsistent state to {state_dir}: {e}") from None
 
-    for rel, array in writes.items():
-        folder = pending_path(state_dir, rel).parent
-        if folder != state_dir:
-            if folder.is_symlink():
-                raise StateError(f"{folder} is a symbolic link; the state writes task files only into "
-                                 f"its own folders: replace the link by a folder")
-            atomic.ensure_dir(folder)
-        atomic.save_npy(pending_path(state_dir, rel), array)
+    written, made = [], []
     try:
+        for rel, array in writes.items():
+            folder = pending_path(state_dir, rel).parent
+            if folder != state_dir:
+                if folder.is_symlink():
+                    raise StateError(f"{folder} is a symbolic link; the state writes task files only into "
+                                     f"its own folders: replace the link by a folder")
+                if not folder.exists():
+                    made.append(folder)
+                atomic.ensure_dir(folder)
+            written.append(pending_path(state_dir, rel))
+            atomic.save_npy(pending_path(state_dir, rel), array)
         atomic.write_bytes(state_dir / REGISTRY_FILE, text)
-    except WriteError:
+    except WeightSepError:
         if _registry_bytes(state_dir) == text:  # replaced, only the directory sync failed: committed
             _adopt(state_dir, memory, reg, new_pages, writes)
+            raise
+        # Not committed (a full disk, a read-only file): the state is unchanged; so is the directory.
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     _adopt(state_dir, memory, reg, new_pages, writes)
     for rel in writes:

@@ -139,6 +139,7 @@ class Registry:
     obsolete: dict
     tasks: list
     num_exclusive: int
+    checksum: str = ""  # the registry's checksum: it names the state's content at this generation
 
 
 def start_over(state_dir: Path) -> str:
@@ -419,7 +420,7 @@ def read_registry(state_dir: Path) -> tuple[bytes, Registry]:
     except IsADirectoryError:
         raise StateError(f"{path} is a directory, not the registry file; {fix}") from None
     except OSError as e:
-        raise StateError(f"cannot read {path}: {atomic.reason(e)}; check its permissions") from None
+        raise StateError(f"cannot read {path}: {atomic.reason(e)}{atomic.hint(e) or '; check its permissions'}") from None
     try:
         raw = decode_json(text)
         if not isinstance(raw, dict):
@@ -437,6 +438,8 @@ def read_registry(state_dir: Path) -> tuple[bytes, Registry]:
         if recorded != actual:
             raise StateError(f"{path} was edited outside the toolkit (its checksum does not match its "
                              f"content), so it would load as a silently different state; {fix}")
-        return text, parse_registry(raw)
+        reg = parse_registry(raw)
+        reg.checksum = actual
+        return text, reg
     except Invalid as e:
         raise StateError(f"{path}: {e}; {fix}") from None
