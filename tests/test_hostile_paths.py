@@ -68,7 +68,7 @@ def run_hostile(root, args, fragments, context):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["w", "p", "testdata"])
+@pytest.mark.parametrize("mode", ["w", "p", "testdata", "blob"])
 def test_export_dir(world, mode, kind):
     path, context, fragments = hostile(world, kind, fresh="export")
     run_hostile(world, [f"-mode={mode}", f"-state_dir={world / 'st'}", f"-export_dir={path}", "-data=synthetic"],
@@ -105,8 +105,9 @@ def test_state_dir_of_a_first_add(world, tiny_tasks, kind):
 
 
 READERS = (["-mode=l"], ["-mode=e", "-vnn_name=ta"], ["-mode=c", "-vnn_name=ta,tb"], ["-mode=r", "-vnn_name=ta"],
-           ["-mode=t", "-vnn_name=ta"], ["-mode=f", "-vnn_name=ta"], ["-mode=w"], ["-mode=p"], ["-mode=testdata"], ["-mode=pw", "-vnn_name=ta"],
-           ["-mode=loss", "-vnn_name=ta"], ["-mode=quantize", "-page_dtype=int8", "-out_dir=q"])
+           ["-mode=t", "-vnn_name=ta"], ["-mode=f", "-vnn_name=ta"], ["-mode=w"], ["-mode=p"], ["-mode=testdata"],
+           ["-mode=blob"], ["-mode=pw", "-vnn_name=ta"], ["-mode=loss", "-vnn_name=ta"],
+           ["-mode=quantize", "-page_dtype=int8", "-out_dir=q"])
 
 
 @pytest.mark.parametrize("kind", ["file", "below_file", "too_long"])

@@ -30,7 +30,9 @@ FLT_MAX = np.finfo(F32).max
 # ---- a small state built by hand (no TensorFlow) ---------------------------------------
 
 def spec(name):
-    return TaskSpec(name=name, input_shape=(1, 1, 1), num_classes=2, dense=(2,)).to_json()
+    """ta: (1 + 1) x 2 + (2 + 1) x 2 = 10 weights; tb: (3 + 1) x 1 + (1 + 1) x 2 = 8."""
+    shape, hidden = {"ta": ((1, 1, 1), 2), "tb": ((3, 1, 1), 1)}[name]
+    return TaskSpec(name=name, input_shape=shape, num_classes=2, dense=(hidden,)).to_json()
 
 
 def hand_state(path, page_dtype="float32", tasks=("ta", "tb")):

@@ -190,8 +190,9 @@ class PageFormat:
         limit = np.float32(np.finfo(np.float32).max / self.fake_qmax)
         with np.errstate(over="ignore", invalid="ignore"):
             overflows = ~np.isfinite(np.abs(scales) * self.fake_qmax) & np.isfinite(scales)
+        subnormal = (scales != 0) & (np.abs(scales) < SCALE_FLOOR)
         checks = (("not finite", ~np.isfinite(scales)), ("negative", scales < 0),
-                  ("subnormal (a scale is zero or at least 2**-126)", (scales != 0) & (np.abs(scales) < SCALE_FLOOR)),
+                  ("subnormal (a scale is zero or at least 2**-126)", subnormal),
                   (f"above FLT_MAX / {self.qmax} = {limit:.6g} (its values would overflow)", overflows))
         for what, bad in checks:
             rows = np.flatnonzero(bad)

@@ -420,7 +420,8 @@ def read_registry(state_dir: Path) -> tuple[bytes, Registry]:
     except IsADirectoryError:
         raise StateError(f"{path} is a directory, not the registry file; {fix}") from None
     except OSError as e:
-        raise StateError(f"cannot read {path}: {atomic.reason(e)}{atomic.hint(e) or '; check its permissions'}") from None
+        fix_it = atomic.hint(e) or "; check its permissions"
+        raise StateError(f"cannot read {path}: {atomic.reason(e)}{fix_it}") from None
     try:
         raw = decode_json(text)
         if not isinstance(raw, dict):
