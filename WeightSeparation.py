@@ -80,18 +80,21 @@ class Mode:
 # --- helpers ------------------------------------------------------------------------
 
 def _names() -> list[str]:
-    """The task names of -vnn_name (a comma list of plain names) or, failing that, the name of the
-    -network_path folder."""
-    from weightsep.errors import WeightSepError
-    from weightsep.tasks import check_task_name
+    """The task names of -vnn_name (a comma list of task names or task folders) or, failing that,
+    the name of the -network_path folder.  A name with a path must be a task folder (one with a
+    task.py), so that `../a` is never silently read as the task a."""
+    import re
+    from weightsep.errors import shown
+    from weightsep.limits import MAX_NAME_LENGTH, TASK_NAME_PATTERN
     if not FLAGS.vnn_name:
         return [FLAGS.network_path.rstrip("/").split("/")[-1]] if FLAGS.network_path else []
-    names = [part.strip() for part in FLAGS.vnn_name.split(",") if part.strip()]
-    for name in names:
-        try:
-            check_task_name(name)
-        except WeightSepError as why:
-            raise FlagError(f"-vnn_name: {why}") from None
+    names = []
+    for part in (part.strip() for part in FLAGS.vnn_name.split(",") if part.strip()):
+        name = part.rstrip("/").split("/")[-1] if "/" in part and (Path(part) / "task.py").is_file() else part
+        if len(name) > MAX_NAME_LENGTH or not re.fullmatch(TASK_NAME_PATTERN, name):
+            raise FlagError(f"-vnn_name: {shown(part)} is neither a task name (letters, digits, _ . -, starting with "
+                            f"a letter or digit, at most {MAX_NAME_LENGTH} characters) nor a task folder")
+        names.append(name)
     return names
 
 
@@ -126,7 +129,7 @@ def _missing_state(store) -> str:
 
 def _unknown_task(store, name: str) -> str:
     """The error for a task that is not in the state: the closest name's command, or how to add it."""
-    from weightsep.errors import closest, shown
+    from weightsep.errors import closest
     from weightsep.tasks import REPO_ROOT
     known = [rec.name for rec in store.tasks]
     listed = ", ".join(known) or "none"
@@ -135,14 +138,13 @@ def _unknown_task(store, name: str) -> str:
         fixed = ",".join(guess if n == name else n for n in _names())
         corrected = cli.command("WeightSeparation.py", *cli.flag_args(
             FLAGS, [flag for flag in OWN_FLAGS if flag != "network_path"], vnn_name=fixed))
-        return (f"task {shown(name)} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? "
-                f"run {corrected}")
+        return f"task {name} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? run {corrected}"
     folder = Path(REPO_ROOT) / name
     add = (cli.command("WeightSeparation.py", "-mode=a", f"-network_path={folder}", f"-state_dir={FLAGS.state_dir}")
            if (folder / "task.py").is_file() else
            cli.command("WeightSeparation.py", "-mode=a", "-network_path=FOLDER", f"-state_dir={FLAGS.state_dir}")
            + " (FOLDER: the folder of its task.py)")
-    return f"task {shown(name)} is not in the state in {store.dir} (tasks: {listed}); add it with {add}"
+    return f"task {name} is not in the state in {store.dir} (tasks: {listed}); add it with {add}"
 
 
 def preflight(mode: str, spec: Mode) -> Call:
@@ -155,6 +157,9 @@ def preflight(mode: str, spec: Mode) -> Call:
     for flag in spec.needs:
         if FLAGS[flag].value is None:
             raise FlagError(f"-mode={mode} needs -{flag}=...: {mode} {spec.usage}")
+    names = _names()
+    _check_names(mode, spec, names)
+    # Past the usage errors above (answered without NumPy): the page format and the directory written.
     from weightsep.atomic import check_dir_path
     from weightsep.pageformat import page_format
     try:
@@ -164,8 +169,6 @@ def preflight(mode: str, spec: Mode) -> Call:
     if spec.writes:
         default = {"export_dir": _export_dir, "plot_dir": _plot_dir}.get(spec.writes)
         check_dir_path(default() if default else FLAGS[spec.writes].value, spec.writes)
-    names = _names()
-    _check_names(mode, spec, names)
     state = spec.state if not (mode == "e" and FLAGS.target == "network") else "use"
     if state == "none":
         return Call(None, names)

@@ -419,7 +419,7 @@ def test_verifier_lines_exit_status_and_no_tensorflow(tmp_path):
         f"ok       hhar/hhar_test_data.npy  6 samples, SHA-256 not recorded (checked {tmp_path}/elsewhere.npy)",
         "ok       hhar/hhar_test_label.npy  6 samples, SHA-256 not recorded",
         f"missing  hhar/hhar_train_data.npy  missing data file {tmp_path}/hhar/hhar_train_data.npy; "
-        "run ./download_dataset.sh hhar (or use -data=synthetic)"]
+        f"run WS_ROOT={tmp_path} ./download_dataset.sh hhar (or use -data=synthetic)"]
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert errors == ["error: 1 of 3 files of task hhar are not ok (hhar_train_data.npy missing); "
                       "run ./download_dataset.sh hhar"]

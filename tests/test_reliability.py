@@ -316,15 +316,14 @@ def test_a_short_write_says_the_disk_or_the_limit_is_full(tmp_path):
 
 def test_a_long_unknown_task_name_is_echoed_short(tmp_path):
     state = hand_state(tmp_path / "st")
-    for name in ("a" * 5000, "b" * 100):
-        result = run_main("-mode=e", f"-vnn_name={name}", f"-state_dir={state}", check=False)
-        assert_one_line_error(result, "aaa..." if len(name) > 100 else "bbb...")
-        assert len(result.stderr) < 400
+    result = run_main("-mode=e", f"-vnn_name={'a' * 5000}", f"-state_dir={state}", check=False)
+    assert_one_line_error(result, "aaa...")
+    assert len(result.stderr) < 400
 
 
 def test_a_task_name_with_a_path_is_refused(tiny_state):
     result = run_main("-mode=e", "-vnn_name=../tiny_a", f"-state_dir={tiny_state}", check=False)
-    assert_one_line_error(result, "-vnn_name", "'../tiny_a'", "not a plain folder name")
+    assert_one_line_error(result, "-vnn_name", "'../tiny_a'", "neither a task name", "nor a task folder")
     assert result.returncode == 2
 
 

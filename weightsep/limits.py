@@ -30,3 +30,7 @@ SHARED_SCALE_FILE = "shared_weight_scale.npy"
 EXCLUSIVE_SCALE_FILE = "exclusive_weight_scale.npy"
 REGISTRY_FILE = "weightsep_state.json"
 LOCK_FILE = ".weightsep.lock"
+
+# A task's name (its folder's name): letters, digits, _ . -, starting with a letter or digit.
+TASK_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+MAX_NAME_LENGTH = 100

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 from weightsep import atomic
 from weightsep.errors import WeightSepError, closest, is_int, shown
-from weightsep.limits import MAX_WEIGHTS
+from weightsep.limits import MAX_NAME_LENGTH, MAX_WEIGHTS, TASK_NAME_PATTERN
 
 # The repository root: the default place to look for task folders.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,6 @@ DATA_FORMATS = ("npy", "mnist_idx")
 DENSE_ACTIVATIONS = ("leaky_relu", "sigmoid")
 
 # Bounds that keep any spec, however hostile, from asking for absurd memory.
-MAX_NAME_LENGTH = 100
 MAX_DIM = 1 << 16               # one input dimension or kernel dimension
 MAX_UNITS = 1 << 16             # filters, dense units, classes
 MAX_LAYERS = 64                 # conv layers, dense layers (each)
@@ -50,7 +49,7 @@ MAX_INPUT_VALUES = 1 << 24      # H * W * C of one example
 MAX_ACTIVATIONS = 1 << 26       # values of one example's largest conv output
 MAX_FILE_NAME = 1024
 
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TASK_NAME = re.compile(f"^{TASK_NAME_PATTERN}$")
 _JSON_KEYS = ("name", "input_shape", "num_classes", "conv", "dense", "dense_activation", "data",
               "paper_num_weights", "custom_model")
 _DATA_KEYS = ("format", "train", "test", "validation")
