@@ -294,6 +294,27 @@ def test_a_subnormal_scale_decodes_as_zero(tools, golden, tmp_path):
     assert outputs["subnormal"] == outputs["zero"] != outputs["stored"]
 
 
+def test_wsrun_user_errors_are_one_line(tools, golden, tmp_path):
+    blob, vectors = golden["int8"]
+    one = vectors["mnist"][0].read_bytes()[:28 * 28 * 4]
+    (tmp_path / "one.f32").write_bytes(one)
+    (tmp_path / "short.f32").write_bytes(one[:-4])
+    for args, message in (
+            (("run", blob, "nosuch", tmp_path / "one.f32"), "error: no such task in the blob: nosuch\n"),
+            (("run", blob, "mnist", tmp_path / "short.f32"), "error: input size is not a whole number of examples "
+                                                             f"of the task's input shape: {tmp_path / 'short.f32'}\n"),
+            (("run", blob, "mnist", tmp_path / "missing.f32"), f"error: cannot read input: {tmp_path / 'missing.f32'}\n"),
+            (("info", tmp_path / "missing.wsb"), f"error: cannot read blob: {tmp_path / 'missing.wsb'}\n"),
+            (("sequence", blob, "mnist", tmp_path / "one.f32"), "error: sequence takes BLOB followed by TASK INPUT OUT "
+                                                                  "triples\n")):
+        proc = wsrun(tools, *args, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", message), args
+    usage = wsrun(tools, "run", blob, check=False)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: wsrun info BLOB\n")
+    printed = wsrun(tools, "run", blob, "mnist", tmp_path / "one.f32").stdout
+    assert printed.startswith("mnist 0: class ") and len(printed.split()) == 4 + 10
+
+
 # ---- hostile blobs ---------------------------------------------------------------------------
 
 def _with_crc(data: bytearray) -> bytes:
