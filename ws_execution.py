@@ -3,9 +3,10 @@
 
 Runs -num_execution random tasks of the separated state in -state_dir.  A switch brings in the
 task's exclusive pages from level 2 (-secondary=disk: read from the store's exclusive file(s);
-host: kept in RAM) and builds its weights with one gather call (PageGather; PageGatherQuantized
-for int8/int4 states) over the resident shared pool.  Prints per-switch and total weight load
-and execution times in the original's format.
+host: kept in RAM) and gathers its weights over the resident shared pool: on a CPU with NumPy
+straight into the buffer the compiled inference reads (-gather=numpy), or with one PageGather
+custom-op call (-gather=op, the GPU default; PageGatherQuantized for int8/int4 states).
+Prints per-switch and total weight load and execution times in the original's format.
 
   python ws_execution.py -state_dir=. -num_execution=50 -seed=0
 """
@@ -23,12 +24,15 @@ flags.adopt_module_key_flags(cli)  # -help lists the shared flags too, not only 
 
 flags.DEFINE_enum("secondary", None, ["disk", "host"],
                   "level-2 memory of the exclusive pages (default: disk on a CPU, host with a GPU)")
+flags.DEFINE_enum("gather", "auto", ["auto", "numpy", "op", "tf"],
+                  "how a switch gathers the pages: numpy (CPU default) into the buffer the inference reads, "
+                  "op: one PageGather custom-op call (GPU default), tf: compiled tf.gather")
 
 
 def run():
     check_flags(FLAGS, EXECUTION_BOUNDS)
     from weightsep.runtime import WSRuntime, run_executions
-    with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, data=FLAGS.data,
+    with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, gather=FLAGS.gather, data=FLAGS.data,
                    data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size, specs=execution_specs()) as runtime:
         run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
 

@@ -12,7 +12,7 @@ from weightsep.baseline import BaselineRuntime
 from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import load_network
 from weightsep.pipeline import Options, Session, evaluate_task
-from weightsep.runtime import WSRuntime, run_executions, task_sequence
+from weightsep.runtime import WSRuntime, aligned_empty, run_executions, task_sequence
 from weightsep.store import Store, convert_state
 
 
@@ -37,22 +37,45 @@ def expected_accuracy(states):
             for dtype, state in states.items()}
 
 
-@pytest.mark.parametrize("dtype,secondary,gather", [("float32", "disk", "op"), ("float32", "host", "op"),
+@pytest.mark.parametrize("dtype,secondary,gather", [("float32", "disk", "numpy"), ("float32", "host", "numpy"),
+                                                    ("int8", "disk", "numpy"), ("int8", "host", "numpy"),
+                                                    ("int4", "disk", "numpy"), ("int4", "host", "numpy"),
+                                                    ("float32", "disk", "op"), ("float32", "host", "op"),
                                                     ("float32", "disk", "tf"), ("int8", "disk", "op"),
                                                     ("int8", "host", "tf"), ("int4", "disk", "op"),
                                                     ("int4", "disk", "tf")])
 def test_switch_gathers_exactly_the_stored_weights(states, expected_accuracy, dtype, secondary, gather):
-    """Every switch's weights equal the store's materialized (dequantized) weights bit for bit,
-    with the custom op (always built in CI: `gather="op"` fails without it) or the tf fallback."""
+    """Every switch's weights, read through the tensor the compiled inference reads, equal the
+    store's materialized (dequantized) weights bit for bit: gathered with NumPy into the shared
+    buffer (the CPU default), with the custom op (always built in CI: `gather="op"` fails
+    without it) or with the tf fallback.  Switching back and forth checks that one task's
+    gather leaves nothing of another's in the buffer."""
     store = Store(states[dtype]).load()
     with WSRuntime(states[dtype], device="cpu", secondary=secondary, gather=gather, log=None) as runtime:
         assert runtime.task_names == ["tiny_a", "tiny_b"]
+        assert runtime.gather == gather
         assert ("custom op" in runtime.gather_kind) == (gather == "op")
         for name in ["tiny_b", "tiny_a", "tiny_a", "tiny_b"]:
             runtime.switch(name)
             np.testing.assert_array_equal(runtime.current_weights(), store.materialize(name))
             accuracy, seconds = runtime.execute(name)
             assert accuracy == expected_accuracy[dtype][name] and seconds > 0
+
+
+def test_numpy_gather_shares_its_buffer_with_the_inference(states):
+    """The weight buffer is 64-byte aligned and IS the memory the inference reads: a value
+    written into it shows in the running task's tensor (no copy between switch and inference)."""
+    with WSRuntime(states["float32"], device="cpu", gather="numpy", log=None) as runtime:
+        host = runtime._host_gather
+        assert host.buffer.ctypes.data % 64 == 0
+        runtime.switch("tiny_a")
+        before = runtime.current_weights()
+        host.buffer[3] += 1.0
+        after = runtime.current_weights()
+        assert after[3] == before[3] + np.float32(1.0) and np.array_equal(np.delete(after, 3), np.delete(before, 3))
+    for count, dtype in ((5, np.float32), (1, np.int8), (1000, np.float64)):
+        array = aligned_empty(count, dtype)
+        assert array.shape == (count,) and array.dtype == dtype and array.ctypes.data % 64 == 0
 
 
 def test_quantized_switches_read_fewer_bytes(states):
@@ -172,7 +195,7 @@ def test_scripts_print_the_original_lines_and_agree(states, expected_accuracy):
                    script="baseline_execution.py")
     check_lines(ws.stdout, 6)
     check_lines(base.stdout, 6)
-    assert "page gather: PageGatherQuantized (int8) custom op" in ws.stdout
+    assert "page gather: NumPy gather into the inference's weight buffer" in ws.stdout
     assert re.search(r"^\[VNN 0\]\[tiny_a\] init page table \d+\.\d{3} ms$", ws.stdout, re.M)
     assert re.search(r"^\[VNN 1\]\[tiny_b\] init page table \d+\.\d{3} ms$", ws.stdout, re.M)
     assert re.search(r"^init shared_weight \d+\.\d{3} ms \(int8 pool, \d+ bytes\)$", ws.stdout, re.M)

@@ -7,7 +7,7 @@ page); the exclusive pages stay in level-2 memory:
 
 - ``secondary="disk"`` (the CPU default): in the store's exclusive file(s), which the store
   names (``Store.exclusive_file()``).  The file is opened once; a switch reads the task's rows
-  with ``os.preadv`` straight into a buffer made for that task at start-up, one call per run of
+  with ``os.preadv`` straight into the buffer the gather reads, one call per run of
   consecutive rows (a task's rows are consecutive, so one call).  We use pread rather than a
   memory map because a map keeps every page it touched mapped after the first switch, so later
   "reads" would be plain RAM accesses; pread goes through the file system on every switch (from
@@ -16,12 +16,28 @@ page); the exclusive pages stay in level-2 memory:
 - ``secondary="host"`` (the GPU default): the whole exclusive store in host RAM; a switch copies
   the task's rows out of it.
 
-A switch to a task = bring in its exclusive rows + ONE gather call (PageGather, or
-PageGatherQuantized for int8/int4 states: the shared pool, the rows brought in, the task's page
-table renumbered over those rows) whose output is the weight vector the task's model runs with:
-each task has a compiled inference function ``(w, x, y) -> correct`` that calls the network
-statelessly with ``w``, so nothing is assigned variable by variable.  Without the custom op, a
-compiled tf.gather/dynamic_stitch function computes the same vector.
+A switch to a task = bring in its exclusive rows + gather the task's pages (the shared pool
+and the rows brought in, through the task's page table renumbered over those rows) into the
+weight vector the task's model runs with: each task has a compiled inference function
+``(w, x, y) -> correct`` that calls the network statelessly with ``w``, so nothing is assigned
+variable by variable.  Where the gather runs (``gather=``):
+
+- ``"numpy"`` (the CPU default): the pool stays resident in host RAM in one array with room
+  after it for one task's exclusive rows; a switch reads the rows (pread) into that room and
+  gathers with ``np.take`` (int8 / int4: values, scales, then one float32 multiply) straight
+  into ONE preallocated, 64-byte aligned weight buffer.  The compiled inference reads that
+  buffer through a tensor that shares its memory (DLPack, checked at start-up), so a switch
+  costs no TensorFlow call, as the original's ``weight_loader`` wrote a task's pages into its
+  graph's variables through their addresses without one.  The first TensorFlow call after an
+  inference costs 0.2-0.4 ms whatever it does (BENCHMARKS.md: the inference's activations
+  evict the caches and TensorFlow's dispatch path runs cold), which is what this path leaves out.
+- ``"op"`` (the GPU default; on a CPU, the previous default): ONE call of the PageGather custom
+  op (PageGatherQuantized for int8/int4 states) over the pool resident as a tensor (GPU memory
+  when TensorFlow sees a GPU); its output is the weight vector.
+- ``"tf"``: a compiled tf.gather/dynamic_stitch function computing the same vector (also what
+  ``"auto"`` falls back to on a GPU when the op is not built).
+
+All three give the store's materialized (dequantized) weights bit for bit.
 
 ``weightsep.baseline.BaselineRuntime`` is the runtime without weight separation.  Both run the
 same random task sequence for the same seed (``task_sequence``: tasks sorted by name, as the
@@ -43,7 +59,7 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import Network
-from weightsep.pageformat import page_format
+from weightsep.pageformat import effective_scale, page_format
 from weightsep.pages import task_local_table
 from weightsep.store import Store, TaskRecord
 from weightsep.tasks import TaskSpec
@@ -53,7 +69,7 @@ Log = Callable[[str], None]
 
 DEVICES = ("auto", "cpu", "gpu")
 SECONDARIES = ("disk", "host")
-GATHERS = ("auto", "op", "tf")
+GATHERS = ("auto", "numpy", "op", "tf")
 
 
 # --- shared pieces ------------------------------------------------------------------
@@ -205,6 +221,77 @@ def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weigh
     return gather
 
 
+
+# --- the gather in host memory (gather="numpy") -------------------------------------------
+
+def aligned_empty(count: int, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized 1-D array whose data starts on an ``align``-byte boundary (TensorFlow's
+    CPU kernels expect 64-byte aligned tensors; NumPy guarantees 16)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(count * itemsize + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + count * itemsize].view(dtype)
+
+
+class HostGather:
+    """The pool resident in host RAM, room for one task's exclusive rows after it, and ONE weight
+    buffer that a switch gathers into and the compiled inferences read (``gather="numpy"``).
+
+    ``parts``: the stored arrays [P + R, ...] (values; and scales for int8 / int4), the pool in
+    rows 0..P-1 and the running task's exclusive rows brought in at P..P+k-1 (``staging(k)``), R
+    the most exclusive rows of any task.  ``gather(table)`` writes the pages of a task-local table
+    (entries < P + k) into the buffer; ``tensor(n)`` is a tf.Tensor over the buffer's first n
+    weights that shares its memory, so what a switch writes is what the next inference reads.
+    """
+
+    def __init__(self, page_dtype: str, pool: list[np.ndarray], max_rows: int, max_pages: int, page_size: int):
+        self.format = page_format(page_dtype)
+        self.num_shared = pool[0].shape[0]
+        self.parts = [np.concatenate([part, np.zeros((max_rows, *part.shape[1:]), part.dtype)]) for part in pool]
+        self.buffer = aligned_empty(max_pages * page_size, np.float32)
+        self.buffer[:] = 0
+        self.pages = self.buffer.reshape(max_pages, page_size)
+        if self.format.quantized:
+            self.values = np.empty((max_pages, *pool[0].shape[1:]), pool[0].dtype)
+            self.scales = np.empty(max_pages, np.float32)
+        if self.format.quantized and self.format.bits == 4:
+            # Decoding table of the format: byte b -> its two int8 weights (low nibble first).
+            self.nibbles = self.format.unpack(np.arange(256, dtype=np.uint8)[:, None])
+            self.unpacked = np.empty((max_pages, pool[0].shape[1], 2), np.int8)
+
+    def staging(self, rows: int) -> list[np.ndarray]:
+        """Where a switch brings in a task's ``rows`` exclusive rows: views of ``parts``."""
+        return [part[self.num_shared:self.num_shared + rows] for part in self.parts]
+
+    def gather(self, table: np.ndarray) -> None:
+        """The task's pages into the buffer: float32(q) * scale for quantized pages (the format's
+        decoding, bit for bit).  ``table`` must be task-local and checked (mode="clip" skips
+        NumPy's per-call bounds pass, which also buffers the output)."""
+        count = len(table)
+        if not self.format.quantized:
+            np.take(self.parts[0], table, axis=0, out=self.pages[:count], mode="clip")
+            return
+        values = np.take(self.parts[0], table, axis=0, out=self.values[:count], mode="clip")
+        scales = effective_scale(np.take(self.parts[1], table, out=self.scales[:count], mode="clip"))
+        if self.format.bits == 4:
+            values = np.take(self.nibbles, values, axis=0, out=self.unpacked[:count], mode="clip").reshape(count, -1)
+        np.multiply(values, scales[:, None], out=self.pages[:count])
+
+    def tensor(self, num_weights: int):
+        """A CPU tf.Tensor over the buffer's first ``num_weights`` weights, sharing its memory."""
+        view = self.buffer[:num_weights]
+        tensor = tf.experimental.dlpack.from_dlpack(view.__dlpack__())
+        # A TensorFlow that copied here would run every task on stale weights: check it shares.
+        saved = view[:1].copy()
+        for probe in (np.float32(1.5), np.float32(-2.25)):
+            view[0] = probe
+            if num_weights and tf.reduce_sum(tensor[:1]).numpy() != probe:
+                raise WeightSepError("this TensorFlow copies DLPack tensors from NumPy, so gather=numpy cannot "
+                                     "share the weight buffer with the inference; use -gather=op")
+        view[:1] = saved
+        return tensor
+
+
 # --- level-2 memory -------------------------------------------------------------------
 
 class _PreadRows:
@@ -261,8 +348,7 @@ class _Slot:
     rows: np.ndarray            # its exclusive rows in the store, by ascending task page
     buffers: list               # where its rows are brought in: values (and scales)
     runs: list                  # pread plans, one per file (disk)
-    table: object               # int32[n_p] on the device, exclusive entries renumbered P + 0..k-1
-    gather: Callable            # (shared, rows) -> weights
+    gather: Callable            # () -> the weights the inference reads, from the rows brought in
     infer: Callable = None      # compiled (w, x, y) -> correct count
     batches: list = dataclasses.field(default_factory=list)
 
@@ -275,49 +361,67 @@ class WSRuntime(Runtime):
                  gather: str = "auto", specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
         log = log or (lambda line: None)
         self.device = pick_device(device)
-        self.secondary = secondary or ("host" if self.device.startswith("/GPU") else "disk")
+        on_gpu = self.device.startswith("/GPU")
+        self.secondary = secondary or ("host" if on_gpu else "disk")
         if self.secondary not in SECONDARIES:
             raise WeightSepError(f"-secondary must be one of {', '.join(SECONDARIES)}, not {self.secondary!r}")
         if gather not in GATHERS:
-            raise WeightSepError(f"gather must be one of {', '.join(GATHERS)}, not {gather!r}")
+            raise WeightSepError(f"-gather must be one of {', '.join(GATHERS)}, not {gather!r}")
+        if gather == "numpy" and on_gpu:
+            raise WeightSepError("-gather=numpy gathers in host RAM, so it runs on the CPU: add -device=cpu, "
+                                 "or use -gather=op on the GPU")
         store = load_state(state_dir)
         self.state_dir, self.page_dtype = store.dir, store.page_dtype
         self.page_size, self.num_shared = store.page_size, store.num_pages
+        records = sorted(store.tasks, key=lambda r: r.name)
 
-        op, why_not = _custom_ops(self.page_dtype) if gather != "tf" else (None, "gather=tf was asked for")
-        if gather == "op" and op is None:
-            raise WeightSepError(f"the PageGather custom op is not usable: {why_not}")
-        self._op = op
+        self.gather = gather if gather != "auto" else ("op" if on_gpu else "numpy")
+        self._op, self._host_gather, self.shared = None, None, None
         kind = "PageGather" if self.page_dtype == "float32" else f"PageGatherQuantized ({self.page_dtype})"
-        self.gather_kind = f"{kind} custom op" if op is not None else "tf.gather fallback"
+        if self.gather == "op":
+            self._op, why_not = _custom_ops(self.page_dtype)
+            if self._op is None and gather == "op":
+                raise WeightSepError(f"the PageGather custom op is not usable: {why_not}")
+            if self._op is None:
+                self.gather = "tf"
+                log(f"page gather: tf.gather fallback ({why_not}; same result)")
+        if self.gather == "numpy":
+            self.gather_kind = "NumPy gather into the inference's weight buffer"
+        else:
+            self.gather_kind = f"{kind} custom op" if self.gather == "op" else "tf.gather fallback"
         self.description = f"{self.gather_kind}, exclusive pages from {self.secondary}"
-        log(f"page gather: {self.gather_kind}" + ("" if op is not None else f" ({why_not}; same result)"))
+        log(f"page gather: {self.gather_kind}")
 
         start = time.perf_counter()
-        stored = store.quantized("shared")
-        with tf.device(self.device):
-            self.shared = tuple(tf.identity(tf.constant(part)) for part in stored if part is not None)
-        sync(self.device)
-        log(f"shared_weight device: {self.shared[0].device}")
+        stored = [part for part in store.quantized("shared") if part is not None]
+        exclusive = [part for part in store.quantized("exclusive") if part is not None]
+        if self.gather == "numpy":
+            tables = {r.name: task_local_table(r.page_table, self.num_shared) for r in records}
+            self._host_gather = HostGather(self.page_dtype, stored, max(len(rows) for rows, _ in tables.values()),
+                                           max(len(table) for _, table in tables.values()), self.page_size)
+            log("shared_weight device: host RAM (NumPy, beside the rows of one task)")
+        else:
+            with tf.device(self.device):
+                self.shared = tuple(tf.identity(tf.constant(part)) for part in stored)
+            sync(self.device)
+            log(f"shared_weight device: {self.shared[0].device}")
         log(f"init shared_weight {ms(time.perf_counter() - start)} ({store.page_dtype} pool, "
-            f"{sum(int(part.nbytes) for part in stored if part is not None)} bytes)")
+            f"{sum(int(part.nbytes) for part in stored)} bytes)")
 
         # Level 2: files read at each switch, or the whole store in host RAM.
-        values, scales = store.quantized("exclusive")
-        self._parts = [values] + ([scales] if scales is not None else [])
+        self._parts = exclusive
         self._readers, self._host = [], None
         if self.secondary == "disk":
             files = store.exclusive_file()
             paths = [files.values] + ([files.scales] if files.scales is not None else [])
             self._readers = [_PreadRows(path, part.shape, part.dtype) for path, part in zip(paths, self._parts)]
-            log(f"exclusive pages: {values.shape[0]} rows read from {files.values} at each switch")
+            log(f"exclusive pages: {exclusive[0].shape[0]} rows read from {files.values} at each switch")
         else:
             self._host = [np.array(part) for part in self._parts]
-            log(f"exclusive pages: {values.shape[0]} rows in host RAM")
+            log(f"exclusive pages: {exclusive[0].shape[0]} rows in host RAM")
 
         given = specs or {}
         self._slots: dict[str, _Slot] = {}
-        records = sorted(store.tasks, key=lambda r: r.name)
         for index, record in enumerate(records):
             start = time.perf_counter()
             slot = self._make_slot(record)
@@ -326,7 +430,7 @@ class WSRuntime(Runtime):
             slot.batches = test_batches(spec, record, data, data_seed, batch_size)
             slot.infer = self._make_infer(Network(spec, layout=store.layout), record.num_weights)
             self._slots[record.name] = slot
-        del store  # from here on, the exclusive pages live only in level 2
+        del store, stored, exclusive  # from here on, the exclusive pages live only in level 2
 
         self.task_names = [r.name for r in records]
         self.weights = None
@@ -334,20 +438,31 @@ class WSRuntime(Runtime):
         self.weights = None
 
     def _make_slot(self, record: TaskRecord) -> _Slot:
-        P = self.num_shared
-        rows, renumbered = task_local_table(record.page_table, P)
-        renumbered = renumbered.astype(np.int32)
-        buffers = [np.zeros((len(rows), *part.shape[1:]), part.dtype) for part in self._parts]
+        P, n = self.num_shared, record.num_weights
+        rows, local = task_local_table(record.page_table, P)
         runs = [reader.plan(rows) for reader in self._readers]
+        if self.gather == "numpy":
+            host = self._host_gather
+            table, weights = local.astype(np.intp), host.tensor(n)
+
+            def gather():
+                host.gather(table)
+                return weights
+            return _Slot(record, rows, host.staging(len(rows)), runs, gather)
+
+        buffers = [np.zeros((len(rows), *part.shape[1:]), part.dtype) for part in self._parts]
+        local = local.astype(np.int32)
         with tf.device(self.device):
-            table_tensor = tf.identity(tf.constant(renumbered))
-        if self._op is not None:
-            op, n = self._op, record.num_weights
-            gather = lambda shared, parts: op(shared, parts, table_tensor, n)  # noqa: E731
-        else:
-            gather = _tf_gather_fn(self.page_dtype, P, renumbered, record.num_weights)
+            table_tensor = tf.identity(tf.constant(local))
+        op = self._op if self.gather == "op" else _tf_gather_fn(self.page_dtype, P, local, n)
+
+        def gather():
+            with tf.device(self.device):
+                if self.gather == "op":
+                    return op(self.shared, buffers, table_tensor, n)
+                return op(self.shared, buffers)
         sync(self.device)
-        return _Slot(record, rows, buffers, runs, table_tensor, gather)
+        return _Slot(record, rows, buffers, runs, gather)
 
     def _make_infer(self, net: Network, num_weights: int) -> Callable:
         def correct(w, x, y):
@@ -372,9 +487,8 @@ class WSRuntime(Runtime):
         slot = self._slot(name)
 
         def load():
-            parts = self.bring_in(name)
-            with tf.device(self.device):
-                self.weights = slot.gather(self.shared, parts)
+            self.bring_in(name)
+            self.weights = slot.gather()
         return load
 
     def _inference(self, name: str) -> tuple[Callable, list]:
@@ -382,8 +496,8 @@ class WSRuntime(Runtime):
         return (lambda x, y: slot.infer(self.weights, x, y)), slot.batches
 
     def current_weights(self) -> np.ndarray:
-        """The running task's weight vector, as the model runs it."""
-        return np.asarray(self.weights.numpy())
+        """The running task's weight vector, read through the tensor its inference reads."""
+        return np.array(tf.identity(self.weights).numpy())
 
     def exclusive_bytes(self, name: str) -> int:
         """Bytes a switch to the task reads from level 2."""
@@ -393,11 +507,10 @@ class WSRuntime(Runtime):
         """(seconds to read the task's exclusive bytes, seconds of one bare gather) of one switch."""
         slot = self._slot(name)
         start = time.perf_counter()
-        parts = self.bring_in(name)
+        self.bring_in(name)
         read = time.perf_counter() - start
         start = time.perf_counter()
-        with tf.device(self.device):
-            slot.gather(self.shared, parts)
+        slot.gather()
         sync(self.device)
         return read, time.perf_counter() - start
 
