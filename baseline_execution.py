@@ -3,12 +3,14 @@
 
 Runs the same random task sequence as ws_execution.py (same -seed); every switch reloads the
 task's whole weights:
-  -baseline=file  (the paper's) restore the task's own network file <task>/<task>.weights.h5:
-                  the networks before separation, so accuracies differ from ws_execution.py's;
+  -baseline=checkpoint  (the default; the original's saver.restore) tf.train.Checkpoint restore of
+                  the task's network, checkpointed at start-up from <task>/<task>.weights.h5: the
+                  networks before separation, so accuracies differ from ws_execution.py's;
+  -baseline=file  restore the network file <task>/<task>.weights.h5 itself (Keras' h5 loader);
   -baseline=raw   read the task's separated weights as one raw float32 file and assign them in
                   one compiled call: same weights as ws_execution.py.
 
-  python baseline_execution.py -state_dir=. -num_execution=50 -seed=0 -baseline=file
+  python baseline_execution.py -state_dir=. -num_execution=50 -seed=0
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ FLAGS = flags.FLAGS
 define_execution_flags()
 flags.adopt_module_key_flags(cli)  # -help lists the shared flags too, not only this script's own
 
-flags.DEFINE_enum("baseline", "file", ["file", "raw"],
-                  "file: restore each task's network file (paper); raw: read its separated weights as raw float32")
+flags.DEFINE_enum("baseline", "checkpoint", ["checkpoint", "file", "raw"],
+                  "checkpoint: restore a TF checkpoint of each task's network (the original's saver.restore); "
+                  "file: load its .weights.h5 file; raw: read its separated weights as raw float32")
 
 
 def run():

@@ -115,12 +115,15 @@ def test_baselines_load_the_weights_of_their_sources(states, expected_accuracy):
             raw.switch(name)
             np.testing.assert_array_equal(raw.current_weights(), store.materialize(name))
             assert raw.execute(name)[0] == expected_accuracy["float32"][name]
-    with BaselineRuntime(state, baseline="file", device="cpu", log=None) as file:
-        for name in ["tiny_b", "tiny_a"]:
-            file.switch(name)
-            network = load_network(store.task(name).task_spec())
-            np.testing.assert_array_equal(file.current_weights(), network.get_vector())
-            assert file.execute(name)[0] == store.task(name).accuracy["network"]
+    for baseline in ("checkpoint", "file"):  # both restore the task's network before separation
+        with BaselineRuntime(state, baseline=baseline, device="cpu", log=None) as runtime:
+            assert runtime.baseline == baseline
+            for name in ["tiny_b", "tiny_a", "tiny_b"]:
+                network = load_network(store.task(name).task_spec())
+                runtime._tasks[name].net.set_vector(np.zeros(network.num_weights, np.float32))  # the switch restores
+                runtime.switch(name)
+                np.testing.assert_array_equal(runtime.current_weights(), network.get_vector())
+                assert runtime.execute(name)[0] == store.task(name).accuracy["network"]
 
 
 def test_task_sequence_is_seeded_uniform_and_sorted_by_name():
@@ -157,8 +160,9 @@ def test_missing_state_and_missing_network_file_are_errors(states, tmp_path):
     moved = tmp_path / "moved.weights.h5"
     shutil.move(network, moved)
     try:
-        with pytest.raises(WeightSepError, match="no trained network for task tiny_a"):
-            BaselineRuntime(states["float32"], baseline="file", device="cpu", log=None)
+        for baseline in ("checkpoint", "file"):
+            with pytest.raises(WeightSepError, match="no trained network for task tiny_a"):
+                BaselineRuntime(states["float32"], baseline=baseline, device="cpu", log=None)
     finally:
         shutil.move(moved, network)
 

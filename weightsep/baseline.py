@@ -1,9 +1,14 @@
 """Multitask execution without weight separation: the baseline of the switch benchmark
 (baseline_execution.py).  Every switch reloads the task's whole weights:
 
-- ``baseline="file"`` (the paper's baseline): restore the task's own network file,
-  ``<task folder>/<task>.weights.h5``, with ``model.load_weights``.  These are the networks
-  before separation, so accuracies differ from the separated ones.
+- ``baseline="checkpoint"`` (the default: the original's ``saver.restore`` of each network's
+  TF1 checkpoint, in its modern form): ``tf.train.Checkpoint.restore`` of a TensorFlow
+  checkpoint of the task's network, written at start-up (in a cache folder) from its network
+  file.  The networks before separation, so accuracies differ from the separated ones.
+- ``baseline="file"``: restore the task's own network file, ``<task folder>/<task>.weights.h5``
+  (Keras 3's weights format, which the networks are stored in here), with
+  ``model.load_weights``: the same networks, read through Keras' h5 loader (several times
+  slower than a checkpoint restore; BENCHMARKS.md).
 - ``baseline="raw"``: read the task's flat float32 vector (its separated weights, materialized
   once at start-up into a raw file in a cache folder) and write it into the model's variables in
   one compiled split-and-assign call.  Same weights and accuracies as WSRuntime: only the way
@@ -29,7 +34,7 @@ from weightsep.runtime import Log, Runtime, count_correct, load_state, pick_devi
 from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
 
-BASELINES = ("file", "raw")
+BASELINES = ("checkpoint", "file", "raw")
 
 
 @dataclasses.dataclass
@@ -39,6 +44,7 @@ class _BaselineTask:
     infer: Callable
     batches: list
     assign: Optional[Callable] = None
+    checkpoint: Optional[object] = None
     buffer: Optional[np.ndarray] = None
     fd: int = -1
 
@@ -46,7 +52,7 @@ class _BaselineTask:
 class BaselineRuntime(Runtime):
     """Task switching without weight separation: a full reload of the task's weights per switch."""
 
-    def __init__(self, state_dir=".", baseline: str = "file", device: str = "auto",
+    def __init__(self, state_dir=".", baseline: str = "checkpoint", device: str = "auto",
                  data: Optional[str] = None, data_seed: Optional[int] = None, batch_size: int = 1000,
                  cache_dir=None, specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
         log = log or (lambda line: None)
@@ -57,11 +63,17 @@ class BaselineRuntime(Runtime):
         store = load_state(state_dir)
         records = sorted(store.tasks, key=lambda r: r.name)
         self._own_cache = None
-        if baseline == "raw":
+        if baseline != "file":
             if cache_dir is None:
-                self._own_cache = cache_dir = tempfile.mkdtemp(prefix="ws_baseline_raw_")
+                self._own_cache = cache_dir = tempfile.mkdtemp(prefix=f"ws_baseline_{baseline}_")
             cache_dir = Path(cache_dir)
             cache_dir.mkdir(parents=True, exist_ok=True)
+        if baseline == "checkpoint":
+            self.description = "checkpoint: tf.train.Checkpoint restore of the task's network per switch"
+            log(f"baseline checkpoint: each switch restores a TensorFlow checkpoint of the task's network "
+                f"(written in {cache_dir} from <task>/<task>.weights.h5; the networks before separation, "
+                f"so accuracies differ from the separated tasks')")
+        elif baseline == "raw":
             self.description = "raw: one float32 read of the separated weights + one compiled assign per switch"
             log(f"baseline raw: each switch reads the task's separated weights (float32) from {cache_dir} "
                 f"and assigns them in one compiled call; accuracies equal the separated tasks'")
@@ -77,12 +89,18 @@ class BaselineRuntime(Runtime):
                 if baseline == "file":
                     net = load_network(spec)  # also checks the file is there and loadable
                     source = network_file(spec)
+                elif baseline == "checkpoint":
+                    net = load_network(spec)
+                    checkpoint = tf.train.Checkpoint(model=net.model)
+                    source = Path(checkpoint.save(str(cache_dir / record.name / "network")))
                 else:
                     net = Network(spec, layout=store.layout)
                     source = cache_dir / f"{record.name}.f32"
                     store.materialize(record.name).tofile(source)
                 task = _BaselineTask(net, source, self._make_infer(net),
                                      test_batches(spec, record, data, data_seed, batch_size))
+                if baseline == "checkpoint":
+                    task.checkpoint = self._checked_checkpoint(checkpoint, source, net)
                 if baseline == "raw":
                     task.assign = self._make_assign(net)
                     task.buffer = np.empty(net.num_weights, np.float32)
@@ -100,6 +118,19 @@ class BaselineRuntime(Runtime):
             tf.TensorSpec([None, *net.task.input_shape], tf.float32), tf.TensorSpec([None], tf.int64)])
 
     @staticmethod
+    def _checked_checkpoint(checkpoint, source: Path, net: Network):
+        """The checkpoint, once it is known to restore every variable of the network exactly."""
+        saved = net.get_vector()
+        net.set_vector(np.zeros_like(saved))
+        try:
+            checkpoint.restore(str(source)).assert_consumed()
+        except AssertionError as exc:
+            raise WeightSepError(f"the checkpoint {source} does not match task {net.task.name}'s network: {exc}") from None
+        if not np.array_equal(net.get_vector(), saved):
+            raise WeightSepError(f"restoring {source} did not give back task {net.task.name}'s weights")
+        return checkpoint
+
+    @staticmethod
     def _make_assign(net: Network) -> Callable:
         variables = list(net.model.trainable_variables)
 
@@ -114,6 +145,9 @@ class BaselineRuntime(Runtime):
         task = self._task(name)
 
         def load():
+            if self.baseline == "checkpoint":
+                task.checkpoint.restore(str(task.source))
+                return
             if self.baseline == "file":
                 task.net.model.load_weights(str(task.source))
                 return
@@ -129,7 +163,7 @@ class BaselineRuntime(Runtime):
         return task.infer, task.batches
 
     def current_weights(self) -> np.ndarray:
-        """The running task's weights in the state's layout (the raw baseline) or natural order (file)."""
+        """The running task's weights in the state's layout (raw) or natural order (checkpoint, file)."""
         return self._tasks[self.current].net.get_vector()
 
     def _task(self, name: str) -> _BaselineTask:
