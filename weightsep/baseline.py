@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from absl import logging as absl_logging
 
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, load_network, network_file
@@ -35,6 +36,16 @@ from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
 
 BASELINES = ("checkpoint", "file", "raw")
+
+
+def _save_quietly(checkpoint, prefix: Path) -> Path:
+    """checkpoint.save(prefix) without the INFO line TensorFlow logs (through absl) for each save."""
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        return Path(checkpoint.save(str(prefix)))
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 @dataclasses.dataclass
@@ -92,7 +103,7 @@ class BaselineRuntime(Runtime):
                 elif baseline == "checkpoint":
                     net = load_network(spec)
                     checkpoint = tf.train.Checkpoint(model=net.model)
-                    source = Path(checkpoint.save(str(cache_dir / record.name / "network")))
+                    source = _save_quietly(checkpoint, cache_dir / record.name / "network")
                 else:
                     net = Network(spec, layout=store.layout)
                     source = cache_dir / f"{record.name}.f32"
