@@ -32,8 +32,9 @@ flags.DEFINE_enum("gather", "auto", ["auto", "numpy", "op", "tf"],
 def run():
     check_flags(FLAGS, EXECUTION_BOUNDS)
     from weightsep.runtime import WSRuntime, run_executions
-    with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, gather=FLAGS.gather, data=FLAGS.data,
-                   data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size, specs=execution_specs()) as runtime:
+    with WSRuntime(FLAGS.state_dir, device=FLAGS.device, secondary=FLAGS.secondary, gather=FLAGS.gather,
+                   data=FLAGS.data, data_seed=FLAGS.data_seed, batch_size=FLAGS.batch_size,
+                   specs=execution_specs()) as runtime:
         run_executions(runtime, FLAGS.num_execution, FLAGS.seed)
 
 

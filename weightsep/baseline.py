@@ -136,7 +136,8 @@ class BaselineRuntime(Runtime):
         try:
             checkpoint.restore(str(source)).assert_consumed()
         except AssertionError as exc:
-            raise WeightSepError(f"the checkpoint {source} does not match task {net.task.name}'s network: {exc}") from None
+            raise WeightSepError(f"the checkpoint {source} does not match task {net.task.name}'s network: "
+                                 f"{exc}") from None
         if not np.array_equal(net.get_vector(), saved):
             raise WeightSepError(f"restoring {source} did not give back task {net.task.name}'s weights")
         return checkpoint
