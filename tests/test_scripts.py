@@ -134,7 +134,7 @@ def test_output_into_a_closed_pipe_ends_quietly(tiny_state):
 EXECUTION_FLAGS = ["state_dir", "num_execution", "seed", "device", "data", "data_seed", "batch_size", "network_path"]
 
 
-@pytest.mark.parametrize("script, own", [("ws_execution.py", ["secondary"]), ("baseline_execution.py", ["baseline"])])
+@pytest.mark.parametrize("script, own", [("ws_execution.py", ["secondary", "gather"]), ("baseline_execution.py", ["baseline"])])
 def test_execution_scripts_help_lists_every_flag(tmp_path, script, own):
     proc = subprocess.run([PYTHON, "-X", "importtime", str(REPO / script), "-help"], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
