@@ -221,7 +221,6 @@ def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weigh
     return gather
 
 
-
 # --- the gather in host memory (gather="numpy") -------------------------------------------
 
 def aligned_empty(count: int, dtype, align: int = 64) -> np.ndarray:
