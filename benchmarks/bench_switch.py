@@ -21,7 +21,10 @@ and the floor of the ws numpy switch at each switch's place (right after the pre
 inference): the read of the task's exclusive bytes + one bare NumPy gather.  The whole sequence
 is repeated -repeats times with the runtimes interleaved and their order rotated (so load from
 other processes hits all of them alike); tables report medians over the repeats.  Paired
-differences compare ws numpy and ws op switch by switch (same repeat, same position).
+differences then come from one more pass per repeat that interleaves, at every position of the
+sequence, a ws numpy switch + inference, a ws op switch + inference and the same task's inference
+again with no switch (all three right after an inference), so load from elsewhere hits the three
+alike: whether the inference after a switch that makes no TensorFlow call grows.
 
 Then (-profile) where the 0.2-0.4 ms of the first TensorFlow call after an inference goes: the
 same calls timed right after an inference, back to back, after a sweep of 256 MB of other data
@@ -97,6 +100,25 @@ def floor_run(ws, sequence) -> list[tuple[float, float]]:
     return parts
 
 
+def paired_run(numpy_ws, op_ws, sequence) -> list[dict[str, tuple[float, float]]]:
+    """At each position: {kind: (switch seconds, inference seconds)} for a ws numpy switch, a ws op
+    switch and no switch (the task's inference again), interleaved in rotated order."""
+    kinds = ["numpy", "op", "none"]
+    rows = []
+    for i, task in enumerate(sequence):
+        row = {}
+        for kind in kinds[i % 3:] + kinds[:i % 3]:
+            ws = op_ws if kind == "op" else numpy_ws
+            if kind == "none":
+                ws.switch(task)
+                ws.execute(task)
+                row[kind] = (0.0, ws.execute(task)[1])
+            else:
+                row[kind] = (ws.switch(task), ws.execute(task)[1])
+        rows.append(row)
+    return rows
+
+
 def med(values) -> float:
     return float(statistics.median(values))
 
@@ -124,12 +146,13 @@ def run_state(count: int, state: Path) -> tuple[list[str], dict]:
     sequence = task_sequence(ws.task_names, FLAGS.num_execution, FLAGS.seed)
     load_before = os.getloadavg()
     runs = {name: [] for name in runtimes}
-    floors = []
+    floors, pairs = [], []
     order = list(runtimes) + ["floor"]
     for repeat in range(FLAGS.repeats):
         for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # rotate: no runtime always first
             if name == "floor":
                 floors.append(floor_run(ws, sequence))
+                pairs.extend(paired_run(ws, runtimes["ws op"], sequence))
             else:
                 runs[name].append(run_executions(runtimes[name], FLAGS.num_execution, FLAGS.seed, log=None))
         print(f"{count} tasks: repeat {repeat + 1}/{FLAGS.repeats} done", flush=True)
@@ -149,12 +172,11 @@ def run_state(count: int, state: Path) -> tuple[list[str], dict]:
     read_median = med(med(read for read, _ in run) for run in floors) * 1e6
     gather_median = med(med(gather for _, gather in run) for run in floors) * 1e6
 
-    def paired(key):  # ws numpy - ws op, switch by switch, all repeats: median and mean in us
-        diffs = [key(a) - key(b) for run_a, run_b in zip(runs[WS], runs["ws op"]) for a, b in zip(run_a, run_b)]
-        return med(diffs) * 1e6, statistics.fmean(diffs) * 1e6
+    def paired(a, b, part):  # a - b over the interleaved pass: median in us (part 1: inference, 2: both)
+        value = (lambda t: t[1]) if part == 1 else (lambda t: t[0] + t[1])
+        return med(value(row[a]) - value(row[b]) for row in pairs) * 1e6
 
-    paired_execute = paired(lambda r: r.run_seconds)
-    paired_sum = paired(lambda r: r.load_seconds + r.run_seconds)
+    inference = {kind: med(row[kind][1] for row in pairs) * 1e3 for kind in ("numpy", "op", "none")}
     ws_total, ws_median = table[WS][0], table[WS][1]
     lines = [
         f"### {count} tasks",
@@ -185,10 +207,12 @@ def run_state(count: int, state: Path) -> tuple[list[str], dict]:
         f"- ws numpy switch / its floor: {ws_total / floor_total:.2f}x total, {ws_median / floor_median:.2f}x "
         f"median (floor parts, median per switch: read {read_median:.1f} us, np.take {gather_median:.1f} us). "
         f"ws op / ws numpy: {table['ws op'][0] / ws_total:.1f}x total.",
-        f"- Switch + execution, ws numpy - ws op, paired switch by switch over all repeats: execution "
-        f"{paired_execute[0]:+.0f} us median ({paired_execute[1]:+.0f} us mean), switch + execution "
-        f"{paired_sum[0]:+.0f} us median ({paired_sum[1]:+.0f} us mean); totals {table[WS][3]:.1f} vs "
-        f"{table['ws op'][3]:.1f} ms.",
+        f"- Switch + inference, interleaved pass ({len(pairs)} positions): median inference after a ws numpy "
+        f"switch {inference['numpy']:.2f} ms, after a ws op switch {inference['op']:.2f} ms, with no switch "
+        f"{inference['none']:.2f} ms. Paired medians: inference numpy - op {paired('numpy', 'op', 1):+.0f} us, "
+        f"numpy - no switch {paired('numpy', 'none', 1):+.0f} us; switch + inference numpy - op "
+        f"{paired('numpy', 'op', 2):+.0f} us. Totals of the timed runs above: {table[WS][3]:.1f} (ws numpy) vs "
+        f"{table['ws op'][3]:.1f} ms (ws op).",
         "",
     ]
     return lines, {"ws": ws_total, "checkpoint": checkpoint[0], "file": file[0]}
