@@ -186,8 +186,8 @@ def _parent_of(out_dir: Path) -> Path:
     """The existing parent of out_dir (created if missing); one-line errors for unusable paths."""
     try:
         if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-            raise WeightSepError(f"-export_dir {_path(out_dir)} is a file, not a directory; pass a new or "
-                                 f"existing export directory")
+            raise WeightSepError(f"-export_dir {_path(out_dir)} is a file or a symbolic link, not a directory; "
+                                 f"pass a new or existing export directory")
     except OSError as e:
         raise atomic.write_error("use export directory", _path(out_dir), e) from None
     if out_dir.name in ("", ".", ".."):
