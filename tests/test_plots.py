@@ -139,3 +139,15 @@ def test_plot_modes_of_the_cli_write_named_files(session, tmp_path):
     for tasks, message in (("hhar", "needs two different tasks"), ("hhar,hhar", "needs different tasks")):
         result = run_main("-mode=heatmap", f"-vnn_name={tasks}", f"-state_dir={store.dir}", check=False)
         assert_one_line_error(result, message)
+
+
+def test_page_bars_keep_the_legend_off_the_bars_and_name_what_a_log_axis_hides(tmp_path):
+    """The legend sits below the axes (inside, it hid the tallest bars); pages of zero Fisher,
+    which a log axis cannot draw, are counted in the title."""
+    values = np.array([0.5, 0.0, 0.2, 0.0, 0.3, 0.9])
+    fig = plots._page_bars(tmp_path / "bars.png", values, [5], "title", "share", log=True)
+    ax = fig.axes[0]
+    legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.y1 <= axes_box.y0  # wholly below the plotting area
+    assert ax.get_title() == "title (2 pages of zero not drawn)"
+    assert png_size(tmp_path / "bars.png") == inches_to_pixels(plots.WIDE)

@@ -250,11 +250,15 @@ def _page_bars(path, values, exclusive, title, ylabel, log=False) -> Figure:
         ax.set_yscale("log")
         if len(positive):
             ax.set_ylim(positive.min() / 2, positive.max() * 2)
+        zero = len(values) - len(positive)
+        if zero:  # a log axis cannot draw them: say so rather than leave a silent gap
+            title += f" ({zero} page{'s' if zero > 1 else ''} of zero not drawn)"
     ax.set_xlim(-0.5, len(values) - 0.5)
     ax.set_xlabel("page of the task")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(handles=handles, loc="upper right")
+    # Below the axes: inside, the legend would hide the tallest bars (often the exclusive pages).
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
     _save(fig, path)
     return fig
 
@@ -296,7 +300,8 @@ def plot_histogram(store: Store, name: str, path, kind: str = "fisher", bins: in
     if kind == "fisher":
         nonzero = values[values > 0]
         shown, xlabel = np.log10(nonzero), "log10 Fisher information (min-max normalized; nonzero values)"
-        note = f"{len(values) - len(nonzero)} zero values not shown"
+        zero = len(values) - len(nonzero)
+        note = f"{zero} zero value{'' if zero == 1 else 's'} not shown"
     else:
         shown, xlabel, note = values, "weight value", f"mean {values.mean():+.4f}, std {values.std():.4f}"
     counts, edges = np.histogram(shown, bins=bins)

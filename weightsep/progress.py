@@ -105,8 +105,11 @@ class RoundReport:
     def finish(self, history: list) -> None:
         elapsed = self.clock() - self.start
         means = [sum(h.values()) / max(1, len(h)) for h in history]
-        change = f"; mean test accuracy {means[0]:.6f} after round 1, {means[-1]:.6f} after round {len(means)}" \
-            if means else ""
+        change = ""
+        if len(means) == 1:
+            change = f"; mean test accuracy {means[0]:.6f}"
+        elif means:
+            change = f"; mean test accuracy {means[0]:.6f} after round 1, {means[-1]:.6f} after round {len(means)}"
         self.stream.write(f"optimization done: {plural(self.rounds, 'round')} x {plural(self.passes, 'pass', 'passes')} x "
                           f"{plural(self.iters, 'step')} of {plural(self.num_tasks, 'task')} in "
                           f"{duration(elapsed)}{change}\n")
