@@ -91,3 +91,11 @@ def test_missing_data_hint_downloads_into_the_task_folder(tmp_path, monkeypatch)
 def test_unknown_task_folder_suggests_the_close_name(tmp_path):
     result = run_main("-mode=pretrain", "-network_path=hhr", "-data=synthetic", check=False)
     assert_one_line_error(result, "unknown task 'hhr'", "did you mean hhar?")
+
+
+def test_import_without_checkpoint_says_where_the_checkpoints_are(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    result = run_main("-mode=import", f"-network_path={folder}", check=False)
+    assert_one_line_error(result, "mnist.meta", "https://github.com/weight-separation/WeightSeparation",
+                          "-mode=import -network_path=WeightSeparation/mnist")
