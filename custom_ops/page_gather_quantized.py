@@ -12,8 +12,16 @@ is bit-exact against page_gather_quantized_reference. A subnormal scale counts
 as a zero of its sign on every device (effective_scale). The page table and
 num_weights are checked as for PageGather (page_gather.check_page_table).
 
-The op has no gradient (tf.no_gradient): training runs on float32 weights with
-fake quantization in TensorFlow, never through this op.
+PageGatherQuantizedMixed is the same over the pages of an int4 state (format
+version 2 of the pages, docs/FORMAT.md): per store four arrays, packed 4-bit
+codes [rows, S / 2], float16 group scales [rows, S / G], the int8 pages' low
+nibbles [K, S / 2] (in page order) and each page's kind [rows] (uint8 4 or 8).
+An int4 page's q is its code; an int8 page's q = 16 * code + low nibble.
+Weight j is float32(q_j) * float32(scale[j // G]), bit-exact against
+page_gather_mixed_reference.
+
+The ops have no gradient (tf.no_gradient): training runs on float32 weights with
+fake quantization in TensorFlow, never through them.
 """
 
 import numpy as np
@@ -23,11 +31,13 @@ from custom_ops.page_gather import (PageGatherError, available, check_num_weight
                                     load_library, static_shape, store_geometry)
 
 __all__ = ["PageGatherError", "available", "effective_scale", "page_gather_quantized",
-           "page_gather_quantized_reference", "unpack_int4"]
+           "page_gather_quantized_reference", "page_gather_quantized_mixed", "page_gather_mixed_reference",
+           "unpack_int4"]
 
 _PAGE_DTYPE = {8: np.int8, 4: np.uint8}
 
 tf.no_gradient("PageGatherQuantized")
+tf.no_gradient("PageGatherQuantizedMixed")
 
 
 def _check_bits(bits):
@@ -126,3 +136,44 @@ def page_gather_quantized_reference(shared_q, shared_scale, exclusive_q, exclusi
                               f"{np.shape(shared_q)} and {np.shape(exclusive_q)}")
     table = check_page_table(page_table, num_weights, shared.shape[1], len(shared), len(exclusive))
     return np.concatenate([shared, exclusive])[table].reshape(-1)[:num_weights]
+
+
+_MIXED_PARTS = (("", np.uint8, 2), ("_scale", np.float16, 2), ("_wide", np.uint8, 2), ("_bits", np.uint8, 1))
+
+
+def page_gather_quantized_mixed(shared, exclusive, page_table, num_weights):
+    """The task's weights, float32[num_weights], from the mixed int4 / int8 pages of an int4 state.
+
+    shared, exclusive: each a sequence (values uint8 [rows, S / 2], scales float16 [rows, S / G],
+    wide uint8 [K, S / 2], bits uint8 [rows]); page_table as for PageGather. Arrays must already
+    have these dtypes. Not differentiable. Raises PageGatherError for a wrong argument or an
+    unbuilt library; the kernel raises tf.errors.InvalidArgumentError for what only it sees
+    (kinds other than 4 or 8, a wide store of the wrong size, negative or non-finite scales).
+    """
+    num_weights = check_num_weights(num_weights)
+    parts = {}
+    for which, store in (("shared", shared), ("exclusive", exclusive)):
+        if len(store) != 4:
+            raise PageGatherError(f"{which} must be (values, scales, wide, bits), got {len(store)} arrays")
+        for (suffix, dtype, rank), array in zip(_MIXED_PARTS, store):
+            parts[which + suffix] = _typed(array, which + suffix, dtype, rank)
+    table = check_page_table(page_table, num_weights, *store_geometry(parts["shared"], parts["exclusive"], 2))
+    return load_library().page_gather_quantized_mixed(**parts, page_table=table, num_weights=num_weights)
+
+
+def page_gather_mixed_reference(shared, exclusive, page_table, num_weights):
+    """Plain NumPy PageGatherQuantizedMixed (the docstring's encoding), the reference for tests."""
+    num_weights = check_num_weights(num_weights)
+    stores = []
+    for values, scales, wide, bits in (shared, exclusive):
+        values, scales, wide, bits = map(np.asarray, (values, scales, wide, bits))
+        q = unpack_int4(values).astype(np.int32)
+        low = np.stack([wide & 0x0F, wide >> 4], axis=-1).reshape(len(wide), 2 * wide.shape[1]).astype(np.int32)
+        is_wide = bits == 8
+        if not np.isin(bits, (4, 8)).all() or len(low) != np.count_nonzero(is_wide):
+            raise PageGatherError("page kinds must be 4 or 8, one wide row per int8 page")
+        q[is_wide] = q[is_wide] * 16 + low
+        group = q.shape[1] // scales.shape[1]
+        stores.append(q.astype(np.float32) * np.repeat(scales.astype(np.float32), group, axis=1))
+    table = check_page_table(page_table, num_weights, stores[0].shape[1], len(stores[0]), len(stores[1]))
+    return np.concatenate(stores)[table].reshape(-1)[:num_weights]

@@ -80,12 +80,18 @@ def test_numpy_gather_shares_its_buffer_with_the_inference(states):
 
 def test_quantized_switches_read_fewer_bytes(states):
     """A switch reads the task's exclusive rows in their stored form: int8 a quarter of float32
-    plus 4 bytes of scale per page, int4 an eighth plus the scales."""
-    rows = {name: len(Store(states["float32"]).load().task(name).exclusive_pages) for name in ("tiny_a", "tiny_b")}
-    for dtype, per_page in (("float32", 64 * 4), ("int8", 64 + 4), ("int4", 32 + 4)):
+    plus 4 bytes of scale per page, int4 an eighth plus a float16 scale per group of 64 and a kind
+    byte per page, and an eighth more for each int8 page among them."""
+    store = Store(states["float32"]).load()
+    rows = {name: store.task(name).page_table[store.task(name).exclusive_pages] - store.num_pages
+            for name in ("tiny_a", "tiny_b")}
+    kinds = np.load(states["int4"] / "exclusive_weight_bits.npy")
+    assert (kinds == 8).any()  # the int8 pages of the tiny state include exclusive rows
+    for dtype, per_page in (("float32", 64 * 4), ("int8", 64 + 4), ("int4", 32 + 2 + 1)):
         with WSRuntime(states[dtype], device="cpu", log=None) as runtime:
-            for name, count in rows.items():
-                assert runtime.exclusive_bytes(name) == count * per_page
+            for name, task_rows in rows.items():
+                wide = np.count_nonzero(kinds[task_rows] == 8) if dtype == "int4" else 0
+                assert runtime.exclusive_bytes(name) == len(task_rows) * per_page + 32 * wide
 
 
 def test_disk_switch_reads_the_file_every_time(states, tmp_path):

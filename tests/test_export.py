@@ -4,8 +4,10 @@ from the format description (weightsep/export.py's docstring), not with the modu
 The original's files: a little-endian int32 count N, then N values: `weight` (float32 pool),
 `weight_q` (int16 Q-format), `<task>_e` / `<task>_q` (the task's exclusive pages by ascending task
 page), `<task>_p` (uint16 page table: e < P shared page e, P + i the i-th page of `<task>_e`).
-Quantized states add `weight_int8` / `<task>_e_int8` (int4 likewise): int32 rows, int32 S,
-float32 scales [rows], then the values."""
+Quantized states add `weight_int8` / `<task>_e_int8`: int32 rows, int32 S, float32 scales [rows],
+then the values; `weight_int4` / `<task>_e_int4`: int32 rows, int32 S, int32 G, int32 K, float16
+scales [rows, S / G], uint8 kinds [rows], packed nibbles [rows, S / 2], the int8 pages' low
+nibbles [K, S / 2]."""
 
 import struct
 
@@ -30,22 +32,36 @@ def read_counted(path, dtype):
     return np.frombuffer(data, dtype=dtype, count=count, offset=4)
 
 
+def nibbles(data, offset, rows, size):
+    """int32 [rows, size] unsigned nibbles, element 2k in the low nibble of byte k."""
+    packed = np.frombuffer(data, np.uint8, count=rows * size // 2, offset=offset).reshape(rows, size // 2)
+    out = np.empty((rows, size), np.int32)
+    out[:, 0::2], out[:, 1::2] = packed & 0x0F, packed >> 4
+    return out
+
+
 def read_quantized(path, page_dtype):
-    """(rows, S, scales, q int [rows, S]) of a weight_int8 / weight_int4 / <task>_e_int* file."""
+    """(rows, S, scale of every weight float32 [rows, S], q int [rows, S], qmax per row) of a
+    weight_int8 / weight_int4 / <task>_e_int* file."""
     data = path.read_bytes()
-    rows, size = struct.unpack_from("<ii", data, 0)
-    scales = np.frombuffer(data, "<f4", count=rows, offset=8)
-    start = 8 + 4 * rows
     if page_dtype == "int8":
+        rows, size = struct.unpack_from("<ii", data, 0)
+        scales = np.frombuffer(data, "<f4", count=rows, offset=8)
+        start = 8 + 4 * rows
         assert len(data) == start + rows * size
         q = np.frombuffer(data, np.int8, count=rows * size, offset=start).reshape(rows, size).astype(np.int32)
-    else:  # two 4-bit two's-complement values per byte, element 2k in the low nibble
-        assert len(data) == start + rows * size // 2
-        packed = np.frombuffer(data, np.uint8, count=rows * size // 2, offset=start).reshape(rows, size // 2)
-        nibbles = np.empty((rows, size), np.int32)
-        nibbles[:, 0::2], nibbles[:, 1::2] = packed & 0x0F, packed >> 4
-        q = np.where(nibbles >= 8, nibbles - 16, nibbles)
-    return rows, size, scales, q
+        return rows, size, np.repeat(scales[:, None], size, axis=1), q, np.full(rows, 127)
+    rows, size, group, wide = struct.unpack_from("<iiii", data, 0)
+    scales = np.frombuffer(data, "<f2", count=rows * size // group, offset=16).reshape(rows, -1)
+    start = 16 + 2 * scales.size
+    kinds = np.frombuffer(data, np.uint8, count=rows, offset=start)
+    start += rows
+    assert len(data) == start + (rows + wide) * size // 2 and np.count_nonzero(kinds == 8) == wide
+    high = nibbles(data, start, rows, size)
+    q = np.where(high >= 8, high - 16, high)  # 4-bit two's complement
+    low = nibbles(data, start + rows * size // 2, wide, size)
+    q[kinds == 8] = q[kinds == 8] * 16 + low  # int8 pages: q = 16 h + l
+    return rows, size, np.repeat(scales.astype(np.float32), group, axis=1), q, np.where(kinds == 8, 127, 7)
 
 
 def rebuild(pool, exclusive, table, n):
@@ -220,13 +236,12 @@ def test_quantized_state_files_dequantize_to_the_float_files(tiny_state, tmp_pat
     run_main("-mode=w", f"-state_dir={state}", f"-export_dir={out}", "-Q=10")
     store = Store(state).load()
     P, S = store.num_pages, store.page_size
-    qmax = {"int8": 127, "int4": 7}[page_dtype]
 
     def check(path, float_values, rows_expected):
-        rows, size, scales, q = read_quantized(path, page_dtype)
+        rows, size, scales, q, qmax = read_quantized(path, page_dtype)
         assert (rows, size) == (rows_expected, S)
-        assert np.abs(q).max() <= qmax and np.all(scales >= 0)
-        dequantized = q.astype(np.float32) * scales[:, None]
+        assert np.all(np.abs(q) <= qmax[:, None]) and np.all(scales >= 0)
+        dequantized = q.astype(np.float32) * scales
         assert dequantized.tobytes() == float_values.astype("<f4").tobytes(), path
 
     pool = read_counted(out / "weight", "<f4").reshape(P, S)

@@ -239,3 +239,78 @@ class ArgumentTest(TestCase):
             with self.subTest(pattern=pattern):
                 with self.assertRaisesRegex(tf.errors.InvalidArgumentError, pattern):
                     pq.page_gather_quantized(*stores, table, 20)
+
+
+# ---- PageGatherQuantizedMixed: the pages of int4 states ---------------------------------------
+
+def mixed_store(rng, rows, page_size, group, share=0.3, raw=False):
+    """An int4 state's page array: quantized by weightsep.pageformat from random weights (raw:
+    random bytes, every nibble, and random float16 scales: normal, subnormal, zero)."""
+    from weightsep.pageformat import page_format
+    wide = rng.random(rows) < share
+    if not raw:
+        pages = (rng.standard_t(3, (rows, page_size)) * rng.uniform(1e-4, 3, (rows, 1))).astype(np.float32)
+        return page_format("int4", group).quantize(pages, wide)
+    values = rng.integers(0, 256, (rows, page_size // 2)).astype(np.uint8)
+    scales = np.ldexp(rng.uniform(0.5, 1, (rows, page_size // group)), rng.integers(-24, 15, (rows, page_size // group)))
+    scales = scales.astype(np.float16)
+    scales[rng.random(scales.shape) < 0.1] = 0
+    low = rng.integers(0, 256, (int(wide.sum()), page_size // 2)).astype(np.uint8)
+    return values, scales, low, np.where(wide, 8, 4).astype(np.uint8)
+
+
+class MixedOpTest(TestCase):
+    def test_bit_exact_against_the_page_format_and_the_reference(self):
+        from weightsep.pageformat import page_format
+        rng = np.random.default_rng(17)
+        for page_size, group, raw in ((64, 64, False), (64, 16, False), (128, 32, True), (16, 2, True), (512, 64, False)):
+            shared = mixed_store(rng, 7, page_size, group, raw=raw)
+            exclusive = mixed_store(rng, 5, page_size, group, raw=raw)
+            for num_weights in (12 * page_size, 3 * page_size + 5, 1):
+                num_pages = -(-num_weights // page_size)
+                table = np.resize(rng.permutation(12), num_pages).astype(np.int32)
+                got = pq.page_gather_quantized_mixed(shared, exclusive, table, num_weights).numpy()
+                fmt = page_format("int4", group)
+                floats = np.concatenate([fmt.dequantize(*shared), fmt.dequantize(*exclusive)])
+                want = floats[table].reshape(-1)[:num_weights]
+                self.assertAllEqual(bits_of(got), bits_of(want))
+                ref = pq.page_gather_mixed_reference(shared, exclusive, table, num_weights)
+                self.assertAllEqual(bits_of(ref), bits_of(want))
+
+    def test_int64_table_inside_tf_function_and_empty_exclusive(self):
+        rng = np.random.default_rng(3)
+        shared = mixed_store(rng, 6, 32, 8)
+        exclusive = mixed_store(rng, 0, 32, 8)
+        table = np.array([5, 0, 2], np.int64)
+
+        @tf.function
+        def gather(t):
+            return pq.page_gather_quantized_mixed(shared, exclusive, t, 70)
+        want = pq.page_gather_mixed_reference(shared, exclusive, table, 70)
+        self.assertAllEqual(bits_of(gather(tf.constant(table))), bits_of(want))
+
+    def test_kernel_refuses_inconsistent_stores(self):
+        rng = np.random.default_rng(5)
+        shared = list(mixed_store(rng, 4, 16, 4, share=0.5))
+        exclusive = list(mixed_store(rng, 2, 16, 4, share=0.0))
+        table = np.array([0, 5], np.int32)
+        cases = [
+            (lambda s, e: s.__setitem__(3, np.array([4, 8, 5, 4], np.uint8)), "is not a page kind"),
+            (lambda s, e: s.__setitem__(2, s[2][:0]), "one row of 8 bytes per int8 page"),
+            (lambda s, e: s.__setitem__(1, -np.abs(s[1]) - np.float16(1)), "negative, infinite or NaN"),
+            (lambda s, e: s.__setitem__(1, np.full_like(s[1], np.inf)), "negative, infinite or NaN"),
+            (lambda s, e: e.__setitem__(1, np.ones((2, 2), np.float16)), "same group size"),
+            (lambda s, e: s.__setitem__(1, np.ones((4, 3), np.float16)), "G dividing S"),
+        ]
+        for corrupt, message in cases:
+            s, e = [a.copy() for a in shared], [a.copy() for a in exclusive]
+            corrupt(s, e)
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+                pq.page_gather_quantized_mixed(s, e, table, 32)
+        with self.assertRaisesRegex(PageGatherError, "out of range"):
+            pq.page_gather_quantized_mixed(shared, exclusive, np.array([0, 6], np.int32), 32)
+        with self.assertRaisesRegex(PageGatherError, "float16"):
+            pq.page_gather_quantized_mixed([shared[0], shared[1].astype(np.float32), *shared[2:]], exclusive,
+                                           table, 32)
+        with self.assertRaisesRegex(PageGatherError, r"\(values, scales, wide, bits\)"):
+            pq.page_gather_quantized_mixed(shared[:2], exclusive, table, 32)

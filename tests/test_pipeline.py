@@ -277,7 +277,7 @@ def test_int8_state_trains_through_its_quantized_pages(tiny_tasks, tmp_path):
     with store.writer():
         form_all(session, [load_task(f) for f in tiny_tasks.values()], 0, log=quiet)
         train_task(session, "tiny_a", 101, log=quiet)
-    values, scales = store.quantized("shared")
+    values, scales = store.quantized("shared")[:2]
     assert values.dtype == np.int8 and scales.dtype == np.float32
     # Every stored page is a fixed point of quantization (what is stored is already quantized).
     pages = session.pages_of("tiny_a")

@@ -154,7 +154,7 @@ def test_round_trip_materialize_and_occupation(tmp_path):
             np.testing.assert_array_equal(loaded.load_vector(t.name, kind), vector)
     assert loaded.occupation() == [[("a", 0), ("b", 2)], [("a", 2), ("b", 1)], [("b", 4)], [], [], []]
     assert loaded.occupation_counts().tolist() == [2, 2, 1, 0, 0, 0]
-    assert loaded.exclusive_file() == (tmp_path / EXCLUSIVE_FILE, None)
+    assert loaded.exclusive_file() == (tmp_path / EXCLUSIVE_FILE, None, None, None)
     with pytest.raises(StateError, match="known tasks: a, b, c"):
         loaded.task("zz")
     assert files_on_disk(tmp_path) == expected_files(tmp_path)
@@ -721,7 +721,7 @@ def test_registry_files_are_plain_json_and_npy(tmp_path):
     for name in (SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE):
         np.load(tmp_path / name, allow_pickle=False)
     raw = read_registry(tmp_path)
-    assert raw["schema_version"] == store_mod.SCHEMA_VERSION == 2
+    assert raw["schema_version"] == store_mod.SCHEMA_VERSION == 3 and raw["group_size"] == 0
     assert raw["page_dtype"] == "int8" and raw["layout"] == "natural"
     assert set(raw["files"]) == {SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE} | {
         f"{t}/{t}_{k}.npy" for t in "abc" for k in ("network_weight", "network_fisher")}
@@ -734,53 +734,57 @@ def test_registry_files_are_plain_json_and_npy(tmp_path):
 def test_quantized_state_round_trip(tmp_path, page_dtype):
     store, values = make_state(tmp_path, page_dtype)
     pool = np.random.default_rng(3).normal(0.0, 0.01, size=(P, S)).astype(np.float32)
-    q_pool, q_scales = page_format(page_dtype).quantize(pool)
+    q_pool = page_format(page_dtype).quantize(pool)
     exclusive = np.concatenate([values["a"], values["b"], values["c"]])
-    q_excl, q_excl_scales = page_format(page_dtype).quantize(exclusive)
+    q_excl = page_format(page_dtype).quantize(exclusive)
     width = S // 2 if page_dtype == "int4" else S
     loaded = Store(tmp_path).load()
+    names = store_mod.POOL_FILES["exclusive"]
     for s in (store, loaded):
-        values_s, scales_s = s.quantized("shared")
-        assert values_s.dtype == page_format(page_dtype).values_dtype and values_s.shape == (P, width)
-        assert values_s.tobytes() == q_pool.tobytes() and scales_s.tobytes() == q_scales.tobytes()
-        values_e, scales_e = s.quantized("exclusive")
-        assert values_e.tobytes() == q_excl.tobytes() and scales_e.tobytes() == q_excl_scales.tobytes()
+        assert s.quantized("shared").values.dtype == page_format(page_dtype).values_dtype
+        assert s.quantized("shared").values.shape == (P, width)
+        for which, want in (("shared", q_pool), ("exclusive", q_excl)):
+            for got, ref in zip(s.quantized(which), want):
+                assert (got is None and ref is None) or (got.dtype == ref.dtype and got.tobytes() == ref.tobytes())
         # in memory: float32, exactly the dequantized stored values
-        np.testing.assert_array_equal(s.shared, page_format(page_dtype).dequantize(q_pool, q_scales))
-        np.testing.assert_array_equal(s.exclusive, page_format(page_dtype).dequantize(q_excl, q_excl_scales))
-        assert s.exclusive_file() == (tmp_path / EXCLUSIVE_FILE, tmp_path / EXCLUSIVE_SCALE_FILE)
-    np.testing.assert_array_equal(np.load(tmp_path / EXCLUSIVE_FILE), q_excl)
-    np.testing.assert_array_equal(np.load(tmp_path / EXCLUSIVE_SCALE_FILE), q_excl_scales)
+        np.testing.assert_array_equal(s.shared, page_format(page_dtype).dequantize(*q_pool))
+        np.testing.assert_array_equal(s.exclusive, page_format(page_dtype).dequantize(*q_excl))
+        assert s.exclusive_file() == tuple(None if a is None else tmp_path / n for n, a in zip(names, q_excl))
+    for name, ref in zip(names, q_excl):
+        if ref is not None:
+            np.testing.assert_array_equal(np.load(tmp_path / name), ref)
     assert loaded.tasks == store.tasks
 
 
 @pytest.mark.parametrize("page_dtype", ["int8", "int4"])
 def test_quantized_writes_touch_only_changed_pages(tmp_path, page_dtype):
     store, _ = make_state(tmp_path, page_dtype)
-    before = [a.copy() for a in store.quantized("shared") + store.quantized("exclusive")]
+    stored = lambda s: [a.copy() for w in ("shared", "exclusive") for a in s.quantized(w) if a is not None]  # noqa: E731
+    before = stored(store)
     weights = np.linspace(-1, 1, 33).astype(np.float32)
     with store.writer():
         # writing back what is stored changes no byte
         store.commit_task("a", weights=store.materialize("a"))
-        assert all(x.tobytes() == y.tobytes() for x, y in
-                   zip(before, store.quantized("shared") + store.quantized("exclusive")))
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(before, stored(store)))
         expected = store.as_stored("b", weights)
         store.commit_task("b", weights=weights, vectors={"weight": expected})
     loaded = Store(tmp_path).load()
     np.testing.assert_array_equal(loaded.materialize("b"), expected)
     np.testing.assert_array_equal(loaded.load_vector("b", "weight"), loaded.materialize("b"))
     assert np.abs(expected - weights).max() > 0  # quantized, not the float32 values
-    values, scales = loaded.quantized("shared")
+    values, scales = loaded.quantized("shared")[:2]
     b_pool = [1, 0, 2]  # pool pages of b; pages 3.. are nobody's and keep their bytes
+    half = len(before) // 2
     assert values[3:].tobytes() == before[0][3:].tobytes() and scales[3:].tobytes() == before[1][3:].tobytes()
     ref_values, ref_scales = page_format(page_dtype).quantize(
-        np.stack([np.r_[weights[8:16]], np.r_[weights[16:24]], np.r_[weights[32], loaded.shared[2, 1:]]]))
+        np.stack([np.r_[weights[8:16]], np.r_[weights[16:24]], np.r_[weights[32], loaded.shared[2, 1:]]]))[:2]
     np.testing.assert_array_equal(values[b_pool[:2]], ref_values[:2])
     np.testing.assert_array_equal(scales[b_pool[:2]], ref_scales[:2])
     # exclusive rows of a and c keep their bytes
-    values_e, scales_e = loaded.quantized("exclusive")
+    values_e, scales_e = loaded.quantized("exclusive")[:2]
     for row in (0, 3):
-        assert values_e[row].tobytes() == before[2][row].tobytes() and scales_e[row] == before[3][row]
+        assert values_e[row].tobytes() == before[half][row].tobytes()
+        assert scales_e[row].tobytes() == before[half + 1][row].tobytes()
 
 
 def test_exclusive_file_is_the_pending_file_after_an_interrupted_commit(tmp_path, monkeypatch):
@@ -819,10 +823,24 @@ def test_convert_state_quantizes_a_copy(tmp_path, page_dtype):
     loaded = Store(tmp_path / "dest").load()
     for s in (converted, loaded):
         assert s.page_dtype == page_dtype and s.page_size == S and s.num_pages == P and s.layout == "natural"
-        for which, floats in (("shared", source.shared), ("exclusive", source.exclusive)):
-            values, scales = page_format(page_dtype).quantize(floats)
-            assert s.quantized(which)[0].tobytes() == values.tobytes()
-            assert s.quantized(which)[1].tobytes() == scales.tobytes()
+        # An independent choice of the int8 pages of an int4 state: the 10% (here 1 of 12) pages with
+        # the most summed network_fisher of the tasks on them.
+        importance = np.zeros(P + source.num_exclusive)
+        for record in source.tasks:
+            fisher = np.zeros(record.num_pages * S)
+            fisher[:record.num_weights] = source.load_vector(record.name, "network_fisher")
+            for page, entry in enumerate(record.page_table):
+                importance[entry] += fisher[page * S:(page + 1) * S].sum()
+        wide = np.zeros(P + source.num_exclusive, bool)
+        wide[np.argmax(importance)] = page_dtype == "int4"
+        for which, floats, part in (("shared", source.shared, wide[:P]), ("exclusive", source.exclusive, wide[P:])):
+            want = page_format(page_dtype).quantize(floats, part if page_dtype == "int4" else None)
+            for got, ref in zip(s.quantized(which), want):
+                assert (got is None and ref is None) or got.tobytes() == ref.tobytes()
+        assert np.count_nonzero(wide) == (round(0.1 * len(wide)) if page_dtype == "int4" else 0) == len(wide) // 12
+        if page_dtype == "int4":
+            assert s.quantized("shared").bits.tolist() + s.quantized("exclusive").bits.tolist() == np.where(
+                wide, 8, 4).tolist()
         for old, new in zip(source.tasks, s.tasks):
             assert (new.name, new.id, new.num_weights, new.exclusive_pages, new.spec, new.settings) == (
                 old.name, old.id, old.num_weights, old.exclusive_pages, old.spec, old.settings)

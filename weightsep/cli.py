@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from absl import flags
 
 from weightsep.errors import WeightSepError, command  # noqa: F401  (command: the scripts' hints)
-from weightsep.limits import MAX_NUM_PAGES, MAX_PAGE_SIZE, PAGE_DTYPES
+from weightsep.limits import DEFAULT_GROUP_SIZE, DEFAULT_INT8_PAGES, MAX_NUM_PAGES, MAX_PAGE_SIZE, PAGE_DTYPES
 
 SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeds are 32-bit
 
@@ -116,14 +116,14 @@ def execution_specs() -> dict:
 
 # --- the method's settings (pipeline.Options), one flag definition for every script ---------
 
-METHOD_FLAGS = ("page_size", "num_pages", "page_dtype", "transpose", "alpha", "margin", "target_accuracy",
+METHOD_FLAGS = ("page_size", "num_pages", "page_dtype", "group_size", "int8_pages", "transpose", "alpha", "margin", "target_accuracy",
                 "use_exclusive_page", "matching", "init", "loss", "select_on", "validation_split", "lamb", "batch_size",
                 "lr", "fisher_samples", "seed", "data")
 METHOD_BOUNDS = {
     "transpose": (0, 1), "alpha": (0.0, 1.0), "margin": (0.0, 1.0), "target_accuracy": (0.0, 1.0),
     "use_exclusive_page": (0, 1), "page_size": (1, MAX_PAGE_SIZE), "num_pages": (1, MAX_NUM_PAGES), "lamb": (0.0, 1e6),
     "batch_size": (1, 100_000), "lr": (1e-12, 1e6), "fisher_samples": (1, 100_000), "seed": (0, SEED_MAX),
-    "validation_split": (0.0, 0.9),
+    "validation_split": (0.0, 0.9), "group_size": (2, MAX_PAGE_SIZE), "int8_pages": (0.0, 1.0),
 }
 # Flags whose value, when given, must agree with an existing state (or with how a task was added).
 EXPLICIT = ("page_size", "num_pages", "page_dtype", "transpose", "margin")
@@ -132,7 +132,8 @@ EXPLICIT = ("page_size", "num_pages", "page_dtype", "transpose", "margin")
 def define_method_flags(defaults: Optional[dict] = None, skip: tuple[str, ...] = ()) -> None:
     """Define the flags of the method's settings (the fields of pipeline.Options, the original's
     names); ``defaults`` overrides some defaults (the demo's), ``skip`` leaves some out."""
-    d = {"page_size": 512, "num_pages": 128, "page_dtype": "float32", "transpose": 0, "alpha": 0.5, "margin": 0.1,
+    d = {"page_size": 512, "num_pages": 128, "page_dtype": "float32", "group_size": DEFAULT_GROUP_SIZE,
+         "int8_pages": DEFAULT_INT8_PAGES, "transpose": 0, "alpha": 0.5, "margin": 0.1,
          "target_accuracy": None, "use_exclusive_page": 1, "matching": "greedy", "init": "none",
          "loss": "batch_softmax", "select_on": "test", "validation_split": None, "lamb": 0.1, "batch_size": 100, "lr": 1e-3,
          "fisher_samples": 50, "seed": 0, "data": None, **(defaults or {})}
@@ -142,7 +143,13 @@ def define_method_flags(defaults: Optional[dict] = None, skip: tuple[str, ...] =
         "num_pages": lambda: flags.DEFINE_integer("num_pages", d["num_pages"], "pages in the shared pool (state-wide)"),
         "page_dtype": lambda: flags.DEFINE_enum(
             "page_dtype", d["page_dtype"], list(PAGE_DTYPES),
-            "storage of weight-pages (state-wide): float32 (the paper) or quantized with one scale per page"),
+            "storage of weight-pages (state-wide): float32 (the paper), int8 (one scale per page) or int4 (float16 "
+            "scales per -group_size weights, the -int8_pages share of pages with the most Fisher information int8)"),
+        "group_size": lambda: flags.DEFINE_integer(
+            "group_size", d["group_size"], "int4 pages: at most this many weights per float16 scale (state-wide)"),
+        "int8_pages": lambda: flags.DEFINE_float(
+            "int8_pages", d["int8_pages"], "-mode=quantize to int4: the share of pages (most summed Fisher information "
+            "first) stored as int8"),
         "transpose": lambda: flags.DEFINE_integer(
             "transpose", d["transpose"], "1: the network vector in microcontroller layout (conv [out, in, kh, kw], "
             "dense [out, in]); chosen when the state is created"),

@@ -70,7 +70,7 @@ def training_loss(session: Session, name: str) -> list[str]:
     trainer = session.trainer(name)
     pages = session.pages_of(name)
     train, selection = session.split(name, "train"), session.selection_split(name)
-    selection_acc = trainer.evaluate(pages, selection.x, selection.y)
+    selection_acc = trainer.evaluate(pages, selection.x, selection.y, store.task_wide(name))
     w = trainer.effective_weights()
     ce, probs = cross_entropy(session.network(name), tf.constant(w), tf.constant(train.x),
                               tf.constant(train.y), opt.loss)

@@ -17,11 +17,13 @@ truncated toward zero (the original packed the float with struct 'h', which trun
 
 Quantized states (-page_dtype=int8/int4) also get, per pool and per task (our layout):
 
-    weight_int8 / weight_int4   int32 P, int32 S, float32 scales [P], then the values: int8 [P, S]
-                                (int4: uint8 [P, S / 2], element 2k in the low nibble of byte k)
+    weight_int8                 int32 P, int32 S, float32 scales [P], then the values: int8 [P, S]
+    weight_int4                 int32 P, int32 S, int32 G (weights per scale), int32 K (int8 pages),
+                                float16 scales [P, S / G], uint8 kinds [P] (4 or 8), then the values
+                                uint8 [P, S / 2] and the int8 pages' low nibbles uint8 [K, S / 2]
     <task>_e_int8 / _e_int4     the same for the task's k exclusive pages (int32 k, int32 S, ...)
 
-with weight = float32(q) * scale of its page (weightsep/pageformat.py).  The float32 files hold the
+with weight = float32(q) * scale of its page or group (weightsep/pageformat.py, docs/FORMAT.md).  The float32 files hold the
 dequantized values, so the original's readers work on quantized states too.
 
 -mode=testdata writes each task's test split as the original's ``<task>_data.py`` modules did
@@ -85,9 +87,15 @@ def local_page_table(store: Store, name: str) -> np.ndarray:
     return task_local_table(store.task(name).page_table, store.num_pages)[1]
 
 
-def _quantized_file(values: np.ndarray, scales: np.ndarray, page_size: int) -> bytes:
-    return (struct.pack("<ii", len(scales), page_size) + scales.astype("<f4").tobytes()
-            + np.ascontiguousarray(values).tobytes())
+def _quantized_file(stored, page_size: int) -> bytes:
+    """One pool's or task's quantized pages (pageformat.Encoded) in the export layout (top)."""
+    values, scales, wide, bits = stored
+    if bits is None:
+        return (struct.pack("<ii", len(scales), page_size) + scales.astype("<f4").tobytes()
+                + np.ascontiguousarray(values).tobytes())
+    return (struct.pack("<iiii", len(scales), page_size, page_size // scales.shape[1], len(wide))
+            + scales.astype("<f2").tobytes() + bits.tobytes() + np.ascontiguousarray(values).tobytes()
+            + np.ascontiguousarray(wide).tobytes())
 
 
 # The original's test-data file stems where they are not the task's name (cifar10_data.py wrote c10_t).
@@ -114,10 +122,10 @@ def weight_files(store: Store, q: int = 8) -> list[ExportFile]:
              ExportFile("weight_q", _counted(q_format(pool, q)), f"int16 Q{q} pool")]
     quantized = store.page_dtype != "float32"
     if quantized:
-        values, scales = store.quantized("shared")
-        files.append(ExportFile(f"weight_{store.page_dtype}", _quantized_file(values, scales, store.page_size),
-                                f"{store.page_dtype} pool with per-page scales"))
-        values, scales = store.quantized("exclusive")
+        files.append(ExportFile(f"weight_{store.page_dtype}", _quantized_file(store.quantized("shared"),
+                                                                              store.page_size),
+                                f"{store.page_dtype} pool with its scales"))
+        exclusive = store.quantized("exclusive")
     for rec in store.tasks:
         if not rec.exclusive_pages:
             continue
@@ -127,8 +135,8 @@ def weight_files(store: Store, q: int = 8) -> list[ExportFile]:
         if quantized:
             rows = exclusive_rows(store, rec.name)
             files.append(ExportFile(f"{rec.name}_e_{store.page_dtype}",
-                                    _quantized_file(values[rows], scales[rows], store.page_size),
-                                    f"{store.page_dtype} exclusive pages with per-page scales"))
+                                    _quantized_file(exclusive.rows(rows), store.page_size),
+                                    f"{store.page_dtype} exclusive pages with their scales"))
     return files
 
 

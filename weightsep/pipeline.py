@@ -21,6 +21,7 @@ from weightsep import data as datasets
 from weightsep import fisher as fisher_lib
 from weightsep import matching, separation
 from weightsep.errors import WeightSepError
+from weightsep.limits import DEFAULT_GROUP_SIZE, DEFAULT_INT8_PAGES
 from weightsep.networks import Network, load_network
 from weightsep.pages import gather_pages, num_pages, to_pages
 from weightsep.store import Store, TaskRecord
@@ -55,6 +56,8 @@ class Options:
     # The fraction of the train files cut off as validation for a task without validation files;
     # None: only when something uses it (-select_on=validation), else the whole files train (original).
     validation_split: Optional[float] = None
+    group_size: int = DEFAULT_GROUP_SIZE   # int4 states: weights per float16 scale at most (ours)
+    int8_pages: float = DEFAULT_INT8_PAGES  # int4 conversion: share of pages stored as int8 (ours)
     explicit: frozenset = frozenset()  # state-wide flags the user gave (contradictions are errors)
 
     @property
@@ -131,7 +134,8 @@ class Session:
         if name not in self._trainers:
             opt = self.options
             self._trainers[name] = SeparatedTrainer(self.network(name), self.store.page_size, lr=opt.lr,
-                                                    lamb=opt.lamb, loss=opt.loss, page_dtype=self.store.page_dtype)
+                                                    lamb=opt.lamb, loss=opt.loss, page_dtype=self.store.page_dtype,
+                                                    group_size=self.store.group_size or None)
         return self._trainers[name]
 
     def pages_of(self, name: str) -> np.ndarray:
@@ -150,7 +154,8 @@ def ensure_state(store: Store, options: Options, log: Log = print_log) -> None:
     """Create the state on first use; refuse state-wide flags that contradict an existing one."""
     if not store.exists():
         store.create(page_size=options.page_size, num_pages=options.num_pages, seed=options.seed,
-                     page_dtype=options.page_dtype, layout=options.layout)
+                     page_dtype=options.page_dtype, layout=options.layout,
+                     group_size=options.group_size if options.page_dtype == "int4" else None)
         log(f"init new weight pages ({options.num_pages} shared pages of {options.page_size} weights, "
             f"{options.page_dtype}, in {store.dir})")
         return
@@ -342,7 +347,7 @@ def train_task(session: Session, name: str, iters: int, log: Log = print_log) ->
     rec = store.task(name)
     train, selection = session.split(name, "train"), session.selection_split(name)
     trainer = session.trainer(name)
-    trainer.reset(session.pages_of(name), overlap_for(store, name))
+    trainer.reset(session.pages_of(name), overlap_for(store, name), store.task_wide(name))
     steps_before = int(rec.settings.get("trained_steps", 0))
     rng = np.random.default_rng([opt.seed, rec.id, steps_before])
     outcome: TrainOutcome = trainer.train(train.x, train.y, selection.x, selection.y, iters, rng,
@@ -361,7 +366,7 @@ def train_task(session: Session, name: str, iters: int, log: Log = print_log) ->
 def evaluate_task(session: Session, name: str) -> float:
     """Test accuracy of the separated task: its materialized weights, exactly as stored."""
     test = session.split(name, "test")
-    return session.trainer(name).evaluate(session.pages_of(name), test.x, test.y)
+    return session.trainer(name).evaluate(session.pages_of(name), test.x, test.y, session.store.task_wide(name))
 
 
 def evaluate_network(session: Session, task: TaskSpec) -> float:
@@ -448,10 +453,11 @@ def quantize_state(source_dir, dest_dir, page_dtype: str, options: Options, sour
     if source.page_dtype != "float32":
         raise WeightSepError(f"the state in {source.dir} already holds {source.page_dtype} pages; "
                              f"-mode=quantize converts float32 states")
-    check_conversion(source, dest_dir, page_dtype)  # before the evaluation: a typo costs nothing
+    check_conversion(source, dest_dir, page_dtype, options.int8_pages, options.group_size)  # before the evaluation
     before = Session(source, options)
     accuracy = {rec.name: evaluate_task(before, rec.name) for rec in source.tasks}
-    dest = convert_state(source_dir, dest_dir, page_dtype, source=source)
+    dest = convert_state(source_dir, dest_dir, page_dtype, source=source, int8_pages=options.int8_pages,
+                         group_size=options.group_size)
     after = Session(dest, options)
     lines = [f"quantized {source.dir} ({source.page_dtype}) into {dest.dir} ({page_dtype})"]
     with dest.writer():

@@ -54,7 +54,7 @@ def packing(store: Store) -> Packing:
     total = sum(rec.num_weights for rec in store.tasks)
     pool = store.num_pages * store.page_size
     exclusive = int(store.exclusive.shape[0]) * store.page_size
-    stored = page_format(store.page_dtype).pages_bytes(store.num_pages + store.num_exclusive, store.page_size)
+    stored = store.quantized("shared").nbytes + store.quantized("exclusive").nbytes
     tables = TABLE_ENTRY_BYTES * sum(rec.num_pages for rec in store.tasks)
     return Packing(total, pool, exclusive, total / (pool + exclusive) if pool + exclusive else 0.0,
                    store.page_dtype, stored, tables)
@@ -144,4 +144,6 @@ def occupation_histogram(store: Store) -> list[str]:
 
 def _scales_note(page_dtype: str) -> str:
     fmt = page_format(page_dtype)
+    if fmt.grouped:
+        return f" + {fmt.scale_dtype} group scales, int8 low nibbles and page kinds"
     return f" + one {fmt.scale_dtype} scale per page" if fmt.quantized else ""

@@ -59,7 +59,7 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep.errors import StateError, WeightSepError
 from weightsep.networks import Network
-from weightsep.pageformat import effective_scale, page_format
+from weightsep.pageformat import effective_scale, page_format, wide_rows
 from weightsep.pages import task_local_table
 from weightsep.store import Store, TaskRecord
 from weightsep.tasks import TaskSpec
@@ -188,30 +188,42 @@ def _custom_ops(page_dtype: str):
     """(gather function of the custom op for this page dtype, None) when built, else (None, why)."""
     try:
         from custom_ops.page_gather import available, page_gather
-        from custom_ops.page_gather_quantized import page_gather_quantized
+        from custom_ops.page_gather_quantized import page_gather_quantized, page_gather_quantized_mixed
     except ImportError as exc:
         return None, f"custom_ops cannot be imported ({exc})"
     if not available():
         return None, "the op library is not built for this TensorFlow (make -C custom_ops PYTHON=$PWD/.venv/bin/python)"
     if page_dtype == "float32":
         return (lambda shared, rows, table, n: page_gather(shared[0], rows[0], table, n)), None
+    if page_format(page_dtype).grouped:
+        return (lambda shared, rows, table, n: page_gather_quantized_mixed(shared, rows, table, n)), None
     bits = page_format(page_dtype).bits
     return (lambda shared, rows, table, n: page_gather_quantized(shared[0], shared[1], rows[0], rows[1], table, n,
                                                                  bits=bits)), None
 
 
-def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int):
+def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int, group_size: int = 0):
     """A compiled (shared, rows) -> weights equal to the custom op with the same table."""
     on_pool = np.flatnonzero(table < num_shared).astype(np.int32)
     on_rows = np.flatnonzero(table >= num_shared).astype(np.int32)
     pool_entries = table[on_pool].astype(np.int32)
     row_entries = (table[on_rows] - num_shared).astype(np.int32)
 
-    fmt = page_format(page_dtype)
+    fmt = page_format(page_dtype, group_size or None)
 
     def pages(part, entries):
         values = tf.gather(part[0], entries)
-        return fmt.dequantize_tf(values, tf.gather(part[1], entries)) if fmt.quantized else values
+        if not fmt.quantized:
+            return values
+        if not fmt.grouped:
+            return fmt.dequantize_tf(values, tf.gather(part[1], entries))
+        _, scales, wide, bits = part
+        is_wide = tf.equal(bits, 8)
+        rank = tf.cumsum(tf.cast(is_wide, tf.int32)) - 1
+        padded = tf.concat([wide, tf.zeros([1, int(wide.shape[1])], tf.uint8)], 0)  # row k: zeros (int4 pages)
+        chosen = tf.gather(is_wide, entries)
+        low = tf.gather(padded, tf.where(chosen, tf.gather(rank, entries), tf.shape(wide)[0]))
+        return fmt.dequantize_tf(values, tf.gather(scales, entries), low, chosen)
 
     @tf.function
     def gather(shared, rows):
@@ -243,9 +255,14 @@ class HostGather:
     weights that shares its memory, so what a switch writes is what the next inference reads.
     """
 
-    def __init__(self, page_dtype: str, pool: list[np.ndarray], max_rows: int, max_pages: int, page_size: int):
-        self.format = page_format(page_dtype)
+    def __init__(self, page_dtype: str, pool: list[np.ndarray], max_rows: int, max_pages: int, page_size: int,
+                 group_size: int = 0):
+        self.format = page_format(page_dtype, group_size or None)
         self.num_shared = pool[0].shape[0]
+        # int4: part 2 holds the int8 pages' low nibbles, the pool's K rows then the task's.
+        self.first_row = [self.num_shared] * len(pool)
+        if self.format.grouped:
+            self.first_row[2] = pool[2].shape[0]
         self.parts = [np.concatenate([part, np.zeros((max_rows, *part.shape[1:]), part.dtype)]) for part in pool]
         self.buffer = aligned_empty(max_pages * page_size, np.float32)
         self.buffer[:] = 0
@@ -258,9 +275,10 @@ class HostGather:
             self.nibbles = self.format.unpack(np.arange(256, dtype=np.uint8)[:, None])
             self.unpacked = np.empty((max_pages, pool[0].shape[1], 2), np.int8)
 
-    def staging(self, rows: int) -> list[np.ndarray]:
-        """Where a switch brings in a task's ``rows`` exclusive rows: views of ``parts``."""
-        return [part[self.num_shared:self.num_shared + rows] for part in self.parts]
+    def staging(self, part_rows: list[int]) -> list[np.ndarray]:
+        """Where a switch brings in a task's exclusive rows (``part_rows``: how many of each part): views
+        of ``parts``."""
+        return [part[first:first + rows] for part, first, rows in zip(self.parts, self.first_row, part_rows)]
 
     def gather(self, table: np.ndarray) -> None:
         """The task's pages into the buffer: float32(q) * scale for quantized pages (the format's
@@ -269,6 +287,13 @@ class HostGather:
         count = len(table)
         if not self.format.quantized:
             np.take(self.parts[0], table, axis=0, out=self.pages[:count], mode="clip")
+            return
+        if self.format.grouped:
+            # Mixed int4 / int8 pages: the format's own decoding of the task's pages (rare: int4 states).
+            bits = self.parts[3]  # the staged task's rows follow the pool's, as in `wide`
+            picked = wide_rows(bits)[table]
+            self.pages[:count] = self.format.dequantize(self.parts[0][table], self.parts[1][table],
+                                                        self.parts[2][picked[picked >= 0]], bits[table])
             return
         values = np.take(self.parts[0], table, axis=0, out=self.values[:count], mode="clip")
         scales = effective_scale(np.take(self.parts[1], table, out=self.scales[:count], mode="clip"))
@@ -345,7 +370,8 @@ class _Slot:
 
     record: TaskRecord
     rows: np.ndarray            # its exclusive rows in the store, by ascending task page
-    buffers: list               # where its rows are brought in: values (and scales)
+    buffers: list               # where its rows are brought in: values (and scales; int4: wide, bits)
+    part_rows: list             # per stored part, the rows it brings in
     runs: list                  # pread plans, one per file (disk)
     gather: Callable            # () -> the weights the inference reads, from the rows brought in
     infer: Callable = None      # compiled (w, x, y) -> correct count
@@ -371,7 +397,7 @@ class WSRuntime(Runtime):
                                  "or use -gather=op on the GPU")
         store = load_state(state_dir)
         self.state_dir, self.page_dtype = store.dir, store.page_dtype
-        self.page_size, self.num_shared = store.page_size, store.num_pages
+        self.page_size, self.num_shared, self.group_size = store.page_size, store.num_pages, store.group_size
         records = sorted(store.tasks, key=lambda r: r.name)
 
         self.gather = gather if gather != "auto" else ("op" if on_gpu else "numpy")
@@ -397,7 +423,8 @@ class WSRuntime(Runtime):
         if self.gather == "numpy":
             tables = {r.name: task_local_table(r.page_table, self.num_shared) for r in records}
             self._host_gather = HostGather(self.page_dtype, stored, max(len(rows) for rows, _ in tables.values()),
-                                           max(len(table) for _, table in tables.values()), self.page_size)
+                                           max(len(table) for _, table in tables.values()), self.page_size,
+                                           self.group_size)
             log("shared_weight device: host RAM (NumPy, beside the rows of one task)")
         else:
             with tf.device(self.device):
@@ -409,10 +436,12 @@ class WSRuntime(Runtime):
 
         # Level 2: files read at each switch, or the whole store in host RAM.
         self._parts = exclusive
+        bits = store.quantized("exclusive").bits
+        self._wide_rows = None if bits is None else wide_rows(bits)
         self._readers, self._host = [], None
         if self.secondary == "disk":
             files = store.exclusive_file()
-            paths = [files.values] + ([files.scales] if files.scales is not None else [])
+            paths = [path for path in files if path is not None]
             self._readers = [_PreadRows(path, part.shape, part.dtype) for path, part in zip(paths, self._parts)]
             log(f"exclusive pages: {exclusive[0].shape[0]} rows read from {files.values} at each switch")
         else:
@@ -439,7 +468,12 @@ class WSRuntime(Runtime):
     def _make_slot(self, record: TaskRecord) -> _Slot:
         P, n = self.num_shared, record.num_weights
         rows, local = task_local_table(record.page_table, P)
-        runs = [reader.plan(rows) for reader in self._readers]
+        # The int8 pages' low nibbles (int4 states) are rows of their own: those of the task's int8 rows.
+        part_rows = [rows] * len(self._parts)
+        if self._wide_rows is not None:
+            picked = self._wide_rows[rows]
+            part_rows[2] = picked[picked >= 0]
+        runs = [reader.plan(r) for reader, r in zip(self._readers, part_rows)]
         if self.gather == "numpy":
             host = self._host_gather
             table, weights = local.astype(np.intp), host.tensor(n)
@@ -447,13 +481,13 @@ class WSRuntime(Runtime):
             def gather():
                 host.gather(table)
                 return weights
-            return _Slot(record, rows, host.staging(len(rows)), runs, gather)
+            return _Slot(record, rows, host.staging([len(r) for r in part_rows]), part_rows, runs, gather)
 
-        buffers = [np.zeros((len(rows), *part.shape[1:]), part.dtype) for part in self._parts]
+        buffers = [np.zeros((len(r), *part.shape[1:]), part.dtype) for r, part in zip(part_rows, self._parts)]
         local = local.astype(np.int32)
         with tf.device(self.device):
             table_tensor = tf.identity(tf.constant(local))
-        op = self._op if self.gather == "op" else _tf_gather_fn(self.page_dtype, P, local, n)
+        op = self._op if self.gather == "op" else _tf_gather_fn(self.page_dtype, P, local, n, self.group_size)
 
         def gather():
             with tf.device(self.device):
@@ -461,7 +495,7 @@ class WSRuntime(Runtime):
                     return op(self.shared, buffers, table_tensor, n)
                 return op(self.shared, buffers)
         sync(self.device)
-        return _Slot(record, rows, buffers, runs, gather)
+        return _Slot(record, rows, buffers, part_rows, runs, gather)
 
     def _make_infer(self, net: Network, num_weights: int) -> Callable:
         def correct(w, x, y):
@@ -478,8 +512,8 @@ class WSRuntime(Runtime):
             for reader, runs, buffer in zip(self._readers, slot.runs, slot.buffers):
                 reader.read(runs, buffer)
         elif len(slot.rows):
-            for part, buffer in zip(self._host, slot.buffers):
-                np.take(part, slot.rows, axis=0, out=buffer)
+            for part, rows, buffer in zip(self._host, slot.part_rows, slot.buffers):
+                np.take(part, rows, axis=0, out=buffer)
         return slot.buffers
 
     def _loader(self, name: str) -> Callable[[], None]:

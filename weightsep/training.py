@@ -41,7 +41,7 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep.errors import WeightSepError
 from weightsep.networks import Network, save_network
-from weightsep.pageformat import SCALE_FLOOR, PageFormat, page_format
+from weightsep.pageformat import HALF_FLOOR, HALF_MAX, SCALE_FLOOR, WIDE_QMAX, PageFormat, page_format
 from weightsep.pages import num_pages, to_pages
 from weightsep.tasks import TaskSpec
 from weightsep.tf import keras, tf
@@ -259,7 +259,7 @@ class TrainOutcome:
     start_accuracy: float
 
 
-def fake_quantize(pages: tf.Tensor, fmt: PageFormat) -> tf.Tensor:
+def fake_quantize(pages: tf.Tensor, fmt: PageFormat, wide=None) -> tf.Tensor:
     """Per-page symmetric quantize-dequantize, bit for bit as fmt.round_trip in NumPy
     (weightsep.pageformat; every constant comes from fmt):
     scale = max|x| / qmax; q = clip(rint(x / scale), -qmax, qmax); value = q * scale
@@ -268,8 +268,27 @@ def fake_quantize(pages: tf.Tensor, fmt: PageFormat) -> tf.Tensor:
     The scale is a divide_no_nan: inside tf.function, Grappler's constant folding turns a plain
     division by a constant into a multiplication by its reciprocal, which can differ from the
     true division (what NumPy computes) by one unit in the last place.  q goes through an
-    integer, as the stored int8 does, so that a rounded -0 becomes +0."""
+    integer, as the stored int8 does, so that a rounded -0 becomes +0.
+
+    int4 (grouped) states: group scales rounded up to float16, int8 pages where `wide` (bool [r])
+    says (weightsep.pageformat), bit for bit as fmt.round_trip(pages, wide); a scale above the
+    largest float16, which the store refuses, is clamped to it here."""
     qmax = tf.constant(fmt.fake_qmax, tf.float32)
+    if fmt.grouped:
+        if wide is not None:
+            qmax = tf.where(wide, tf.constant(WIDE_QMAX, tf.float32), qmax)[:, None, None]
+        size = int(pages.shape[1])
+        g = fmt.group(size)
+        groups = tf.reshape(pages, [-1, size // g, g])
+        s32 = tf.math.divide_no_nan(tf.reduce_max(tf.abs(groups), axis=2, keepdims=True), qmax)
+        half = tf.cast(tf.minimum(s32, float(HALF_MAX)), tf.float16)
+        up = tf.cast(half, tf.float32) < s32
+        half = tf.where(up, tf.bitcast(tf.bitcast(half, tf.uint16) + 1, tf.float16), half)  # next float16 up
+        scale = tf.where(s32 > 0, tf.maximum(tf.cast(half, tf.float32), float(HALF_FLOOR)), 0.0)
+        nonzero = scale > 0
+        q = tf.clip_by_value(tf.round(groups / tf.where(nonzero, scale, 1.0)), -qmax, qmax)
+        q = tf.cast(tf.cast(q, tf.int32), tf.float32)
+        return tf.reshape(tf.where(nonzero, q * scale, 0.0), [-1, size])
     scale = tf.math.divide_no_nan(tf.reduce_max(tf.abs(pages), axis=1, keepdims=True), qmax)
     nonzero = scale >= SCALE_FLOOR  # a subnormal scale counts as zero
     q = tf.clip_by_value(tf.round(pages / tf.where(nonzero, scale, 1.0)), -qmax, qmax)
@@ -286,10 +305,10 @@ class SeparatedTrainer:
     """
 
     def __init__(self, net: Network, page_size: int, lr: float = 1e-3, lamb: float = 0.1,
-                 loss: str = "batch_softmax", page_dtype: str = "float32",
+                 loss: str = "batch_softmax", page_dtype: str = "float32", group_size: int | None = None,
                  beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8):
         try:
-            self.format = page_format(page_dtype)
+            self.format = page_format(page_dtype, group_size)
         except ValueError as e:
             raise WeightSepError(str(e)) from None
         self.net, self.loss, self.page_size = net, check_loss(loss), page_size
@@ -300,6 +319,8 @@ class SeparatedTrainer:
         self.m = tf.Variable(tf.zeros([self.padded]), name="adam_m")
         self.v = tf.Variable(tf.zeros([self.padded]), name="adam_v")
         self.t = tf.Variable(0.0, name="adam_t")
+        # int4 states: which of the task's pages are int8 pages (the fake quantization follows them).
+        self.wide = tf.Variable(tf.zeros([self.padded // page_size], tf.bool), name="int8_pages")
         self.ov_fisher = tf.Variable(tf.zeros([0, n]), shape=tf.TensorShape([None, n]), name="overlap_fisher")
         self.ov_weights = tf.Variable(tf.zeros([0, n]), shape=tf.TensorShape([None, n]), name="overlap_weights")
         shape = (None, *net.task.input_shape)
@@ -315,10 +336,11 @@ class SeparatedTrainer:
         if not self.format.quantized:
             return w
         fmt, size = self.format, self.page_size
+        wide = self.wide.read_value() if fmt.grouped else None  # a tensor: the gradient has no variables
 
         @tf.custom_gradient
         def straight_through(x):
-            out = tf.reshape(fake_quantize(tf.reshape(x, [-1, size]), fmt), [-1])
+            out = tf.reshape(fake_quantize(tf.reshape(x, [-1, size]), fmt, wide), [-1])
             return out, lambda dy: dy
         return straight_through(w)
 
@@ -343,8 +365,14 @@ class SeparatedTrainer:
         return accuracy, ce, overlap, finite
 
     # -- public --
-    def reset(self, pages: np.ndarray, targets: OverlapTargets) -> None:
-        """New starting weights (the task's pages, [n_p, S]) and overlap targets; a fresh optimizer."""
+    def set_wide(self, wide) -> None:
+        """Which of the task's pages are int8 pages of an int4 state (bool [n_p]; None: none)."""
+        self.wide.assign(np.zeros(self.wide.shape, bool) if wide is None else np.asarray(wide, bool))
+
+    def reset(self, pages: np.ndarray, targets: OverlapTargets, wide=None) -> None:
+        """New starting weights (the task's pages, [n_p, S]) and overlap targets; a fresh optimizer.
+        wide: the task's int8 pages of an int4 state (bool [n_p]; default none)."""
+        self.set_wide(wide)
         self.w.assign(np.asarray(pages, np.float32).reshape(-1))
         for var in (self.m, self.v):
             var.assign(tf.zeros_like(var))
@@ -356,8 +384,10 @@ class SeparatedTrainer:
         """The task's weights as the network runs them (float32[n])."""
         return self._effective_fn().numpy()[: self.net.num_weights]
 
-    def evaluate(self, pages: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        """Accuracy of the task's pages [n_p, S] (they become the trainer's current weights)."""
+    def evaluate(self, pages: np.ndarray, x: np.ndarray, y: np.ndarray, wide=None) -> float:
+        """Accuracy of the task's pages [n_p, S] (they become the trainer's current weights; wide:
+        its int8 pages of an int4 state)."""
+        self.set_wide(wide)
         self.w.assign(np.asarray(pages, np.float32).reshape(-1))
         return self.accuracy(x, y)
 

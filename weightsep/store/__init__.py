@@ -33,11 +33,11 @@ import numpy as np
 
 from weightsep import atomic, pages
 from weightsep.errors import StateError, WeightSepError, closest, is_int, shown
-from weightsep.limits import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE,
-                              MAX_POOL_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
-from weightsep.pageformat import PAGE_DTYPES, QUANTIZED_DTYPES, page_format
+from weightsep.limits import (DEFAULT_INT8_PAGES, EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES,
+                              MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
+from weightsep.pageformat import PAGE_DTYPES, QUANTIZED_DTYPES, Encoded, PageFormat, choose_int8_pages, page_format
 from weightsep.store import commit, lock
-from weightsep.store.commit import Committed
+from weightsep.store.commit import Committed, state_format
 from weightsep.store.files import check_dir
 from weightsep.store.pagearrays import Pages, as_values, changed_rows, rewrite, stored_pages
 from weightsep.store.registry import (LAYOUTS, POOL_FILES, REQUIRED_VECTORS, SCHEMA_VERSION, VECTOR_KINDS,
@@ -49,10 +49,13 @@ __all__ = ["Store", "TaskRecord", "StoredFiles", "convert_state", "SCHEMA_VERSIO
 
 
 class StoredFiles(NamedTuple):
-    """The committed file(s) of one page array: values, and scales for quantized states (else None)."""
+    """The committed file(s) of one page array: values, scales for quantized states, the int8
+    pages' low nibbles and the page kinds for int4 states (else None); as pageformat.Encoded."""
 
     values: Path
-    scales: Optional[Path]
+    scales: Optional[Path] = None
+    wide: Optional[Path] = None
+    bits: Optional[Path] = None
 
 
 class Store:
@@ -136,6 +139,16 @@ class Store:
         return self._require_loaded().page_dtype
 
     @property
+    def group_size(self) -> int:
+        """int4 states: at most this many weights per scale (weightsep.pageformat); else 0."""
+        return self._require_loaded().group_size
+
+    @property
+    def format(self) -> PageFormat:
+        """The state's page format (weightsep.pageformat)."""
+        return state_format(self._require_loaded())
+
+    @property
     def layout(self) -> str:
         """The order of weights in the network vectors: "natural" or "transposed" (the original's -transpose)."""
         return self._require_loaded().layout
@@ -157,23 +170,19 @@ class Store:
         self._require_loaded()
         return self._mem.pages["exclusive"].floats
 
-    def quantized(self, which: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """The stored arrays of "shared" or "exclusive": (values, scales), read-only.
-
-        values as on disk (int8 [r, S], uint8 [r, S / 2] for int4, float32 [r, S] for a
-        float32 state); scales float32 [r], None for a float32 state.
-        """
+    def quantized(self, which: str) -> Encoded:
+        """The stored arrays of "shared" or "exclusive", read-only, as on disk
+        (weightsep.pageformat.Encoded: values, scales, wide, bits; None where the format has none)."""
         self._require_loaded()
         if which not in POOL_FILES:
             raise ValueError(f"which must be 'shared' or 'exclusive', not {which!r}")
-        return self._mem.pages[which].values, self._mem.pages[which].scales
+        return self._mem.pages[which].stored
 
     def exclusive_file(self) -> StoredFiles:
         """The committed file(s) holding the exclusive rows, as load read them (the real file, else
         its pending file): what a runtime reads rows from.  Valid until a writer commits again."""
         self._require_loaded()
-        values, scales = POOL_FILES["exclusive"]
-        return StoredFiles(self._mem.sources[values], self._mem.sources.get(scales))
+        return StoredFiles(*(self._mem.sources.get(name) for name in POOL_FILES["exclusive"]))
 
     def _index(self, name: str) -> int:
         reg = self._require_loaded()
@@ -283,9 +292,9 @@ class Store:
     # ---- changes ---------------------------------------------------------------------
 
     def create(self, page_size: int = 512, num_pages: int = 128, seed: int = 0,
-               page_dtype: str = "float32", layout: str = "natural") -> "Store":
-        """Start an empty state: pool ~ N(0, 0.01) (std, seeded; quantized for int8/int4 states),
-        no exclusive rows, no tasks."""
+               page_dtype: str = "float32", layout: str = "natural", group_size: int | None = None) -> "Store":
+        """Start an empty state: pool ~ N(0, 0.01) (std, seeded; quantized for int8/int4 states, every
+        page of an int4 state an int4 page), no exclusive rows, no tasks.  group_size: int4 only."""
         self._require_writer("create")
         if self.exists():
             raise StateError(f"a separated state already exists in {self.dir} ({self.registry_path}); "
@@ -299,7 +308,8 @@ class Store:
         if page_dtype not in PAGE_DTYPES:
             raise WeightSepError(f"-page_dtype={page_dtype!r} must be one of {', '.join(PAGE_DTYPES)}")
         try:
-            page_format(page_dtype).check_page_size(page_size)
+            fmt = page_format(page_dtype, group_size)
+            fmt.check_page_size(page_size)
         except ValueError as e:
             raise WeightSepError(f"-page_size={page_size}: {e}") from None
         if layout not in LAYOUTS:
@@ -309,9 +319,9 @@ class Store:
         self._mem = Committed()
         self._commit(tasks=[], next_id=0,
                      header={"page_size": page_size, "num_pages": num_pages, "page_dtype": page_dtype,
-                             "layout": layout},
-                     new_pages={"shared": stored_pages(page_dtype, pool),
-                                "exclusive": stored_pages(page_dtype, np.zeros((0, page_size), np.float32))})
+                             "group_size": fmt.group_size, "layout": layout},
+                     new_pages={"shared": stored_pages(fmt, pool),
+                                "exclusive": stored_pages(fmt, np.zeros((0, page_size), np.float32))})
         return self
 
     def _check_vectors(self, name: str, num_weights: int, vectors) -> dict[str, np.ndarray]:
@@ -360,14 +370,10 @@ class Store:
         table = stored.page_table.copy()
         table[stored.exclusive_pages] = reg.num_pages + reg.num_exclusive + np.arange(k)
         stored.page_table = table
-        old = self._mem.pages["exclusive"]
-        added = stored_pages(reg.page_dtype, values)
-        new_pages = {"exclusive": Pages(
-            np.concatenate([old.floats, added.floats]), np.concatenate([old.values, added.values]),
-            None if old.scales is None else np.concatenate([old.scales, added.scales]))}
+        new_pages = {"exclusive": self._mem.pages["exclusive"].concatenate(stored_pages(self.format, values))}
         if shared is not None:
             pool = self._check_pool(shared)
-            rewritten = rewrite(reg.page_dtype, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
+            rewritten = rewrite(self.format, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
             if rewritten is not None:
                 new_pages["shared"] = rewritten
         self._commit(tasks=reg.tasks + [stored], next_id=reg.next_id + 1, new_pages=new_pages, vectors=checked)
@@ -389,6 +395,15 @@ class Store:
         new.reshape(-1)[:record.num_weights] = vector
         return new
 
+    def task_wide(self, name: str) -> np.ndarray:
+        """bool [n_p]: which of the task's pages are int8 pages of an int4 state (else all False)."""
+        table, num_shared = self.task(name).page_table, self.num_pages
+        on_pool = table < num_shared
+        wide = np.zeros(len(table), bool)
+        wide[on_pool] = self._mem.pages["shared"].wide[table[on_pool]]
+        wide[~on_pool] = self._mem.pages["exclusive"].wide[table[~on_pool] - num_shared]
+        return wide
+
     def as_stored(self, name: str, weights: np.ndarray) -> np.ndarray:
         """float32[n]: what materialize(name) returns after commit_task(name, weights=weights).
 
@@ -400,7 +415,8 @@ class Store:
         current = pages.gather_pages(self.shared, self.exclusive, record.page_table)
         changed = changed_rows(current, new)
         if changed.any():
-            new[changed] = page_format(self.page_dtype).round_trip(new[changed])
+            wide = self.task_wide(name)
+            new[changed] = self.format.round_trip(new[changed], wide[changed] if self.format.grouped else None)
         return pages.from_pages(new, record.num_weights)
 
     def commit_task(self, name: str, *, weights: np.ndarray | None = None,
@@ -424,7 +440,7 @@ class Store:
             on_pool = table < num_shared
             for which, rows, part in (("shared", table[on_pool], new[on_pool]),
                                       ("exclusive", table[~on_pool] - num_shared, new[~on_pool])):
-                rewritten = rewrite(reg.page_dtype, self._mem.pages[which], rows.astype(np.int64), part)
+                rewritten = rewrite(self.format, self._mem.pages[which], rows.astype(np.int64), part)
                 if rewritten is not None:
                     new_pages[which] = rewritten
         checked = self._check_vectors(name, record.num_weights, vectors or {})
@@ -442,7 +458,7 @@ class Store:
         self._require_writer("save_shared")
         reg = self._require_loaded()
         pool = self._check_pool(pool)
-        rewritten = rewrite(reg.page_dtype, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
+        rewritten = rewrite(self.format, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
         self._commit(tasks=reg.tasks, new_pages={} if rewritten is None else {"shared": rewritten})
 
     def remove_task(self, name: str) -> None:
@@ -465,15 +481,26 @@ class Store:
             on_store = record.page_table >= num_shared
             record.page_table[on_store] = num_shared + new_row[record.page_table[on_store] - num_shared]
             tasks.append(record)
-        old = self._mem.pages["exclusive"]
-        compacted = Pages(old.floats[keep], old.values[keep], None if old.scales is None else old.scales[keep])
+        compacted = self._mem.pages["exclusive"].rows(np.flatnonzero(keep))
         drop = tuple(vector_rel(name, kind) for kind in VECTOR_KINDS if vector_rel(name, kind) in reg.files)
         self._commit(tasks=tasks, new_pages={} if keep.all() else {"exclusive": compacted}, drop=drop)
 
 
-def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str) -> None:
-    """WeightSepError unless the loaded float32 state `source` can be converted to page_dtype into
-    dest_dir (a new or empty directory outside the source, that can be created and written)."""
+def page_importance(records: list[TaskRecord], fisher: dict[str, np.ndarray], num_shared: int,
+                    num_exclusive: int, page_size: int) -> np.ndarray:
+    """float64 [P + E]: per page (pool, then exclusive rows), the summed Fisher information of
+    every task on it (fisher: task name -> float32 [n])."""
+    importance = np.zeros(num_shared + num_exclusive, np.float64)
+    for record in records:
+        np.add.at(importance, record.page_table, pages.page_sums(fisher[record.name], page_size))
+    return importance
+
+
+def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str,
+                     int8_pages: float = DEFAULT_INT8_PAGES, group_size: int | None = None) -> PageFormat:
+    """The destination's page format; WeightSepError unless the loaded float32 state `source` can be
+    converted to page_dtype into dest_dir (a new or empty directory outside the source, that can be
+    created and written)."""
     if page_dtype not in QUANTIZED_DTYPES:
         raise WeightSepError(f"a state can be converted to {' or '.join(QUANTIZED_DTYPES)} pages, not {page_dtype!r}")
     source_path, dest_path = source.dir, Path(dest_dir)
@@ -481,8 +508,11 @@ def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str
         raise StateError(f"{source.registry_path} holds {source.page_dtype} pages; only a float32 state "
                          f"can be converted (quantizing twice would add the errors of both)")
     try:
-        page_format(page_dtype).check_page_size(source.page_size)
-    except ValueError as e:
+        fmt = page_format(page_dtype, group_size)
+        fmt.check_page_size(source.page_size)
+        if not 0.0 <= int8_pages <= 1.0:
+            raise ValueError(f"-int8_pages={int8_pages!r} must lie in [0, 1]")
+    except (ValueError, TypeError) as e:
         raise WeightSepError(f"{source_path} cannot be converted to {page_dtype}: {e}; convert it to int8 "
                              f"instead") from None
     atomic.check_dir_path(dest_path, "out_dir")
@@ -494,14 +524,18 @@ def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str
         raise WeightSepError(f"{atomic.short_path(dest_path)} exists and is not an empty directory; choose a new "
                              f"directory for the converted state (an interrupted conversion leaves one without "
                              f"a registry: delete it)")
+    return fmt
 
 
 def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str,
-                  source: Optional[Store] = None) -> Store:
+                  source: Optional[Store] = None, int8_pages: float = DEFAULT_INT8_PAGES,
+                  group_size: int | None = None) -> Store:
     """A quantized copy of a float32 state in a new directory: one commit at the destination.
 
     Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
-    and the exclusive pages quantized to page_dtype ("int8" or "int4").  The source is only
+    and the exclusive pages quantized to page_dtype ("int8" or "int4").  int4: at most group_size
+    weights per scale, and the int8_pages share of all pages (pool and exclusive together) with the
+    most summed Fisher information (each task's network_fisher) stored as int8 pages.  The source is only
     read (``source``: the state of source_dir, loaded already).  A task's "separated" accuracy
     was measured on the float32 pages, so the copy drops it (re-run -mode=e there).  dest_dir
     must pass check_conversion.  A crash leaves the destination without a registry, or complete;
@@ -510,21 +544,27 @@ def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, pa
     dest_path = Path(dest_dir)
     if source is None:
         source = Store(source_dir).load()
-    check_conversion(source, dest_path, page_dtype)
+    fmt = check_conversion(source, dest_path, page_dtype, int8_pages, group_size)
     # Everything is read (and verified) before anything is written.
     vectors = {rel: source.load_vector(*parse_vector_rel(rel)) for rel in source._reg.files
                if parse_vector_rel(rel) is not None}
     tasks = source.tasks
     for record in tasks:
         record.accuracy.pop("separated", None)
+    P, E = source.num_pages, source.num_exclusive
+    wide = None
+    if fmt.grouped:
+        fisher = {r.name: vectors[vector_rel(r.name, "network_fisher")] for r in tasks}
+        wide = choose_int8_pages(page_importance(tasks, fisher, P, E, source.page_size), int8_pages)
     dest = Store(dest_path)
     with dest.writer():
         if dest.exists():
             raise StateError(f"a separated state appeared in {dest_path} meanwhile; choose a new directory")
         dest._commit(tasks=tasks, next_id=source._reg.next_id,
                      header={"page_size": source.page_size, "num_pages": source.num_pages,
-                             "page_dtype": page_dtype, "layout": source.layout},
-                     new_pages={"shared": stored_pages(page_dtype, np.array(source.shared)),
-                                "exclusive": stored_pages(page_dtype, np.array(source.exclusive))},
+                             "page_dtype": page_dtype, "group_size": fmt.group_size, "layout": source.layout},
+                     new_pages={"shared": stored_pages(fmt, np.array(source.shared), None if wide is None else wide[:P]),
+                                "exclusive": stored_pages(fmt, np.array(source.exclusive),
+                                                          None if wide is None else wide[P:])},
                      vectors=vectors)
     return dest

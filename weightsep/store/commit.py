@@ -35,7 +35,7 @@ import numpy as np
 from weightsep import atomic
 from weightsep.errors import StateError, WeightSepError
 from weightsep.limits import REGISTRY_FILE
-from weightsep.pageformat import page_format
+from weightsep.pageformat import Encoded, page_format
 from weightsep.store.files import discard_leftovers, matches, pending_name, read_npy, task_dirs
 from weightsep.store.pagearrays import Pages
 from weightsep.store.registry import (POOL_FILES, SCHEMA_VERSION, VECTOR_KINDS, Invalid, Registry,
@@ -76,6 +76,11 @@ def read_committed(state_dir: Path, reg: Registry, rel: str, fix: str) -> tuple[
     raise first
 
 
+def state_format(reg: Registry):
+    """The page format of a registry's state (weightsep.pageformat)."""
+    return page_format(reg.page_dtype, reg.group_size or None)
+
+
 def _read_pages(state_dir: Path, reg: Registry, which: str) -> tuple[Pages, dict[str, Path]]:
     """One page array from its committed files, dequantized; and the file each came from."""
     fix = start_over(state_dir)
@@ -83,13 +88,13 @@ def _read_pages(state_dir: Path, reg: Registry, which: str) -> tuple[Pages, dict
     for name in POOL_FILES[which]:
         if name in reg.files:
             arrays[name], sources[name] = read_committed(state_dir, reg, name, fix)
-    values_name, scales_name = POOL_FILES[which]
-    scales = arrays.get(scales_name)
+    stored = Encoded(*(arrays.get(name) for name in POOL_FILES[which]))
+    values_name, scales_name = POOL_FILES[which][:2]
     try:
-        floats = page_format(reg.page_dtype).dequantize_checked(arrays[values_name], scales)
+        floats = state_format(reg).dequantize_checked(*stored)
     except ValueError as e:
         raise StateError(f"{sources.get(scales_name, sources[values_name])}: {e}; {fix}") from None
-    return Pages(floats, arrays[values_name], scales).freeze(), sources
+    return Pages(floats, stored).freeze(), sources
 
 
 def _registry_bytes(state_dir: Path) -> bytes | None:
@@ -171,10 +176,9 @@ def commit(state_dir: Path, memory: Committed, *, tasks: list[TaskRecord], next_
     new_pages = new_pages or {}
     writes: dict[str, np.ndarray] = dict(vectors or {})
     for which, item in new_pages.items():
-        values_name, scales_name = POOL_FILES[which]
-        writes[values_name] = item.values
-        if item.scales is not None:
-            writes[scales_name] = item.scales
+        for name, array in zip(POOL_FILES[which], item.stored):
+            if array is not None:
+                writes[name] = array
     files = {} if old is None else {rel: e for rel, e in old.files.items() if rel not in drop}
     files.update({rel: entry_of(array) for rel, array in writes.items()})
     obsolete = {rel: old.files[rel] for rel in drop if rel not in files} if old is not None else {}
@@ -185,7 +189,7 @@ def commit(state_dir: Path, memory: Committed, *, tasks: list[TaskRecord], next_
                 obsolete[rel] = entry
     fields = header if header is not None else {
         "page_size": old.page_size, "num_pages": old.num_pages, "page_dtype": old.page_dtype,
-        "layout": old.layout}
+        "group_size": old.group_size, "layout": old.layout}
     data = {"schema_version": SCHEMA_VERSION, "generation": (old.generation if old else 0) + 1,
             **fields, "next_id": old.next_id if next_id is None else next_id,
             "files": files, "obsolete": obsolete, "tasks": [t.to_json() for t in tasks]}

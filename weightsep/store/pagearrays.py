@@ -12,29 +12,52 @@ from typing import Optional
 
 import numpy as np
 
-from weightsep.pageformat import page_format
+from weightsep.pageformat import Encoded, PageFormat
 
 
 @dataclasses.dataclass
 class Pages:
-    """One page array in memory: float32 values as used, and the stored values (+ scales)."""
+    """One page array in memory: float32 values as used, and the stored arrays (weightsep.pageformat)."""
 
     floats: np.ndarray
-    values: np.ndarray
-    scales: Optional[np.ndarray]
+    stored: Encoded
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.stored.values
+
+    @property
+    def scales(self) -> Optional[np.ndarray]:
+        return self.stored.scales
+
+    @property
+    def wide(self) -> np.ndarray:
+        """bool [r]: which pages are int8 pages of an int4 state."""
+        bits = self.stored.bits
+        return np.zeros(len(self.floats), bool) if bits is None else bits == 8
 
     def freeze(self) -> "Pages":
-        for array in (self.floats, self.values, self.scales):
+        for array in (self.floats, *self.stored):
             if array is not None:
                 array.setflags(write=False)
         return self
 
+    def rows(self, index) -> "Pages":
+        """Pages `index` (int array) as their own page array, stored bytes kept."""
+        index = np.asarray(index, np.int64)
+        return Pages(self.floats[index], self.stored.rows(index))
 
-def stored_pages(page_dtype: str, floats: np.ndarray) -> Pages:
-    """float32 pages as the state stores them: quantized (when the format is), and their float32 values."""
-    fmt = page_format(page_dtype)
-    values, scales = fmt.quantize(floats)
-    return Pages(fmt.dequantize(values, scales), values, scales)
+    def concatenate(self, other: "Pages") -> "Pages":
+        """This page array followed by other's (same format)."""
+        return Pages(np.concatenate([self.floats, other.floats]),
+                     Encoded(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self.stored, other.stored))))
+
+
+def stored_pages(fmt: PageFormat, floats: np.ndarray, wide=None) -> Pages:
+    """float32 pages as the state stores them: quantized (when the format is; `wide` marks the
+    int8 pages of an int4 state), and their float32 values."""
+    encoded = fmt.quantize(floats, wide)
+    return Pages(fmt.dequantize(*encoded), encoded)
 
 
 def changed_rows(current: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -42,17 +65,38 @@ def changed_rows(current: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.any(current.view(np.uint32) != new.view(np.uint32), axis=1)
 
 
-def rewrite(page_dtype: str, old: Pages, rows: np.ndarray, new_pages: np.ndarray) -> Optional[Pages]:
+def rewrite(fmt: PageFormat, old: Pages, rows: np.ndarray, new_pages: np.ndarray, wide=None) -> Optional[Pages]:
     """old with pages `rows` set to new_pages (quantized as stored), or None if no page changes.
 
-    Pages whose float values equal the current ones keep their exact stored bytes.
+    Pages whose float values equal the current ones keep their exact stored bytes; every page keeps
+    its kind (int4 / int8), unless `wide` (bool [len(old)]) gives every page's kind anew, in which
+    case pages whose kind changes are rewritten too.
     """
     changed = changed_rows(old.floats[rows], new_pages)
+    if wide is not None:
+        outside = np.ones(len(old.floats), bool)
+        outside[rows] = False
+        if np.any(wide[outside] != old.wide[outside]):
+            raise ValueError("a page whose kind changes must be among the pages rewritten")
+        changed |= wide[rows] != old.wide[rows]
+    else:
+        wide = old.wide
     if not changed.any():
         return None
     rows, new_pages = rows[changed], new_pages[changed]
-    update = stored_pages(page_dtype, new_pages)
-    result = Pages(old.floats.copy(), old.values.copy(), None if old.scales is None else old.scales.copy())
+    update = stored_pages(fmt, new_pages, wide[rows] if fmt.grouped else None)
+    if fmt.grouped:
+        # The wide rows follow the kinds: rebuild the whole array from per-page parts.
+        floats = old.floats.copy()
+        floats[rows] = update.floats
+        values, scales = old.values.copy(), old.scales.copy()
+        values[rows], scales[rows] = update.values, update.scales
+        full_wide = np.zeros((len(floats), values.shape[1]), np.uint8)
+        full_wide[old.wide] = old.stored.wide
+        full_wide[rows[wide[rows]]] = update.stored.wide
+        return Pages(floats, Encoded(values, scales, np.ascontiguousarray(full_wide[wide]),
+                                     np.where(wide, 8, 4).astype(np.uint8)))
+    result = Pages(old.floats.copy(), Encoded(*(None if a is None else a.copy() for a in old.stored)))
     result.floats[rows] = update.floats
     result.values[rows] = update.values
     if result.scales is not None:

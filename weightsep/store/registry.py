@@ -25,19 +25,24 @@ import numpy as np
 
 from weightsep import atomic, pages
 from weightsep.errors import StateError, WeightSepError, is_int, shown
-from weightsep.limits import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE,
-                              MAX_POOL_WEIGHTS, MAX_WEIGHTS, REGISTRY_FILE, SHARED_FILE, SHARED_SCALE_FILE)
+from weightsep.limits import (EXCLUSIVE_BITS_FILE, EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, EXCLUSIVE_WIDE_FILE,
+                              LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_WEIGHTS, REGISTRY_FILE,
+                              SHARED_BITS_FILE, SHARED_FILE, SHARED_SCALE_FILE, SHARED_WIDE_FILE)
 from weightsep.pageformat import PAGE_DTYPES, page_format
 from weightsep.store.files import one_line, open_regular
 from weightsep.tasks import TaskSpec, check_task_name
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 2 differs only in int4 states (one float32 scale per page, no group_size key): its float32
+# and int8 states load unchanged (group_size 0); its int4 states are refused (convert again).
+OLD_SCHEMA_VERSIONS = (2,)
 VECTOR_KINDS = ("network_weight", "network_fisher", "weight", "fisher")
 REQUIRED_VECTORS = ("network_weight", "network_fisher")
 LAYOUTS = ("natural", "transposed")
-# (values file, scales file) of the two page arrays.
-POOL_FILES = {"shared": (SHARED_FILE, SHARED_SCALE_FILE), "exclusive": (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE)}
-TOP_FILES = (SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE, REGISTRY_FILE, LOCK_FILE)
+# (values, scales, wide, bits) files of the two page arrays, as weightsep.pageformat.Encoded.
+POOL_FILES = {"shared": (SHARED_FILE, SHARED_SCALE_FILE, SHARED_WIDE_FILE, SHARED_BITS_FILE),
+              "exclusive": (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, EXCLUSIVE_WIDE_FILE, EXCLUSIVE_BITS_FILE)}
+TOP_FILES = (*POOL_FILES["shared"], *POOL_FILES["exclusive"], REGISTRY_FILE, LOCK_FILE)
 
 # Bounds of the registry itself, so that no state can ask for absurd memory.
 MAX_DIM = 1 << 30                     # any one dimension of a recorded array
@@ -47,7 +52,7 @@ MAX_NETWORK_PATH = 4096
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VECTOR_REL = re.compile(r"^([^/]+)/([^/]+)\.npy$")
-_REGISTRY_KEYS = ("schema_version", "generation", "page_size", "num_pages", "page_dtype", "layout",
+_REGISTRY_KEYS = ("schema_version", "generation", "page_size", "num_pages", "page_dtype", "group_size", "layout",
                   "next_id", "files", "obsolete", "tasks")
 _TASK_KEYS = ("name", "id", "num_weights", "page_table", "exclusive_pages", "network_path", "spec",
               "settings", "accuracy")
@@ -133,6 +138,7 @@ class Registry:
     num_pages: int
     page_dtype: str
     layout: str
+    group_size: int  # int4: at most this many weights per scale (weightsep.pageformat); else 0
     generation: int
     next_id: int
     files: dict
@@ -351,7 +357,13 @@ def parse_registry(raw) -> Registry:
     page_dtype, layout = raw["page_dtype"], raw["layout"]
     if page_dtype not in PAGE_DTYPES:
         raise Invalid(f"page_dtype {shown(page_dtype)} is not one of {', '.join(PAGE_DTYPES)}")
-    fmt = page_format(page_dtype)
+    group_size = raw["group_size"]
+    if page_dtype == "int4":
+        if not is_int(group_size) or not 2 <= group_size <= MAX_PAGE_SIZE:
+            raise Invalid(f"'group_size' is {shown(group_size)}, expected an integer from 2 to {MAX_PAGE_SIZE}")
+    elif group_size != 0:
+        raise Invalid(f"'group_size' is {shown(group_size)}; only int4 states have one (else 0)")
+    fmt = page_format(page_dtype, group_size or None)
     try:
         fmt.check_page_size(page_size)
     except ValueError as e:
@@ -369,11 +381,19 @@ def parse_registry(raw) -> Registry:
     if not 0 <= num_exclusive <= MAX_TABLE_ENTRY - num_pages:
         raise Invalid(f"{EXCLUSIVE_FILE} is recorded with shape {exclusive_shape}")
     expected = {}
-    for rows, (values_file, scales_file) in ((num_pages, POOL_FILES["shared"]),
-                                             (num_exclusive, POOL_FILES["exclusive"])):
+    for rows, (values_file, scales_file, wide_file, bits_file) in ((num_pages, POOL_FILES["shared"]),
+                                                                   (num_exclusive, POOL_FILES["exclusive"])):
         expected[values_file] = (fmt.values_dtype, fmt.values_shape(rows, page_size))
         if fmt.quantized:
             expected[scales_file] = (np.dtype(fmt.scale_dtype), fmt.scales_shape(rows, page_size))
+        if fmt.grouped:
+            # How many pages are int8 is data (the bits file, checked against this at load).
+            check_entry(wide_file, files.get(wide_file))
+            wide_pages = files[wide_file]["shape"][0] if files[wide_file]["shape"] else -1
+            if not 0 <= wide_pages <= rows:
+                raise Invalid(f"{wide_file} is recorded with shape {files[wide_file]['shape']}")
+            expected[wide_file] = (np.dtype(np.uint8), fmt.wide_shape(wide_pages, page_size))
+            expected[bits_file] = (np.dtype(np.uint8), (rows,))
 
     tasks = [parse_task(item, page_size) for item in items]
     for record in tasks:
@@ -398,6 +418,7 @@ def parse_registry(raw) -> Registry:
         check_entry(rel, entry, np.dtype(np.float32))
     check_tasks(tasks, page_size, num_pages, num_exclusive)
     return Registry(page_size=page_size, num_pages=num_pages, page_dtype=page_dtype, layout=layout,
+                    group_size=group_size,
                     generation=raw["generation"], next_id=raw["next_id"], files=files, obsolete=obsolete,
                     tasks=tasks, num_exclusive=num_exclusive)
 
@@ -427,7 +448,11 @@ def read_registry(state_dir: Path) -> tuple[bytes, Registry]:
         if not isinstance(raw, dict):
             raise Invalid("not a JSON object")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version in OLD_SCHEMA_VERSIONS and raw.get("page_dtype") == "int4":
+            raise StateError(f"{path} holds int4 pages of schema version {version} (one float32 scale per "
+                             f"page), which this toolkit no longer reads; quantize the float32 state again "
+                             f"with -mode=quantize -page_dtype=int4")
+        if version != SCHEMA_VERSION and version not in OLD_SCHEMA_VERSIONS:
             raise StateError(f"{path} has schema_version {shown(version)}, but this toolkit reads version "
                              f"{SCHEMA_VERSION}; use the toolkit version that wrote it, or delete {state_dir} "
                              f"and re-run -mode=a for each task")
@@ -439,6 +464,8 @@ def read_registry(state_dir: Path) -> tuple[bytes, Registry]:
         if recorded != actual:
             raise StateError(f"{path} was edited outside the toolkit (its checksum does not match its "
                              f"content), so it would load as a silently different state; {fix}")
+        if version in OLD_SCHEMA_VERSIONS:
+            raw.setdefault("group_size", 0)
         reg = parse_registry(raw)
         reg.checksum = actual
         return text, reg
