@@ -3,8 +3,8 @@
 The blob is read back here by a reader written from docs/FORMAT.md ("The blob (weights.wsb)"),
 not with weightsep.blob.  The C runtime is checked against TensorFlow: golden vectors are the
 probabilities of each task's Keras network given the store's materialized weights
-(Store.materialize) on synthetic inputs, for all ten networks of the paper, in float32, int8
-and int4 states and in the transposed layout.  The C tool is built once per session (`make -C
+(Store.materialize) on synthetic inputs, for all ten networks of the paper, in float32 and int8
+states and in the transposed layout (int4 states are refused until the next blob version).  The C tool is built once per session (`make -C
 runtime_c`) and run as a subprocess, as a user runs it."""
 
 import struct
@@ -108,12 +108,12 @@ PAPER_EXCLUSIVE = 104
 
 @pytest.fixture(scope="module")
 def paper_states(tmp_path_factory):
-    """{state kind: state dir}: the ten networks as float32, int8 and int4 pages, and float32 transposed."""
+    """{state kind: state dir}: the ten networks as float32 and int8 pages, and float32 transposed (the
+    blob does not carry int4 states yet: test_blob_refuses_int4_states)."""
     root = tmp_path_factory.mktemp("paper_states")
     states = {"float32": random_state(root / "float32", PAPER_TASKS, PAPER_EXCLUSIVE).dir,
               "transposed": random_state(root / "transposed", PAPER_TASKS, PAPER_EXCLUSIVE, layout="transposed").dir}
-    for dtype in ("int8", "int4"):
-        states[dtype] = convert_state(states["float32"], root / dtype, dtype).dir
+    states["int8"] = convert_state(states["float32"], root / "int8", "int8").dir
     return states
 
 
@@ -149,7 +149,7 @@ def golden(paper_states, tmp_path_factory):
 
 # ---- the writer, read back from the format's description ------------------------------------
 
-@pytest.mark.parametrize("kind", ["float32", "int8", "int4", "transposed"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "transposed"])
 def test_blob_holds_every_task_exactly_as_the_store(paper_states, golden, kind):
     store = Store(paper_states[kind]).load()
     blob = read_blob(golden[kind][0].read_bytes())
@@ -178,14 +178,23 @@ def test_blob_holds_every_task_exactly_as_the_store(paper_states, golden, kind):
 
 
 def test_blob_bytes_per_page_dtype(golden):
-    """float32 pages take 4 bytes a weight, int8 1 (+ a 4-byte scale a page), int4 half."""
-    sizes = {kind: golden[kind][0].stat().st_size for kind in ("float32", "int8", "int4")}
+    """float32 pages take 4 bytes a weight, int8 1 (+ a 4-byte scale a page)."""
+    sizes = {kind: golden[kind][0].stat().st_size for kind in ("float32", "int8")}
     pages = read_blob(golden["float32"][0].read_bytes())
     rows = pages["num_shared"] + pages["num_exclusive"]
     meta = pages["values_offset"]
     assert sizes["float32"] == meta + rows * 2048
     assert sizes["int8"] == meta + rows * 512 + (-(-rows * 4 // 16) * 16)
-    assert sizes["int4"] == meta + rows * 256 + (-(-rows * 4 // 16) * 16)
+
+
+def test_blob_refuses_int4_states(tiny_state, tmp_path):
+    """int4 states (float16 group scales, int8 pages among them) need the next blob version: a one-line
+    error, no file."""
+    state = convert_state(tiny_state, tmp_path / "int4", "int4").dir
+    out = tmp_path / "export"
+    result = run_main("-mode=blob", f"-state_dir={state}", f"-export_dir={out}", check=False)
+    assert result.returncode == 1 and not (out / "weights.wsb").exists()
+    assert "does not carry int4 states yet" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_blob_mode_writes_the_file_and_its_manifest(tiny_state, tmp_path):
@@ -215,7 +224,7 @@ def test_blob_refuses_a_custom_model(tmp_path):
 
 # ---- the C runtime against TensorFlow --------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["float32", "int8", "int4", "transposed"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "transposed"])
 def test_c_runtime_matches_tensorflow_on_all_ten_networks(tools, golden, tmp_path, kind):
     """One wsrun process switches through all ten tasks; each task's probabilities are within 1e-5
     of TensorFlow's and pick the same class."""
@@ -363,7 +372,7 @@ def test_corrupted_blobs_are_rejected_with_the_right_error(tools, golden, tmp_pa
             assert fragment in proc.stderr, (what, proc.stderr)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_fuzzed_blobs_never_crash_or_read_out_of_bounds(tools, tiny_state, tmp_path, dtype):
     """1,500 mutated blobs (flips, truncations, structural fields with the CRC repaired) under
     AddressSanitizer and UBSan: each is rejected with a status or runs every task in bounds."""
