@@ -374,6 +374,93 @@ def test_realistic_size():
     np.testing.assert_array_equal(greedy.page_costs, full[np.arange(m), greedy.assignment])
 
 
+# --- large levels: BLAS costs with a proven bound, the sparse optimal ------------------
+
+def test_expanded_costs_lie_within_their_bound():
+    rng = np.random.default_rng(41)
+    for dtype in (np.float32, np.float64):
+        for _ in range(20):
+            fsum, pool, net_f, net_w, _, _ = random_case(rng)
+            fsum, pool, net_f, net_w = (a.astype(dtype) for a in (fsum, pool, net_f, net_w))
+            rows_a, rows_b = np.arange(net_f.shape[0]), np.arange(fsum.shape[0])
+            approx, bound = matching._expanded_costs(net_f, net_w, rows_a, fsum, pool, rows_b)
+            exact = matching.overlapping_cost_matrix(net_w, net_f, pool, fsum)
+            assert np.all(np.abs(approx - exact) <= bound)
+            if dtype is np.float32:  # a zero bound claims an exact zero
+                assert np.all(exact[bound == 0] == 0) and np.all(approx[bound == 0] == 0)
+            else:
+                assert np.all(bound > 0)
+            assert np.all(bound <= 1e-9 * np.abs(exact).max() + 1e-44)
+
+
+def test_greedy_from_bounded_costs_is_the_original_page_alloc(monkeypatch):
+    # Every level through the BLAS costs: the same placements as the pair by pair reference.
+    monkeypatch.setattr(matching, "PAIRWISE_MAX_PAIRS", 0)
+    rng = np.random.default_rng(20201)
+    for _ in range(200):
+        check_against_reference(*random_case(rng))
+
+
+def near_tie_case(k, S, seed):
+    """A level of k pages where pair costs differ by a few ulps: pages that are copies of each
+    other except for one element nudged by one float32 step."""
+    rng = np.random.default_rng(seed)
+    base_f, base_w = rng.random(S).astype(np.float32), rng.normal(size=S).astype(np.float32)
+    f = np.tile(base_f, (k, 1))
+    w = np.tile(base_w, (k, 1))
+    w[:, 0] = np.where(rng.random(k) < 0.5, np.nextafter(w[:, 0], np.float32(np.inf)), w[:, 0])
+    g = rng.random((k, S)).astype(np.float32)
+    g[rng.random(k) < 0.3] = g[0]
+    u = (base_w + rng.normal(scale=1e-3, size=(k, S))).astype(np.float32)
+    u[rng.random(k) < 0.3] = u[0]
+    return w, f, u, g, np.ones(k, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_greedy_on_a_large_level_is_the_same_either_way(monkeypatch, seed):
+    w, f, u, g, counts = near_tie_case(300, 64, seed)
+    bounded = matching.match_pages(w, f, u, g, counts, "greedy")  # 90,000 pairs: BLAS costs
+    monkeypatch.setattr(matching, "PAIRWISE_MAX_PAIRS", 10 ** 9)
+    pairwise = matching.match_pages(w, f, u, g, counts, "greedy")
+    np.testing.assert_array_equal(bounded.assignment, pairwise.assignment)
+    np.testing.assert_array_equal(bounded.page_costs, pairwise.page_costs)
+
+
+def test_optimal_on_bounded_costs_is_exact(monkeypatch):
+    rng = np.random.default_rng(52)
+    for _ in range(60):
+        fsum, pool, net_f, net_w, counts, sharable = random_case(rng)
+        args = (net_w[sharable], net_f[sharable], pool, fsum, counts, "optimal", sharable)
+        pairwise = matching.match_pages(*args)
+        monkeypatch.setattr(matching, "PAIRWISE_MAX_PAIRS", 0)
+        bounded = matching.match_pages(*args)
+        monkeypatch.setattr(matching, "PAIRWISE_MAX_PAIRS", 1 << 16)
+        assert bounded.total_cost == pytest.approx(pairwise.total_cost, rel=1e-9, abs=1e-12)
+
+
+def test_sparse_optimal_lies_between_exact_and_greedy(monkeypatch):
+    rng = np.random.default_rng(63)
+    for candidates in (1, 3, 1000):
+        for _ in range(60):
+            fsum, pool, net_f, net_w, counts, sharable = random_case(rng)
+            args = (net_w[sharable], net_f[sharable], pool, fsum, counts)
+            greedy = matching.match_pages(*args, "greedy", sharable)
+            exact = matching.match_pages(*args, "optimal", sharable)
+            monkeypatch.setattr(matching, "OPTIMAL_EXACT_MAX_PAIRS", 0)
+            monkeypatch.setattr(matching, "PAIRWISE_MAX_PAIRS", 0)
+            monkeypatch.setattr(matching, "OPTIMAL_CANDIDATES", candidates)
+            approx = matching.match_pages(*args, "optimal", sharable)
+            monkeypatch.undo()
+            assert exact.total_cost * (1 - 1e-9) - 1e-12 <= approx.total_cost
+            assert approx.total_cost <= greedy.total_cost * (1 + 1e-9) + 1e-12
+            if candidates >= pool.shape[0]:  # every pair allowed: the exact optimum
+                assert approx.total_cost == pytest.approx(exact.total_cost, rel=1e-9, abs=1e-12)
+            np.testing.assert_array_equal(counts[approx.assignment], counts[greedy.assignment])
+            assert len(set(approx.assignment.tolist())) == len(sharable)
+            full = matching.overlapping_cost_matrix(*args[:4])
+            np.testing.assert_array_equal(approx.page_costs, full[np.arange(len(sharable)), approx.assignment])
+
+
 # --- network cost ---------------------------------------------------------------------
 
 def test_network_cost_by_hand():

@@ -11,7 +11,8 @@ counted only where F_t[p, j] > 0 and F_sum[q, j] > 0 (F_sum[q] is the summed
 Fisher of the task pages already on q, so an empty shared page costs 0). Costs
 are computed pair by pair in float64, never by expanding the square: identical
 inputs give bit-identical costs and exact zeros stay zero, which matters because
-ties decide the greedy.
+ties decide the greedy. (Large levels screen candidates with an expanded square
+and a proven error bound, then decide on pair by pair costs: "Large levels" below.)
 
 Level structure. The occupation count of a shared page (how many task pages sit
 on it) is its level. Levels are visited from the least occupied up, skipping
@@ -48,6 +49,22 @@ each level exactly over all of the level's shared pages
 (scipy.optimize.linear_sum_assignment), so its total cost is never above
 greedy's.
 
+Large levels (ours: the original computed every pair on a GPU). A level of k task pages on
+n shared pages needs k x n pair costs of S elements each; pair by pair that is hours for
+10,000 pages on a CPU. Above PAIRWISE_MAX_PAIRS pairs a level's costs come from BLAS instead,
+by expanding the square into six dot products per pair (two matrix products, O(k n S) in
+optimized code), together with a proven bound on how far each such cost can lie from the pair
+by pair value (see _expanded_costs). `greedy` uses them only to find the few candidates that
+can be the cheapest; it recomputes those pair by pair and decides on the pair by pair values,
+so its placement is the same as with the full pair by pair matrix (tested), only faster.
+`optimal` solves levels of up to OPTIMAL_EXACT_MAX_PAIRS pairs exactly (on the expanded
+costs above PAIRWISE_MAX_PAIRS: within about 1e-12 of each pair's value). Above that,
+linear_sum_assignment's cubic time is out of reach, so `optimal` becomes a bounded
+approximation, named `sparse`: each task page may go to its OPTIMAL_CANDIDATES cheapest shared
+pages of the level or to the page the greedy gives it, and the assignment is exact on that
+sparse graph (scipy's min_weight_full_bipartite_matching, LAPJVsp). It therefore never costs
+more than the greedy; its gap to the exact assignment is measured in BENCHMARKS.md.
+
 `network_cost` is the original's `calculate_network_cost`: the pair cost
 summed over every shared page two tasks both occupy, over all pairs of tasks.
 The original lines up the two occupants of a shared page by their rank among
@@ -63,7 +80,9 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from weightsep import pages as pages_lib
 from weightsep.errors import WeightSepError
@@ -74,6 +93,16 @@ METHODS = ("greedy", "optimal")
 # temporaries of this size stay under 64 MiB together.
 _BLOCK_ELEMENTS = 1 << 21
 _BLOCK_COLUMNS = 64
+
+# Levels with more pairs (task pages x shared pages) than this get their costs from BLAS with
+# an error bound (module doc); smaller ones pair by pair, as always.
+PAIRWISE_MAX_PAIRS = 1 << 16
+# Levels with more pairs than this are solved by -matching=optimal's sparse approximation.
+OPTIMAL_EXACT_MAX_PAIRS = 1 << 24
+# Shared pages each task page may take in the sparse approximation (besides the greedy's).
+OPTIMAL_CANDIDATES = 256
+# Rows of the expanded cost matrix formed at once (bounds the matrix products' temporaries).
+_EXPANDED_BLOCK_ROWS = 1024
 
 
 class Match(NamedTuple):
@@ -125,6 +154,90 @@ def _pair_costs(fa, wa, rows_a, fb, wb, rows_b) -> np.ndarray:
             fa_, wa_ = fa[a].astype(np.float64)[:, None], wa[a].astype(np.float64)[:, None]
             cost[a0:a0 + a.shape[0], b0:b0 + b.shape[0]] = _masked_cost(fa_, wa_, fb_, wb_)
     return cost
+
+
+def _pair_list_costs(fa, wa, rows_a, fb, wb, rows_b) -> np.ndarray:
+    """Cost of each pair (rows_a[i], rows_b[i]): float64[len(rows_a)], the very value _pair_costs gives it."""
+    n, S = rows_a.shape[0], fa.shape[1]
+    cost = np.empty(n, dtype=np.float64)
+    step = max(1, _BLOCK_ELEMENTS // S)
+    for i in range(0, n, step):
+        a, b = rows_a[i:i + step], rows_b[i:i + step]
+        cost[i:i + a.shape[0]] = _masked_cost(fa[a].astype(np.float64), wa[a].astype(np.float64),
+                                              fb[b].astype(np.float64), wb[b].astype(np.float64))
+    return cost
+
+
+def _expanded_features(f, w, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row factors of the expanded square (see _expanded_costs), float64: the a side's
+    [f w^2, f, m w^2, m] and [f w, m w] and the b side's [m, m w^2, f, f w^2] and [m w, f w]."""
+    f = f[rows].astype(np.float64)
+    w = w[rows].astype(np.float64)
+    m = (f > 0).astype(np.float64)
+    w2 = np.square(w)
+    left = (np.hstack([f * w2, f, m * w2, m]), np.hstack([f * w, m * w]))
+    right = (np.hstack([m, m * w2, f, f * w2]), np.hstack([m * w, f * w]))
+    return left + right
+
+
+def _expanded_costs(fa, wa, rows_a, fb, wb, rows_b):
+    """Costs of rows_a against rows_b by two matrix products, and a bound on their error.
+
+    With ma = [fa > 0] and mb = [fb > 0] (so ma fa = fa), a pair's cost
+    sum ma mb (fa + fb)(wa - wb)^2 is T - 2X with
+        T = sum fa wa^2 mb + fa mb wb^2 + ma wa^2 fb + ma fb wb^2   (every term >= 0),
+        X = sum fa wa mb wb + ma wa fb wb,
+    and 2|X| <= T term by term (2|xy| <= x^2 + y^2). A dot product of length n computed in any
+    order errs by at most n u sum|terms| (u = eps / 2), so the BLAS value errs by at most about
+    (4S + 2S + 10) u 2T, and the pair by pair float64 value (S + 4) u 2T: the bound taken,
+    (16 S + 64) eps T, is twice their sum. Where T is 0 every term is 0 and both values are
+    exactly 0 (float32 inputs cannot underflow in float64 products; other inputs get an
+    absolute margin for underflow, so nothing counts as exact). Returns (approx float64
+    [na, nb], bound float32 [na, nb], rounded up), or None if a value overflows.
+    """
+    S = fa.shape[1]
+    _, _, right4, right2 = _expanded_features(fb, wb, rows_b)
+    na, nb = rows_a.shape[0], rows_b.shape[0]
+    approx = np.empty((na, nb), dtype=np.float64)
+    bound = np.empty((na, nb), dtype=np.float32)
+    relative = (16 * S + 64) * np.finfo(np.float64).eps
+    exact_zeros = all(a.dtype == np.float32 for a in (fa, wa, fb, wb))
+    absolute = 0.0 if exact_zeros else 64 * 6 * S * np.finfo(np.float64).tiny
+    for a0 in range(0, na, _EXPANDED_BLOCK_ROWS):
+        left4, left2, _, _ = _expanded_features(fa, wa, rows_a[a0:a0 + _EXPANDED_BLOCK_ROWS])
+        t = left4 @ right4.T
+        x = left2 @ right2.T
+        block = slice(a0, a0 + t.shape[0])
+        np.subtract(t, 2 * x, out=approx[block])
+        if not np.all(np.isfinite(t)) or not np.all(np.isfinite(approx[block])):
+            return None
+        t *= relative
+        t += absolute
+        b32 = t.astype(np.float32)
+        low = b32 < t
+        b32[low] = np.nextafter(b32[low], np.float32(np.inf))
+        bound[block] = b32
+    return approx, bound
+
+
+def _cheapest(values, bounds, exact_of) -> int:
+    """Position of the first cheapest candidate by exact cost, as np.argmin of exact costs.
+
+    values: costs (approximations when bounds is given, each within bounds of the exact one);
+    exact_of(positions) gives exact costs of some positions. Only the candidates whose lower
+    end can reach the lowest upper end are recomputed (a zero bound means an exact value).
+    """
+    if bounds is None:
+        return int(np.argmin(values))
+    upper = np.min(values + bounds)
+    close = np.flatnonzero(values - bounds <= upper)
+    if close.shape[0] == 1:
+        return int(close[0])
+    exact = values[close]
+    unsure = bounds[close] > 0
+    if np.any(unsure):
+        exact[unsure] = exact_of(close[unsure])
+    return int(close[np.argmin(exact)])
 
 
 def _check_pages(task_pages_w, task_pages_F, pool, fisher_sum):
@@ -242,10 +355,12 @@ def plan_levels(task_sums, shared_sums, occupation_counts, task_pages, page_size
 
 # --- matching within a level ----------------------------------------------------------
 
-def _two_sided_greedy(cost, shared_sums, row_sums) -> np.ndarray:
+def _two_sided_greedy(cost, shared_sums, row_sums, bound=None, exact=None) -> np.ndarray:
     """PageAlloc's pairing on a square [k, k] cost (shared x task, both in rank order).
 
-    Returns int64[k]: for each task position, the shared position it takes.
+    With bound, cost holds approximations within bound of the exact costs, and
+    exact(shared_positions, task_positions) gives exact ones: every choice is made on exact
+    values. Returns int64[k]: for each task position, the shared position it takes.
     """
     k = cost.shape[0]
     shared_left = np.ones(k, dtype=bool)
@@ -259,13 +374,69 @@ def _two_sided_greedy(cost, shared_sums, row_sums) -> np.ndarray:
             top_task += 1
         if shared_sums[top_shared] > row_sums[top_task]:
             candidates = np.flatnonzero(task_left)
-            s, t = top_shared, int(candidates[np.argmin(cost[top_shared, candidates])])
+            s = top_shared
+            pick = _cheapest(cost[s, candidates], None if bound is None else bound[s, candidates],
+                             lambda i: exact(np.full(i.shape[0], s), candidates[i]))
+            t = int(candidates[pick])
         else:
             candidates = np.flatnonzero(shared_left)
-            s, t = int(candidates[np.argmin(cost[candidates, top_task])]), top_task
+            t = top_task
+            pick = _cheapest(cost[candidates, t], None if bound is None else bound[candidates, t],
+                             lambda i: exact(candidates[i], np.full(i.shape[0], t)))
+            s = int(candidates[pick])
         shared_left[s] = task_left[t] = False
         shared_of_task[t] = s
     return shared_of_task
+
+
+def _greedy_level(f, w, g, u, shared, shared_sums, rows, row_sums, expanded=None):
+    """PageAlloc on one level's k task rows and k shared pages (both in rank order).
+
+    expanded: the level's (approx, bound) costs as [shared, task] arrays, or None to compute
+    them here (pair by pair when small). Returns (shared position of each task position,
+    exact cost of each task position's pair).
+    """
+    k = rows.shape[0]
+    if expanded is None and k * k > PAIRWISE_MAX_PAIRS:
+        expanded = _expanded_costs(g, u, shared, f, w, rows)
+    if expanded is None:
+        cost = _pair_costs(g, u, shared, f, w, rows)
+        taken = _two_sided_greedy(cost, shared_sums, row_sums)
+        return taken, cost[taken, np.arange(k)]
+    approx, bound = expanded
+
+    def exact(s_pos, t_pos):
+        return _pair_list_costs(g, u, shared[s_pos], f, w, rows[t_pos])
+
+    taken = _two_sided_greedy(approx, shared_sums, row_sums, bound, exact)
+    return taken, exact(taken, np.arange(k))
+
+
+def _sparse_assignment(approx, greedy_cols) -> np.ndarray:
+    """-matching=optimal above OPTIMAL_EXACT_MAX_PAIRS: the exact assignment of the k rows of
+    approx [k, n] (k <= n) among each row's OPTIMAL_CANDIDATES cheapest columns and its greedy
+    column (so a full matching exists and none costs more than the greedy's). Returns the
+    column of each row."""
+    k, n = approx.shape
+    keep = min(OPTIMAL_CANDIDATES, n)
+    cols = np.empty((k, keep), dtype=np.int64)
+    for r0 in range(0, k, _EXPANDED_BLOCK_ROWS):
+        block = approx[r0:r0 + _EXPANDED_BLOCK_ROWS]
+        cols[r0:r0 + block.shape[0]] = (np.argpartition(block, keep - 1, axis=1)[:, :keep]
+                                        if keep < n else np.arange(n))
+    edges = np.unique(np.concatenate([(np.arange(k)[:, None] * n + cols).ravel(),
+                                      np.arange(k) * n + greedy_cols]))
+    r, c = np.divmod(edges, n)
+    weight = approx[r, c]
+    # Every full matching has k edges, so a constant shift keeps the optimum; it keeps weights
+    # positive, since the sparse format cannot hold an explicit zero.
+    lo, hi = float(weight.min()), float(weight.max())
+    weight = weight - lo + max((hi - lo) * 2.0 ** -30, np.finfo(np.float64).tiny)
+    graph = sparse.csr_array((weight, (r, c)), shape=(k, n))
+    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
+    result = np.empty(k, dtype=np.int64)
+    result[row_ind] = col_ind
+    return result
 
 
 def _check_counts(occupation_counts, P: int) -> np.ndarray:
@@ -329,21 +500,36 @@ def match_pages(
     levels = plan_levels(page_fisher_sums(f), page_fisher_sums(g), counts, rows_pages, S)
     for level in levels:
         rows, k = level.rows, level.rows.shape[0]
+        n = level.shared_pages.shape[0]
         if method == "greedy":
             # The level's highest-sum shared pages are left out, as in PageAlloc.
-            shared = level.shared_pages[level.shared_pages.shape[0] - k:]
-            shared_sums = level.shared_sums[level.shared_pages.shape[0] - k:]
-            cost = _pair_costs(g, u, shared, f, w, rows)
-            taken = _two_sided_greedy(cost, shared_sums, level.row_sums)
+            shared = level.shared_pages[n - k:]
+            taken, costs = _greedy_level(f, w, g, u, shared, level.shared_sums[n - k:], rows, level.row_sums)
             assignment[rows] = shared[taken]
-            page_costs[rows] = cost[taken, np.arange(k)]
-        else:
+            page_costs[rows] = costs
+            continue
+        expanded = _expanded_costs(f, w, rows, g, u, level.shared_pages) if k * n > PAIRWISE_MAX_PAIRS else None
+        if expanded is None:
             cost = _pair_costs(f, w, rows, g, u, level.shared_pages)
             if not np.all(np.isfinite(cost)):
                 raise WeightSepError("overlapping costs overflow float64; the task's or the pool's weights are corrupt")
             task_pos, shared_pos = linear_sum_assignment(cost)
             assignment[rows[task_pos]] = level.shared_pages[shared_pos]
             page_costs[rows[task_pos]] = cost[task_pos, shared_pos]
+            continue
+        approx, bound = expanded
+        if k * n <= OPTIMAL_EXACT_MAX_PAIRS:
+            shared_pos = np.empty(k, dtype=np.int64)
+            task_pos, cols = linear_sum_assignment(approx)
+            shared_pos[task_pos] = cols
+        else:
+            # The greedy's pairs keep a full matching in the sparse graph (module doc).
+            sub = slice(n - k, n)
+            taken, _ = _greedy_level(f, w, g, u, level.shared_pages[sub], level.shared_sums[sub], rows,
+                                     level.row_sums, (approx[:, sub].T, bound[:, sub].T))
+            shared_pos = _sparse_assignment(approx, taken + (n - k))
+        assignment[rows] = level.shared_pages[shared_pos]
+        page_costs[rows] = _pair_list_costs(f, w, rows, g, u, level.shared_pages[shared_pos])
     if np.any(assignment < 0) or np.unique(assignment).shape[0] != m:
         raise RuntimeError("page matching left a page unplaced or used a shared page twice")
     return Match(assignment, float(page_costs.sum()), page_costs)
