@@ -36,6 +36,9 @@ flags.DEFINE_string("state_dir", ".", "where the separated state lives")
 flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (must not exist or be empty)")
 flags.DEFINE_enum("target", "vnn", ["vnn", "network"], "-mode=e: the separated task (vnn) or its own network")
 flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots)")
+flags.DEFINE_enum("distribute", "none", ["none", "multi_worker"],
+                  "-mode=t/o: none (one process, the original) or multi_worker (data-parallel on the workers of "
+                  "TF_CONFIG through tf.distribute; -batch_size is the global batch; the chief writes the state)")
 flags.DEFINE_integer("verbose", 1, "Keras progress output for pretrain: 0 silent, 1 bar, 2 one line per epoch")
 cli.define_method_flags()
 flags.adopt_module_key_flags(cli)  # -help lists the method flags too
@@ -46,7 +49,7 @@ BOUNDS = {**cli.METHOD_BOUNDS, "iter": (1, 10_000_000), "rounds": (1, 1_000_000)
           "Q": (0, MAX_Q), "verbose": (0, 2), "num_examples": (1, 2**31 - 1)}
 OWN_FLAGS = ("mode", "network_path", "vnn_name", "iter", "rounds", "passes", "Q", "export_dir", "num_examples",
              "print_tables",
-             "state_dir", "out_dir", "target", "plot_dir", "verbose", *cli.METHOD_FLAGS)
+             "state_dir", "out_dir", "target", "plot_dir", "distribute", "verbose", *cli.METHOD_FLAGS)
 
 
 @dataclasses.dataclass
@@ -147,10 +150,25 @@ def _unknown_task(store, name: str) -> str:
     return f"task {name} is not in the state in {store.dir} (tasks: {listed}); add it with {add}"
 
 
+def _check_distribute(mode: str) -> None:
+    """-distribute=multi_worker: a training mode, a TF_CONFIG, a global batch that splits evenly."""
+    if FLAGS.distribute == "none":
+        return
+    from weightsep.distribute import DISTRIBUTED_MODES, read_tf_config
+    if mode not in DISTRIBUTED_MODES:
+        raise FlagError(f"-distribute={FLAGS.distribute} applies to -mode={' / -mode='.join(DISTRIBUTED_MODES)}; "
+                        f"-mode={mode} runs in one process")
+    workers = read_tf_config().num_workers
+    if FLAGS.batch_size % workers:
+        raise FlagError(f"-batch_size={FLAGS.batch_size} must be a multiple of the {workers} workers of "
+                        f"TF_CONFIG (the global batch is split evenly)")
+
+
 def preflight(mode: str, spec: Mode) -> Call:
     """Every check that needs no network: flag ranges, the flags and task names the mode needs,
     and the state it reads (with its task names): a usage error answers before TensorFlow loads."""
     check_flags(FLAGS, BOUNDS)
+    _check_distribute(mode)
     if FLAGS.page_size * FLAGS.num_pages > MAX_POOL_WEIGHTS:
         raise FlagError(f"-page_size={FLAGS.page_size} x -num_pages={FLAGS.num_pages} = "
                         f"{FLAGS.page_size * FLAGS.num_pages} weights exceeds the {MAX_POOL_WEIGHTS} a pool may hold")
@@ -249,23 +267,44 @@ def mode_add(call: Call):
         add_task(session, task, prepared=prepared)
 
 
+def _cluster():
+    """The cluster of -distribute=multi_worker, connected (None: one process). Called first in a
+    mode, since the strategy must exist before TensorFlow runs any op."""
+    if FLAGS.distribute == "none":
+        return None
+    from weightsep.distribute import connect, read_tf_config
+    return connect(read_tf_config())
+
+
+def _training_session(cluster, session):
+    """The session to train in: the state under its writer lock, or a worker's scratch copy."""
+    from weightsep.distribute import training_state
+    session.strategy = cluster.strategy if cluster else None
+    return training_state(session, cluster)
+
+
 def mode_train(call: Call):
     from weightsep.pipeline import train_task
+    cluster = _cluster()
     session = _session(call)
-    with session.store.writer():
+    with _training_session(cluster, session):
         result = train_task(session, call.name, FLAGS.iter or 2000)
     kept = (f"kept the weights of {result.best_accuracy:.6f} ({result.selected_on} accuracy; "
             f"{result.start_accuracy:.6f} at step 0)" if result.updated else
             f"no evaluation beat step 0 ({result.start_accuracy:.6f} {result.selected_on} accuracy): pages unchanged")
+    if cluster and not cluster.is_chief:
+        print(f"{call.name}: {kept}; written by the chief ({cluster.config.name} keeps no copy)")
+        return
     print(f"{call.name}: {kept}; {session.store.vector_path(call.name, 'weight')} rewritten")
 
 
 def mode_optimize(call: Call):
     from weightsep.pipeline import optimize_all
     from weightsep.progress import RoundReport
+    cluster = _cluster()
     session = _session(call)
     report = RoundReport(FLAGS.rounds, FLAGS.passes, FLAGS.iter or 32, len(session.store.tasks))
-    with session.store.writer():
+    with _training_session(cluster, session):
         history = optimize_all(session, FLAGS.rounds, FLAGS.iter or 32, FLAGS.passes, progress=report.round_done)
     report.finish(history)
 

@@ -26,7 +26,7 @@ from weightsep.networks import Network, load_network
 from weightsep.pages import gather_pages, num_pages, to_pages
 from weightsep.store import Store, TaskRecord
 from weightsep.tasks import TaskSpec, load_task
-from weightsep.training import SeparatedTrainer, TrainOutcome, overlap_targets, print_log
+from weightsep.training import DistributedTrainer, SeparatedTrainer, TrainOutcome, overlap_targets, print_log
 
 Log = Callable[[object], None]
 
@@ -74,6 +74,7 @@ class Session:
         self._specs: dict[str, TaskSpec] = {}
         self._networks: dict[str, Network] = {}
         self._trainers: dict[str, SeparatedTrainer] = {}
+        self.strategy = None  # a tf.distribute strategy: data-parallel training (weightsep.distribute)
 
     # -- specs and data --
     def _record(self, name: str) -> TaskRecord | None:
@@ -133,9 +134,13 @@ class Session:
     def trainer(self, name: str) -> SeparatedTrainer:
         if name not in self._trainers:
             opt = self.options
-            self._trainers[name] = SeparatedTrainer(self.network(name), self.store.page_size, lr=opt.lr,
-                                                    lamb=opt.lamb, loss=opt.loss, page_dtype=self.store.page_dtype,
-                                                    group_size=self.store.group_size or None)
+            settings = dict(lr=opt.lr, lamb=opt.lamb, loss=opt.loss, page_dtype=self.store.page_dtype,
+                            group_size=self.store.group_size or None)
+            if self.strategy is None:
+                self._trainers[name] = SeparatedTrainer(self.network(name), self.store.page_size, **settings)
+            else:
+                self._trainers[name] = DistributedTrainer(self.strategy, self.network(name), self.store.page_size,
+                                                          **settings)
         return self._trainers[name]
 
     def pages_of(self, name: str) -> np.ndarray:

@@ -355,14 +355,18 @@ class SeparatedTrainer:
             overlap = self.lamb * self._overlap(self.w)
             loss = ce + overlap
         g = tape.gradient(loss, self.w)
+        finite = self._adam_update(g)
+        accuracy = tf.reduce_mean(tf.cast(tf.argmax(probs, axis=1) == y, tf.float32))
+        return accuracy, ce, overlap, finite
+
+    def _adam_update(self, g: tf.Tensor) -> tf.Tensor:
+        """One step of TensorFlow 1's Adam on w with gradient g; returns whether w stayed finite."""
         self.t.assign_add(1.0)
         self.m.assign(self.beta1 * self.m + (1 - self.beta1) * g)
         self.v.assign(self.beta2 * self.v + (1 - self.beta2) * tf.square(g))
         step = self.lr * tf.sqrt(1 - tf.pow(self.beta2, self.t)) / (1 - tf.pow(self.beta1, self.t))
         self.w.assign_sub(step * self.m / (tf.sqrt(self.v) + self.epsilon))
-        accuracy = tf.reduce_mean(tf.cast(tf.argmax(probs, axis=1) == y, tf.float32))
-        finite = tf.reduce_all(tf.math.is_finite(self.w))
-        return accuracy, ce, overlap, finite
+        return tf.reduce_all(tf.math.is_finite(self.w))
 
     # -- public --
     def set_wide(self, wide) -> None:
@@ -399,8 +403,12 @@ class SeparatedTrainer:
             hits += int(np.sum(self._predict(x[i:i + batch_size]).numpy() == y[i:i + batch_size]))
         return hits / len(y)
 
+    def _run_step(self, x, y):
+        """One training step on the batch (x, y): (accuracy, cross-entropy, overlap, finite)."""
+        return self._step(x, y)
+
     def _checked_step(self, x, y, step: int):
-        accuracy, ce, overlap, finite = self._step(x, y)
+        accuracy, ce, overlap, finite = self._run_step(x, y)
         ce, overlap = float(ce), float(overlap)
         if not (bool(finite) and math.isfinite(ce) and math.isfinite(overlap)):
             raise TrainingDiverged(
@@ -456,6 +464,87 @@ class SeparatedTrainer:
                     best_acc, best_w = acc, self.w.numpy()
                     log(f"get new weight for {acc:.6f}")
         return TrainOutcome(best_w, best_acc, start_acc)
+
+
+def replica_device(strategy):
+    """A device scope for collectives inside strategy.run: the strategy leaves a single local
+    replica's ops without a device inside tf.function, and collectives then find no
+    destination (several local replicas run under their own device scopes already)."""
+    import contextlib
+    devices = strategy.extended.worker_devices
+    return tf.device(devices[0]) if len(devices) == 1 else contextlib.nullcontext()
+
+
+class DistributedTrainer(SeparatedTrainer):
+    """SeparatedTrainer, data parallel on a tf.distribute strategy (-distribute=multi_worker, ours).
+
+    Every worker draws the same global batch (the same seeded generator as one process) and its
+    replicas take consecutive equal shares of it. Each replica's cross-entropy gradient, scaled
+    by the global batch size, is summed over all replicas by the strategy's all-reduce, and the
+    overlap term's gradient (the same on every replica) is added once; then every replica
+    applies the same Adam step to its mirrored copies of the pages and the optimizer state, so
+    the copies stay identical. The original's batch-softmax loss normalizes over the whole
+    global batch: the replicas all-gather their largest logit and all-reduce their sums of
+    exponentials, so the global softmax is exact, and each replica differentiates the surrogate
+    sum(p * z) - sum(z_true) / B (p the global softmax, held constant; B the global batch), whose
+    gradient in z, p - onehot / B, is the batch loss's. Model selection evaluates on every worker (the same weights, the same
+    decisions), so every worker runs the same schedule of collective steps.
+    """
+
+    def __init__(self, strategy, net: Network, page_size: int, **kwargs):
+        self.strategy = strategy
+        with strategy.scope():
+            super().__init__(net, page_size, **kwargs)
+        self._distributed_step = tf.function(self._global_step, reduce_retracing=True)
+
+    def _replica_step(self, x, y, global_batch):
+        ctx = tf.distribute.get_replica_context()
+        with replica_device(self.strategy):
+            with tf.GradientTape() as tape:
+                effective = self._effective(self.w)
+                if self.loss == "batch_softmax":
+                    logits = self.net.logits(effective, x, training=True)
+                    z = tf.stop_gradient(logits)
+                    top = tf.reduce_max(ctx.all_gather(tf.reduce_max(z)[None], axis=0))
+                    lse = top + tf.math.log(ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                           tf.reduce_sum(tf.exp(z - top))))
+                    true = tf.gather(logits, y, axis=1, batch_dims=1)
+                    part = tf.reduce_sum(tf.exp(z - lse) * logits) - tf.reduce_sum(true) / global_batch
+                    ce_sum = tf.reduce_sum(lse - tf.stop_gradient(true))
+                else:
+                    probs = self.net.forward(effective, x, training=True)
+                    terms = keras.losses.sparse_categorical_crossentropy(y, probs)
+                    part = tf.reduce_sum(terms) / global_batch
+                    ce_sum, z = tf.stop_gradient(tf.reduce_sum(terms)), tf.stop_gradient(probs)
+            g = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tape.gradient(part, self.w))
+            with tf.GradientTape() as tape:
+                overlap = self.lamb * self._overlap(self.w)
+            g = g + tape.gradient(overlap, self.w)
+            hits = tf.reduce_sum(tf.cast(tf.argmax(z, axis=1) == y, tf.float32))
+            stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([hits, ce_sum])) / global_batch
+            return g, stats, overlap
+
+    def _global_step(self, x, y, global_batch):
+        g, stats, overlap = self.strategy.run(self._replica_step, args=(x, y, global_batch))
+        first = self.strategy.experimental_local_results
+        g, stats, overlap = first(g)[0], first(stats)[0], first(overlap)[0]
+        finite = self._adam_update(g)  # cross-replica context: every local copy gets the same step
+        return stats[0], stats[1], overlap, finite
+
+    def _run_step(self, x, y):
+        replicas = self.strategy.num_replicas_in_sync
+        if len(x) % replicas:
+            raise WeightSepError(f"-batch_size={len(x)} must be a multiple of the {replicas} replicas "
+                                 f"of the cluster (the global batch is split evenly)")
+        share = len(x) // replicas
+
+        def part(array, dtype):
+            def value(ctx):
+                start = ctx.replica_id_in_sync_group * share
+                return tf.constant(array[start:start + share], dtype)
+            return self.strategy.experimental_distribute_values_from_function(value)
+
+        return self._distributed_step(part(x, tf.float32), part(y, tf.int64), tf.constant(float(len(x))))
 
 
 def print_log(entry) -> None:

@@ -222,6 +222,10 @@ class Store:
     def _file(self, rel: str) -> Path:
         return self.dir / rel
 
+    def committed_files(self) -> list[str]:
+        """The files of the loaded state, relative to its directory: the registry and every file it refers to."""
+        return [REGISTRY_FILE, *self._require_loaded().files]
+
     def vector_path(self, task: str, kind: str) -> Path:
         """Where a per-task vector lives (its committed content may still be in its pending file)."""
         return self._file(vector_rel(task, kind))

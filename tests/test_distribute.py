@@ -1,0 +1,109 @@
+"""-distribute=multi_worker: TF_CONFIG checks, and two worker processes on localhost giving the
+weights of one process with the whole batch, with only the chief writing the state."""
+
+import json
+import os
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, REPO, assert_one_line_error, copy_state, run_main
+from weightsep.distribute import read_tf_config
+from weightsep.errors import WeightSepError
+
+
+def tf_config(workers, index, kind="worker", chief=()):
+    cluster = {"worker": list(workers)}
+    if chief:
+        cluster["chief"] = list(chief)
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
+
+
+def test_tf_config_is_read_and_checked():
+    config = read_tf_config(tf_config(["a:1", "b:2"], 1))
+    assert (config.num_workers, config.is_chief, config.name) == (2, False, "worker 1")
+    assert read_tf_config(tf_config(["a:1", "b:2"], 0)).is_chief
+    with_chief = read_tf_config(tf_config(["a:1"], 0, "chief", chief=["c:3"]))
+    assert (with_chief.num_workers, with_chief.is_chief) == (2, True)
+    assert not read_tf_config(tf_config(["a:1"], 0, chief=["c:3"])).is_chief
+    bad = {
+        "": "needs the TF_CONFIG environment variable",
+        "{": "not JSON",
+        "[]": "needs a \"cluster\" and a \"task\"",
+        json.dumps({"cluster": {"ps": ["a:1"]}, "task": {}}): "ps tasks",
+        json.dumps({"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}): "host:port",
+        json.dumps({"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}): "twice",
+        json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}): "not one of",
+        json.dumps({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}): "at least one worker",
+    }
+    for text, fragment in bad.items():
+        with pytest.raises(WeightSepError, match=fragment):
+            read_tf_config({"TF_CONFIG": text})
+
+
+def test_distribute_flag_is_checked_before_any_work(tiny_state, tmp_path, monkeypatch):
+    state = copy_state(tiny_state, tmp_path / "state")
+    monkeypatch.setenv("TF_CONFIG", tf_config(["localhost:1", "localhost:2", "localhost:3"], 0)["TF_CONFIG"])
+    assert_one_line_error(run_main("-mode=a", "-distribute=multi_worker", f"-state_dir={state}", check=False),
+                          "applies to -mode=t / -mode=o")
+    assert_one_line_error(run_main("-mode=t", "-vnn_name=tiny_a", "-distribute=multi_worker", f"-state_dir={state}",
+                                   check=False), "-batch_size=100 must be a multiple of the 3 workers")
+    monkeypatch.delenv("TF_CONFIG")
+    assert_one_line_error(run_main("-mode=o", "-distribute=multi_worker", f"-state_dir={state}", check=False),
+                          "needs the TF_CONFIG environment variable")
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_workers_train_as_one_process_with_the_whole_batch(tiny_state, tmp_path):
+    # Settings under which this short run keeps its trained weights (checked on the reference),
+    # so that the comparison is about trained pages, not about untouched ones.
+    args = ["-mode=t", "-vnn_name=tiny_a", "-iter=6", "-lr=0.003", "-select_on=validation", "-batch_size=100"]
+    reference = copy_state(tiny_state, tmp_path / "reference")
+    chief, other = copy_state(tiny_state, tmp_path / "chief"), copy_state(tiny_state, tmp_path / "other")
+    (other / ".weightsep.lock").unlink(missing_ok=True)
+    before = files_of(other)
+
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker",
+                               f"-state_dir={state}"], env=dict(env, **tf_config(workers, index)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for index, state in enumerate((chief, other))]
+    try:
+        outputs = [proc.communicate(timeout=180)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output
+
+    one = run_main(*args, f"-state_dir={reference}")  # one process, the whole batch of 100
+    assert "kept the weights of" in one.stdout
+    for rel in ("shared_weight_page.npy", "exclusive_weight_page.npy", "tiny_a/tiny_a_weight.npy"):
+        got, want = np.load(chief / rel), np.load(reference / rel)
+        start = np.load(tiny_state / rel)
+        assert np.max(np.abs(want - start)) > 1e-3  # the run changed the pages
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert "written by the chief" in outputs[1]
+    # The other worker trained the same way but wrote nothing and never took the lock.
+    assert [line for line in outputs[0].splitlines() if line.startswith("step ")] == \
+        [line for line in outputs[1].splitlines() if line.startswith("step ")]
+    assert files_of(other) == before
+    assert not (other / ".weightsep.lock").exists()
