@@ -37,7 +37,7 @@ flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (m
 flags.DEFINE_enum("target", "vnn", ["vnn", "network"], "-mode=e: the separated task (vnn) or its own network")
 flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots)")
 flags.DEFINE_enum("distribute", "none", ["none", "multi_worker"],
-                  "-mode=t/o: none (one process, the original) or multi_worker (data-parallel on the workers of "
+                  "-mode=pretrain/t/o: none (one process, the original) or multi_worker (data-parallel on the workers of "
                   "TF_CONFIG through tf.distribute; -batch_size is the global batch; the chief writes the state)")
 flags.DEFINE_integer("verbose", 1, "Keras progress output for pretrain: 0 silent, 1 bar, 2 one line per epoch")
 cli.define_method_flags()
@@ -232,13 +232,21 @@ def mode_pretrain(call: Call):
     from weightsep.tasks import load_task
     from weightsep.training import pretrain_task
     task = load_task(FLAGS.network_path)
+    cluster = _cluster()
     kind, iters = FLAGS.data or "real", FLAGS.iter or 2000
     fraction = datasets.DEFAULT_VALIDATION_SPLIT if FLAGS.validation_split is None else FLAGS.validation_split
     print(f"pretrain {task.name}: {iters} steps, batch {FLAGS.batch_size}, loss {FLAGS.loss}, "
           f"{datasets.describe(task, kind, FLAGS.seed, fraction)}")
-    result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss, FLAGS.verbose,
-                           fraction)
-    print(f"best validation accuracy {result.best_validation:.6f}; saved {result.path}")
+    if cluster is None:
+        result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss, FLAGS.verbose,
+                               fraction)
+    else:
+        from weightsep.distribute import failures
+        with failures(cluster.config, task.folder):
+            result = pretrain_task(task, kind, FLAGS.seed, iters, FLAGS.batch_size, FLAGS.lr, FLAGS.loss,
+                                   FLAGS.verbose, fraction, cluster=cluster)
+    saved = f"saved {result.path}" if result.path else f"saved by the chief ({cluster.config.name} saves nothing)"
+    print(f"best validation accuracy {result.best_validation:.6f}; {saved}")
     print(f"{task.name} inference accuracy: {result.test_accuracy:.6f}")
 
 

@@ -47,7 +47,7 @@ def test_distribute_flag_is_checked_before_any_work(tiny_state, tmp_path, monkey
     state = copy_state(tiny_state, tmp_path / "state")
     monkeypatch.setenv("TF_CONFIG", tf_config(["localhost:1", "localhost:2", "localhost:3"], 0)["TF_CONFIG"])
     assert_one_line_error(run_main("-mode=a", "-distribute=multi_worker", f"-state_dir={state}", check=False),
-                          "applies to -mode=t / -mode=o")
+                          "applies to -mode=pretrain / -mode=t / -mode=o")
     assert_one_line_error(run_main("-mode=t", "-vnn_name=tiny_a", "-distribute=multi_worker", f"-state_dir={state}",
                                    check=False), "-batch_size=100 must be a multiple of the 3 workers")
     monkeypatch.delenv("TF_CONFIG")

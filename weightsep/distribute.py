@@ -4,8 +4,9 @@ The work is done by TensorFlow's own engine, tf.distribute.MultiWorkerMirroredSt
 workers are described by the standard TF_CONFIG environment variable (the same cluster in
 every process, each with its own task), the global batch (-batch_size) is split evenly across
 the replicas, their gradients are all-reduced by the strategy, and the weight-pages and the
-optimizer state are mirrored variables (training.DistributedTrainer). -mode=t and -mode=o
-distribute; everything else stays in one process: -mode=a's Fisher, separation and matching
+optimizer state are mirrored variables (training.DistributedTrainer). -mode=pretrain, -mode=t
+and -mode=o distribute (pretrain through training.pretrain_distributed, since Keras 3's fit does
+not run on this strategy); everything else stays in one process: -mode=a's Fisher, separation and matching
 are cheap and sequential by design, and evaluation is a few forward passes.
 
 Writes. Exactly one process writes the state: the chief (the "chief" task if the cluster has
@@ -19,7 +20,8 @@ never takes the state's lock.
 Failures. Every collective has a timeout (COLLECTIVE_TIMEOUT_S); a worker that dies or stops
 answering makes the others' next collective fail, and the run stops with one line saying so
 (WorkerFailed). The chief commits only between training calls, each commit atomic, so the
-state keeps its last commit.
+state keeps its last commit. -mode=pretrain saves the network (atomically) on the chief only,
+after training.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Iterator, Mapping
 from weightsep.errors import WeightSepError
 
 MODES = ("none", "multi_worker")
-DISTRIBUTED_MODES = ("t", "o")
+DISTRIBUTED_MODES = ("pretrain", "t", "o")
 COLLECTIVE_TIMEOUT_S = 300.0
 ROLES = ("chief", "worker")
 _HELP = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '

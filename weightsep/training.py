@@ -142,9 +142,50 @@ def batch_softmax_cross_entropy_keras(y_true, logits):
     return batch_softmax_cross_entropy(logits, y)
 
 
+def pretrain_distributed(net: Network, strategy, x_train, y_train, x_val, y_val, iters: int,
+                         batch_size: int = 100, lr: float = 1e-3, seed: int = 0, loss: str = "batch_softmax",
+                         log: Optional[Log] = None) -> float:
+    """-mode=pretrain -distribute=multi_worker: pretraining data parallel on a tf.distribute
+    strategy (DistributedTrainer with the whole network as one page and no overlap term).
+
+    Keras 3's fit does not run on MultiWorkerMirroredStrategy (it rejects the strategy's
+    distributed batches), so this loop stands in for it, with fit's settings: Adam with Keras'
+    epsilon (1e-7), whole epochs of shuffled global batches (a last partial batch is dropped, as
+    it could not be split evenly), the weights of the epoch with the best validation accuracy
+    kept; a run that diverges keeps its best finite epoch (TrainingDiverged if none). Every
+    worker draws the same shuffles (seeded), so the replicas' shares make up one global batch.
+    Returns the best validation accuracy; the network holds the kept weights.
+    """
+    check_loss(loss)
+    log = log or (lambda entry: None)
+    n = net.num_weights
+    steps_per_epoch = max(1, len(x_train) // batch_size)
+    epochs = max(1, math.ceil(iters / steps_per_epoch))
+    trainer = DistributedTrainer(strategy, net, page_size=n, lr=lr, lamb=0.0, loss=loss, epsilon=1e-7)
+    trainer.reset(net.get_vector()[None, :], OverlapTargets(np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)))
+    rng = np.random.default_rng(seed)
+    best_acc, best_w = -1.0, None
+    for epoch in range(epochs):
+        order = rng.permutation(len(x_train))
+        try:
+            for b in range(steps_per_epoch):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                trainer._checked_step(x_train[idx], y_train[idx], epoch * steps_per_epoch + b)
+        except TrainingDiverged:
+            if best_w is None:
+                raise
+            break
+        acc = trainer.accuracy(x_val, y_val)
+        log(f"epoch {epoch + 1}/{epochs}: validation accuracy {acc:.4f}")
+        if acc > best_acc:
+            best_acc, best_w = acc, trainer.w.numpy()[:n]
+    net.set_vector(best_w)
+    return float(best_acc)
+
+
 @dataclasses.dataclass
 class PretrainResult:
-    path: object
+    path: object             # None on a worker that is not the chief (it saves nothing)
     num_weights: int
     best_validation: float
     test_accuracy: float
@@ -152,16 +193,24 @@ class PretrainResult:
 
 def pretrain_task(task: TaskSpec, data: str = "real", seed: int = 0, iters: int = 2000,
                   batch_size: int = 100, lr: float = 1e-3, loss: str = "batch_softmax",
-                  verbose: int = 1, validation_split: float = datasets.DEFAULT_VALIDATION_SPLIT) -> PretrainResult:
+                  verbose: int = 1, validation_split: float = datasets.DEFAULT_VALIDATION_SPLIT,
+                  cluster=None) -> PretrainResult:
     """The one pretraining workflow: load the splits, train, save ``<task>/<task>.weights.h5``.
     Pretraining keeps its best epoch by validation accuracy, so a task without validation files
-    has ``validation_split`` of its train files cut off for it."""
+    has ``validation_split`` of its train files cut off for it. With a cluster
+    (weightsep.distribute), data parallel; only its chief saves."""
     train = datasets.load_split(task, "train", data, seed, validation_split)
     val = datasets.load_split(task, "validation", data, seed, validation_split)
     test = datasets.load_split(task, "test", data, seed)
+    if cluster is not None:
+        keras.utils.set_random_seed(seed)  # the same initial weights on every worker
     net = Network(task)
-    best = pretrain(net, train.x, train.y, val.x, val.y, iters, batch_size, lr, seed, verbose, loss)
-    path = save_network(net)
+    if cluster is None:
+        best = pretrain(net, train.x, train.y, val.x, val.y, iters, batch_size, lr, seed, verbose, loss)
+    else:
+        best = pretrain_distributed(net, cluster.strategy, train.x, train.y, val.x, val.y, iters, batch_size, lr,
+                                    seed, loss, log=print_log if verbose else None)
+    path = save_network(net) if cluster is None or cluster.is_chief else None
     return PretrainResult(path, net.num_weights, best, net.accuracy(test.x, test.y))
 
 
