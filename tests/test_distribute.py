@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import PYTHON, REPO, assert_one_line_error, copy_state, run_main
+from conftest import TINY_SPECS, PYTHON, REPO, assert_one_line_error, copy_state, run_main, write_task_folder
 from weightsep.distribute import read_tf_config
 from weightsep.errors import WeightSepError
 
@@ -65,6 +65,27 @@ def free_ports(count):
     return ports
 
 
+def run_workers(args_of_worker):
+    """Run WeightSeparation.py on len(args_of_worker) localhost workers (free ports, bounded
+    time, killed if still running); their outputs (each must exit 0)."""
+    workers = [f"localhost:{port}" for port in free_ports(len(args_of_worker))]
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker"],
+                              env=dict(env, **tf_config(workers, index)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for index, args in enumerate(args_of_worker)]
+    try:
+        outputs = [proc.communicate(timeout=180)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output
+    return outputs
+
+
 def files_of(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -78,21 +99,7 @@ def test_two_workers_train_as_one_process_with_the_whole_batch(tiny_state, tmp_p
     (other / ".weightsep.lock").unlink(missing_ok=True)
     before = files_of(other)
 
-    workers = [f"localhost:{port}" for port in free_ports(2)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker",
-                               f"-state_dir={state}"], env=dict(env, **tf_config(workers, index)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for index, state in enumerate((chief, other))]
-    try:
-        outputs = [proc.communicate(timeout=180)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output
+    outputs = run_workers([[*args, f"-state_dir={state}"] for state in (chief, other)])
 
     one = run_main(*args, f"-state_dir={reference}")  # one process, the whole batch of 100
     assert "kept the weights of" in one.stdout
@@ -107,3 +114,28 @@ def test_two_workers_train_as_one_process_with_the_whole_batch(tiny_state, tmp_p
         [line for line in outputs[1].splitlines() if line.startswith("step ")]
     assert files_of(other) == before
     assert not (other / ".weightsep.lock").exists()
+
+
+def test_two_workers_pretrain_as_one_replica_with_the_whole_batch(tmp_path):
+    from weightsep import data as datasets
+    from weightsep.networks import Network, load_network
+    from weightsep.tasks import load_task
+    from weightsep.tf import keras, tf
+    from weightsep.training import pretrain_distributed
+
+    chief, other = (write_task_folder(tmp_path / root, "tiny_a", **TINY_SPECS["tiny_a"]) for root in ("c", "o"))
+    outputs = run_workers([["-mode=pretrain", f"-network_path={folder}", "-data=synthetic", "-iter=30"]
+                           for folder in (chief, other)])
+    assert "saved by the chief" in outputs[1]
+    assert sorted(p.name for p in other.iterdir()) == ["task.py"]  # the other worker saved nothing
+
+    # The same loop on one replica with the whole batch of 100, in this process.
+    task = load_task(chief)
+    train, val = (datasets.load_split(task, split, "synthetic", 0) for split in ("train", "validation"))
+    keras.utils.set_random_seed(0)
+    net = Network(task)
+    start = net.get_vector()
+    pretrain_distributed(net, tf.distribute.MirroredStrategy(["/cpu:0"]), train.x, train.y, val.x, val.y, 30)
+    got = load_network(task).get_vector()
+    assert np.max(np.abs(net.get_vector() - start)) > 1e-2
+    np.testing.assert_allclose(got, net.get_vector(), rtol=0, atol=1e-5)
