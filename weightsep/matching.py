@@ -580,13 +580,30 @@ def network_cost(
         shared = table[on_pool].astype(np.int64)
         if np.unique(shared).shape[0] != shared.shape[0]:
             raise WeightSepError(f"task {t}: page table uses a shared page twice; the state is corrupt")
-        f_pages = pages_lib.to_pages(fisher, page_size)[on_pool].astype(np.float64)
-        w_pages = pages_lib.to_pages(weight, page_size)[on_pool].astype(np.float64)
-        tasks.append((shared, f_pages, w_pages))
+        tasks.append((shared, on_pool, fisher, weight))
+    # Every page of every task on the pool, grouped by shared page: the pairs to cost are the
+    # pairs of rows within a group, found without a loop over pairs of tasks (which grew with
+    # the square of the number of tasks).
+    if not tasks:
+        return 0.0
+    shared = np.concatenate([t[0] for t in tasks])
+    owner = np.concatenate([np.full(t[0].shape[0], i) for i, t in enumerate(tasks)])
+    order = np.lexsort((owner, shared))
+    shared = shared[order]
+    f_rows = np.concatenate([pages_lib.to_pages(f, page_size)[on_pool] for _, on_pool, f, _ in tasks])[order]
+    w_rows = np.concatenate([pages_lib.to_pages(w, page_size)[on_pool] for _, on_pool, _, w in tasks])[order]
+    first, second = [], []
+    for gap in range(1, int(np.max(np.bincount(shared))) if shared.size else 1):
+        same = np.flatnonzero(shared[gap:] == shared[:-gap])
+        first.append(same)
+        second.append(same + gap)
+    if not first or not sum(a.size for a in first):
+        return 0.0
+    first, second = np.concatenate(first), np.concatenate(second)
     total = 0.0
-    for i, (shared_i, f_i, w_i) in enumerate(tasks):
-        for shared_j, f_j, w_j in tasks[i + 1:]:
-            _, a, b = np.intersect1d(shared_i, shared_j, assume_unique=True, return_indices=True)
-            if a.size:
-                total += float(_masked_cost(f_i[a], w_i[a], f_j[b], w_j[b]).sum())
+    step = max(1, _BLOCK_ELEMENTS // page_size)
+    for i in range(0, first.shape[0], step):
+        a, b = first[i:i + step], second[i:i + step]
+        total += float(_masked_cost(f_rows[a].astype(np.float64), w_rows[a].astype(np.float64),
+                                    f_rows[b].astype(np.float64), w_rows[b].astype(np.float64)).sum())
     return total
