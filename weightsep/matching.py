@@ -94,6 +94,8 @@ METHODS = ("greedy", "optimal")
 _BLOCK_ELEMENTS = 1 << 21
 _BLOCK_COLUMNS = 64
 
+_NETWORK_COST_BLOCK = 1 << 16
+
 # Levels with more pairs (task pages x shared pages) than this get their costs from BLAS with
 # an error bound (module doc); smaller ones pair by pair, as always.
 PAIRWISE_MAX_PAIRS = 1 << 16
@@ -601,7 +603,7 @@ def network_cost(
         return 0.0
     first, second = np.concatenate(first), np.concatenate(second)
     total = 0.0
-    step = max(1, _BLOCK_ELEMENTS // page_size)
+    step = max(1, _NETWORK_COST_BLOCK // page_size)  # small blocks: their temporaries stay in cache
     for i in range(0, first.shape[0], step):
         a, b = first[i:i + step], second[i:i + step]
         total += float(_masked_cost(f_rows[a].astype(np.float64), w_rows[a].astype(np.float64),
