@@ -131,7 +131,8 @@ def test_two_workers_pretrain_as_one_replica_with_the_whole_batch(tmp_path):
 
     # The same loop on one replica with the whole batch of 100, in this process.
     task = load_task(chief)
-    train, val = (datasets.load_split(task, split, "synthetic", 0) for split in ("train", "validation"))
+    train, val = (datasets.load_split(task, split, "synthetic", 0, datasets.DEFAULT_VALIDATION_SPLIT)
+                  for split in ("train", "validation"))
     keras.utils.set_random_seed(0)
     net = Network(task)
     start = net.get_vector()
