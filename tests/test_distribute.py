@@ -65,9 +65,20 @@ def free_ports(count):
     return ports
 
 
-def run_workers(args_of_worker):
+def run_workers(args_of_worker, attempts=2):
     """Run WeightSeparation.py on len(args_of_worker) localhost workers (free ports, bounded
-    time, killed if still running); their outputs (each must exit 0)."""
+    time, killed if still running); their outputs (each must exit 0). A port taken by another
+    process between our probe and the workers' bind is retried once on new ports."""
+    for attempt in range(attempts):
+        outputs, codes = _start_workers(args_of_worker)
+        if all(code == 0 for code in codes) or not any("in use" in out.lower() for out in outputs):
+            break
+    for code, output in zip(codes, outputs):
+        assert code == 0, output
+    return outputs
+
+
+def _start_workers(args_of_worker):
     workers = [f"localhost:{port}" for port in free_ports(len(args_of_worker))]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker"],
@@ -81,9 +92,7 @@ def run_workers(args_of_worker):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output
-    return outputs
+    return outputs, [proc.returncode for proc in procs]
 
 
 def files_of(folder):
