@@ -837,7 +837,7 @@ def test_convert_state_quantizes_a_copy(tmp_path, page_dtype):
             want = page_format(page_dtype).quantize(floats, part if page_dtype == "int4" else None)
             for got, ref in zip(s.quantized(which), want):
                 assert (got is None and ref is None) or got.tobytes() == ref.tobytes()
-        assert np.count_nonzero(wide) == (round(0.1 * len(wide)) if page_dtype == "int4" else 0) == len(wide) // 12
+        assert np.count_nonzero(wide) == (1 if page_dtype == "int4" else 0)  # 10% of the 10-12 pages
         if page_dtype == "int4":
             assert s.quantized("shared").bits.tolist() + s.quantized("exclusive").bits.tolist() == np.where(
                 wide, 8, 4).tolist()
