@@ -3,6 +3,7 @@ weights of one process with the whole batch, with only the chief writing the sta
 
 import json
 import os
+import re
 import socket
 import subprocess
 
@@ -100,18 +101,23 @@ def files_of(folder):
 
 
 def test_two_workers_train_as_one_process_with_the_whole_batch(tiny_state, tmp_path):
-    # Settings under which this short run keeps its trained weights (checked on the reference),
-    # so that the comparison is about trained pages, not about untouched ones.
-    args = ["-mode=t", "-vnn_name=tiny_a", "-iter=6", "-lr=0.003", "-select_on=validation", "-batch_size=100"]
-    reference = copy_state(tiny_state, tmp_path / "reference")
+    # A learning rate under which this short run keeps its trained weights by a clear margin
+    # (found on the one-process reference: the fixture's networks vary from run to run), so that
+    # the comparison is about trained pages and no rounding difference can flip the choice.
+    for lr in ("0.003", "0.01", "0.03"):
+        args = ["-mode=t", "-vnn_name=tiny_a", "-iter=6", f"-lr={lr}", "-select_on=validation", "-batch_size=100"]
+        reference = tmp_path / f"reference_{lr}"
+        one = run_main(*args, f"-state_dir={copy_state(tiny_state, reference)}")  # one process, batch of 100
+        kept = re.search(r"kept the weights of ([0-9.]+) \(validation accuracy; ([0-9.]+) at step 0\)", one.stdout)
+        if kept and float(kept[1]) - float(kept[2]) >= 0.02:
+            break
+    else:
+        pytest.fail(f"no learning rate made 6 steps of tiny_a better by 2 points:\n{one.stdout}")
     chief, other = copy_state(tiny_state, tmp_path / "chief"), copy_state(tiny_state, tmp_path / "other")
     (other / ".weightsep.lock").unlink(missing_ok=True)
     before = files_of(other)
-
     outputs = run_workers([[*args, f"-state_dir={state}"] for state in (chief, other)])
 
-    one = run_main(*args, f"-state_dir={reference}")  # one process, the whole batch of 100
-    assert "kept the weights of" in one.stdout
     for rel in ("shared_weight_page.npy", "exclusive_weight_page.npy", "tiny_a/tiny_a_weight.npy"):
         got, want = np.load(chief / rel), np.load(reference / rel)
         start = np.load(tiny_state / rel)
