@@ -1,9 +1,12 @@
-"""Tests of weightsep.plots: every figure is a real PNG of the expected size, and the
-data behind it equals the same quantity computed another way from the state."""
+"""Tests of weightsep.plots: every figure is a real PNG of the expected size, and what it draws
+(bar heights, colours, the heatmap's cells) and the data it returns equal the same quantity
+computed another way from the state (its page tables, vectors and accuracies)."""
 
+import json
 import struct
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 
@@ -27,6 +30,27 @@ def inches_to_pixels(size) -> tuple[int, int]:
     return round(size[0] * plots.DPI), round(size[1] * plots.DPI)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plots save, kept for inspection."""
+    figures = []
+    save = plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def bar_heights(ax) -> np.ndarray:
+    return np.array([patch.get_height() for patch in ax.patches])
+
+
+def bar_colors(ax) -> list:
+    return [matplotlib.colors.to_hex(patch.get_facecolor()) for patch in ax.patches]
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """A state with two real task networks (hhar, mnist), pretrained briefly on synthetic data."""
@@ -46,18 +70,22 @@ def session(tmp_path_factory):
     return session
 
 
-def test_accuracy_plot(session, tmp_path):
+def test_accuracy_plot(session, tmp_path, drawn):
     store = session.store
     plot = plots.plot_accuracy(store, tmp_path / "acc.png")
     assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
     assert plot.data["tasks"] == list(TASKS)
-    for i, name in enumerate(TASKS):
-        rec = store.task(name)
-        assert plot.data["network"][i] == rec.accuracy["network"]
-        assert plot.data["separated"][i] == rec.accuracy["separated"]
+    registry = json.loads((store.dir / "weightsep_state.json").read_text())
+    accuracy = {task["name"]: task["accuracy"] for task in registry["tasks"]}
+    network = [100 * accuracy[name]["network"] for name in TASKS]
+    separated = [100 * accuracy[name]["separated"] for name in TASKS]
+    # bars: the networks' accuracies, then the separated tasks', in task order
+    np.testing.assert_allclose(bar_heights(drawn[0].axes[0]), network + separated, rtol=1e-12)
+    np.testing.assert_allclose(100 * plot.data["network"], network, rtol=1e-12)
+    np.testing.assert_allclose(100 * plot.data["separated"], separated, rtol=1e-12)
 
 
-def test_occupation_plot_counts_match_page_tables(session, tmp_path):
+def test_occupation_plot_counts_match_page_tables(session, tmp_path, drawn):
     store = session.store
     plot = plots.plot_occupation(store, tmp_path / "occ.png")
     assert png_size(plot.path) == (1200, 500)
@@ -67,23 +95,31 @@ def test_occupation_plot_counts_match_page_tables(session, tmp_path):
         for entry in store.task(name).page_table:
             if entry < P:
                 expected[row, entry] += 1
+    assert expected.sum() > 0 and expected.max() == 1
+    histogram = [int(np.sum(expected.sum(axis=0) == k)) for k in range(len(TASKS) + 1)]
+    while histogram[-1] == 0:
+        histogram.pop()
     np.testing.assert_array_equal(plot.data["counts"], expected)
-    np.testing.assert_array_equal(plot.data["total"], store.occupation_counts())
-    hist = plot.data["histogram"]
-    assert [int(np.sum(expected.sum(axis=0) == k)) for k in range(len(hist))] == hist.tolist()
+    np.testing.assert_array_equal(plot.data["total"], expected.sum(axis=0))
+    assert plot.data["histogram"].tolist() == histogram
+    stacked, hist = drawn[0].axes[:2]
+    np.testing.assert_array_equal(bar_heights(stacked), expected.reshape(-1))  # one bar per task and page
+    assert [patch.get_width() for patch in hist.patches] == histogram        # horizontal bars
 
 
-def test_exclusive_plot_matches_registry(session, tmp_path):
+def test_exclusive_plot_matches_page_tables(session, tmp_path, drawn):
     store = session.store
     plot = plots.plot_exclusive(store, tmp_path / "excl.png")
     assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
-    for i, name in enumerate(TASKS):
-        rec = store.task(name)
-        assert plot.data["exclusive"][i] == len(rec.exclusive_pages)
-        assert plot.data["sharable"][i] + plot.data["exclusive"][i] == rec.num_pages
+    P = store.num_pages
+    sharable = [int(np.sum(store.task(name).page_table < P)) for name in TASKS]
+    exclusive = [int(np.sum(store.task(name).page_table >= P)) for name in TASKS]
+    assert min(exclusive) > 0 and min(sharable) > 0
+    assert plot.data["sharable"].tolist() == sharable and plot.data["exclusive"].tolist() == exclusive
+    np.testing.assert_array_equal(bar_heights(drawn[0].axes[0]), sharable + exclusive)
 
 
-def test_page_fisher_plot_is_contribution_density(session, tmp_path):
+def test_page_fisher_plot_is_contribution_density(session, tmp_path, drawn):
     store = session.store
     plot = plots.plot_page_fisher(store, "mnist", tmp_path / "pnf.png")
     assert png_size(plot.path) == inches_to_pixels(plots.WIDE)
@@ -91,12 +127,19 @@ def test_page_fisher_plot_is_contribution_density(session, tmp_path):
     S = store.page_size
     sums = np.array([fisher[i:i + S].sum() for i in range(0, len(fisher), S)])
     np.testing.assert_allclose(plot.data["contribution"], sums / fisher.sum(), rtol=1e-9)
-    assert plot.data["exclusive"] == store.task("mnist").exclusive_pages
+    ax = drawn[0].axes[0]
+    np.testing.assert_allclose(bar_heights(ax), sums / fisher.sum(), rtol=1e-9)
+    # the pages drawn in the exclusive colour are those the page table puts in level 2
+    on_level_2 = np.flatnonzero(store.task("mnist").page_table >= store.num_pages).tolist()
+    colors = bar_colors(ax)
+    assert on_level_2 and [i for i, c in enumerate(colors) if c == colors[on_level_2[0]]] == on_level_2
+    assert plot.data["exclusive"] == on_level_2
 
 
-def test_sharing_cost_heatmap_equals_cost_matrix(session, tmp_path):
+def test_sharing_cost_heatmap_equals_cost_matrix(session, tmp_path, drawn):
     store = session.store
     plot = plots.plot_sharing_cost(store, "hhar", "mnist", tmp_path / "heat.png")
+    np.testing.assert_array_equal(drawn[0].axes[0].images[0].get_array().filled(0), plot.data["cost"])
     assert png_size(plot.path) == inches_to_pixels(plots.SQUARE)
     S, P = store.page_size, store.num_pages
     wa, fa = store.load_vector("hhar", "network_weight"), store.load_vector("hhar", "network_fisher")
