@@ -1,4 +1,4 @@
-"""CIFAR-10 image classification: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""CIFAR-10 image classification: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -1,4 +1,4 @@
-"""ESC-10 environmental sound classification: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""ESC-10 environmental sound classification: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

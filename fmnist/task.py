@@ -1,4 +1,4 @@
-"""Fashion-MNIST clothing images: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""Fashion-MNIST clothing images: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -1,4 +1,4 @@
-"""Google Speech Commands v2 (keyword spotting): the task's network and data files (shared/ARCHITECTURES.md)."""
+"""Google Speech Commands v2 (keyword spotting): the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -1,4 +1,4 @@
-"""German Traffic Sign Recognition Benchmark: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""German Traffic Sign Recognition Benchmark: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -1,4 +1,4 @@
-"""Heterogeneous Human Activity Recognition (IMU): the task's network and data files (shared/ARCHITECTURES.md)."""
+"""Heterogeneous Human Activity Recognition (IMU): the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

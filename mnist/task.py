@@ -1,4 +1,4 @@
-"""MNIST handwritten digits: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""MNIST handwritten digits: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -1,4 +1,4 @@
-"""Obstacle avoidance (camera frames): the task's network and data files (shared/ARCHITECTURES.md)."""
+"""Obstacle avoidance (camera frames): the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

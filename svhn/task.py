@@ -1,4 +1,4 @@
-"""Street View House Numbers: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""Street View House Numbers: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -55,7 +55,7 @@ def accuracy_of(spec, weights, test):
 
 
 def alpha_loss_by_hand(probs, labels, alpha):
-    """DESIGN.md: rows divided by their L2 norm; L = mean of -log(p_true) where p_true <= alpha
+    """The original's alpha-loss: rows divided by their L2 norm; L = mean of -log(p_true) where p_true <= alpha
     (0 elsewhere); alpha_acc = share of samples with p_true > alpha."""
     total, above = 0.0, 0
     for row, label in zip(probs.astype(np.float64), labels):

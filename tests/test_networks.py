@@ -1,4 +1,4 @@
-"""The ten networks match ARCHITECTURES.md exactly; the flat-vector view is lossless; the logits,
+"""The ten networks match docs/NETWORKS.md exactly; the flat-vector view is lossless; the logits,
 the row-Toeplitz convolution, the original's transposed layout and the network files."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from weightsep.networks import Network, RowToeplitzConv2D, load_network, save_ne
 from weightsep.tasks import PAPER_TASKS, list_tasks, load_task
 from weightsep.tf import keras, tf
 
-# The table of ARCHITECTURES.md, typed in independently of the task specs:
+# The table of docs/NETWORKS.md, typed in independently of the task specs:
 # input (H, W, C), conv (kh, kw, out), dense units, classes, flattened size, weights.
 TABLE = {
     "cifar10": ((32, 32, 3), [(3, 3, 16), (3, 3, 32), (3, 3, 52)], [128, 128], 10, 208, 64670),

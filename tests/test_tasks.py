@@ -8,7 +8,7 @@ import pytest
 from weightsep.errors import WeightSepError
 from weightsep.tasks import PAPER_TASKS, REPO_ROOT, TaskSpec, copy_spec, declared_num_weights, load_task
 
-# shared/ARCHITECTURES.md: the weight counts of the paper's table.
+# The weight counts the paper reports for its ten networks (docs/NETWORKS.md).
 PAPER_WEIGHTS = {"cifar10": 64670, "mnist": 65402, "fmnist": 69966, "gtsrb": 68639, "svhn": 64670,
                  "obs": 72012, "gsc": 65101, "esc10": 65154, "us8k": 66854, "hhar": 65114}
 

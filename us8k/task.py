@@ -1,4 +1,4 @@
-"""UrbanSound8K sound classification: the task's network and data files (shared/ARCHITECTURES.md)."""
+"""UrbanSound8K sound classification: the task's network and data files (docs/NETWORKS.md)."""
 
 from weightsep.tasks import DataFiles, TaskSpec
 

@@ -2,7 +2,7 @@
 
 For K examples drawn from the training split (with replacement, as the original): f = the
 largest softmax probability, g = d log f / d w; F = (1/K) sum_k g_k^2 * f_k, then min-max
-normalized to [0, 1] over the whole vector (DESIGN.md section 3).  The K per-example gradients come from
+normalized to [0, 1] over the whole vector (as the original computes it).  The K per-example gradients come from
 one vectorized Jacobian (``GradientTape.jacobian`` with pfor), not a Python loop.
 """
 

@@ -34,7 +34,7 @@ LAYOUTS = ("natural", "transposed")
 def build_model(task: TaskSpec) -> keras.Model:
     """The Keras model of a task: the spec's own build_model(), or the layer list.
 
-    Layer list (ARCHITECTURES.md): each conv is stride 1, VALID, with bias, then
+    Layer list (docs/NETWORKS.md): each conv is stride 1, VALID, with bias, then
     LeakyReLU(0.2) and 2x2/2 VALID max-pool; flatten (NHWC order, as the original
     reshape); hidden dense layers with the spec's activation; a linear output layer and a
     separate softmax layer, so that the logits are reachable (the original's training loss

@@ -83,11 +83,6 @@ def _tasks(store: Store) -> list:
     return store.tasks
 
 
-def _tick_step(count: int, most: int = 32) -> int:
-    """Label every k-th page so that at most ``most`` labels fit on an axis."""
-    return max(1, int(np.ceil(count / most)))
-
-
 # --- data ---------------------------------------------------------------------------
 
 def accuracy_by_task(store: Store) -> dict:

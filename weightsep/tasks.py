@@ -2,7 +2,7 @@
 
 A task folder (``cifar10/``, ``mnist/`` ...) holds a ``task.py`` that declares one
 ``TASK = TaskSpec(...)``: input shape, class count, layer list and data file names
-(the facts of shared/ARCHITECTURES.md).  No algorithm code lives in a task folder.
+(docs/NETWORKS.md).  No algorithm code lives in a task folder.
 A spec may instead give ``build_model``, a function returning any Keras model with
 that input shape and class count: the rest of the toolkit only uses the model's
 trainable variables, so arbitrary architectures work too.  A user adds a new DNN by
@@ -90,7 +90,7 @@ class TaskSpec:
     """A task: its network architecture and its data files.
 
     conv: (kernel_h, kernel_w, filters) per convolution; each is stride 1, VALID,
-    with bias, then LeakyReLU(0.2) and 2x2 max-pool (ARCHITECTURES.md).
+    with bias, then LeakyReLU(0.2) and 2x2 max-pool (docs/NETWORKS.md).
     dense: units of the hidden dense layers, each followed by ``dense_activation``
     ("leaky_relu" or "sigmoid"); a final dense layer of ``num_classes`` units and a
     softmax follow.

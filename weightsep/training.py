@@ -1,7 +1,7 @@
 """Training: pretraining a task's own network, and the paper's per-task optimization of a
 separated task with the overlapping loss.
 
-Optimization of task t (DESIGN.md section 3), as the original's ``train_vnn`` +
+Optimization of task t (the paper's overlapping loss), as the original's ``train_vnn`` +
 ``pintle.v_train``: start from its materialized weights (shared pool + its exclusive pages);
 loss = cross-entropy + lamb * overlap with
 
