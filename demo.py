@@ -356,7 +356,8 @@ def report_lines(session, execution: dict, timings: dict, plots_made: dict, out:
     total = sum(timings.values())
     lines += ["", "## Settings and time per stage", "",
               f"- tasks: {', '.join(r['task'] for r in rows)}",
-              f"- pretrain: {pretrain_text(steps)} (Adam, lr {opt.lr:g}, batch {opt.batch_size}, loss {opt.loss})",
+              f"- pretrain: {report.pretraining(steps, FLAGS.pretrain_iter)} (Adam, lr {opt.lr:g}, "
+              f"batch {opt.batch_size}, loss {opt.loss})",
               f"- formation: add (Fisher on {opt.fisher_samples} examples, separation with TPR 1.0 and margin "
               f"{opt.margin}, {opt.matching} matching, init {opt.init}) then {plural(FLAGS.formation_iter, 'step')} "
               f"per task",
@@ -375,16 +376,6 @@ def report_lines(session, execution: dict, timings: dict, plots_made: dict, out:
     lines += ["", "## Plots", ""]
     lines += [f"- [{title}]({path.relative_to(out)})" for title, path in plots_made.items()]
     return lines
-
-
-def pretrain_text(steps: dict) -> str:
-    """How the networks were pretrained: the demo's steps, and the kept networks' own."""
-    kept = {name: n for name, n in steps.items() if n != FLAGS.pretrain_iter}
-    text = f"{plural(FLAGS.pretrain_iter, 'step')} per task"
-    if kept:
-        text += "; kept from an earlier run: " + ", ".join(
-            f"{name} ({plural(n, 'step') if n else 'steps unknown'})" for name, n in kept.items())
-    return text
 
 
 def run():

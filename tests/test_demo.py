@@ -98,3 +98,32 @@ def test_demo_accuracies_equal_evaluation_of_the_state(demo):
     switching = re.search(r"\| Weight-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     baseline = re.search(r"\| Non-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     assert switching and baseline and float(switching[1]) > 0 and float(baseline[1]) > 0
+
+
+def test_pretraining_line_names_kept_networks():
+    from weightsep.report import pretraining
+    assert pretraining({"hhar": 30, "mnist": 30}, 30) == "30 steps per task"
+    assert pretraining({"hhar": 100, "mnist": 500, "gsc": None}, 500) == \
+        "500 steps per task; kept from an earlier run: hhar (100 steps), gsc (steps unknown)"
+
+
+def run_demo(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "demo.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_demo_refuses_an_output_folder_it_did_not_write(tmp_path):
+    """Checked before anything moves: a folder of other files, the repository, a bad DEMO_* value."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("months of work")
+    result = run_demo("-out=mine", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: -out=mine: ") and "holds files the demo did not write" in result.stderr
+    assert "-out=mine_2" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (tmp_path / "mine" / "thesis.tex").is_file()
+    result = run_demo(f"-out={REPO}", cwd=tmp_path)
+    assert result.returncode == 2 and "would hold the demo's output" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "demo.py")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO), DEMO_ROUNDS="two"))
+    assert result.returncode == 2 and result.stderr.startswith("error: DEMO_ROUNDS='two': ")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]

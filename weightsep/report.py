@@ -147,3 +147,15 @@ def _scales_note(page_dtype: str) -> str:
     if fmt.grouped:
         return f" + {fmt.scale_dtype} group scales, int8 low nibbles and page kinds"
     return f" + one {fmt.scale_dtype} scale per page" if fmt.quantized else ""
+
+
+def pretraining(steps: dict, iters: int) -> str:
+    """How a run's networks were pretrained: ``iters`` steps per task, and the networks kept from
+    an earlier run with their own step counts ({task: steps}, None where unknown)."""
+    def count(n):
+        return "steps unknown" if n is None else f"{n} step{'' if n == 1 else 's'}"
+    kept = {name: n for name, n in steps.items() if n != iters}
+    text = f"{count(iters)} per task"
+    if kept:
+        text += "; kept from an earlier run: " + ", ".join(f"{name} ({count(n)})" for name, n in kept.items())
+    return text
