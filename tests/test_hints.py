@@ -99,3 +99,13 @@ def test_import_without_checkpoint_says_where_the_checkpoints_are(tmp_path):
     result = run_main("-mode=import", f"-network_path={folder}", check=False)
     assert_one_line_error(result, "mnist.meta", "https://github.com/weight-separation/WeightSeparation",
                           "-mode=import -network_path=WeightSeparation/mnist")
+
+
+def test_adding_a_task_twice_names_the_remove_command(tiny_state, tiny_tasks, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    add = ("-mode=a", f"-network_path={tiny_tasks['tiny_a']}", f"-state_dir={state}", "-data=synthetic")
+    result = run_main(*add, check=False)
+    assert_one_line_error(result, "task tiny_a is already in the state")
+    run_printed(printed_command(result.stderr.strip(), "remove it first: "))
+    assert "total_network_cost:" in run_main(*add).stdout
+    assert sorted(rec.name for rec in Store(state).load().tasks) == ["tiny_a", "tiny_b"]

@@ -308,11 +308,11 @@ def _file_shapes(path: Path) -> list[tuple]:
 def load_network(task: TaskSpec, path: Path | None = None, layout: str = "natural") -> Network:
     """Build the task's model and restore its saved weights; errors name the file and the fix."""
     path = Path(path or network_file(task))
+    folder = str(task.folder) if task.folder is not None else task.name
+    pretrain = command("WeightSeparation.py", "-mode=pretrain", f"-network_path={folder}")
     if not path.is_file():
-        folder = str(task.folder) if task.folder is not None else task.name
         raise WeightSepError(
-            f"no trained network for task {task.name}: {path} is missing; run "
-            f"{command('WeightSeparation.py', '-mode=pretrain', f'-network_path={folder}')} "
+            f"no trained network for task {task.name}: {path} is missing; run {pretrain} "
             f"(add -data=synthetic for the offline data) or -mode=import an original checkpoint")
     net = Network(task, layout=layout)
     try:
@@ -321,14 +321,14 @@ def load_network(task: TaskSpec, path: Path | None = None, layout: str = "natura
         found = _file_shapes(path)
         if not found:
             raise WeightSepError(f"cannot load network file {path} for task {task.name}: it is not a Keras "
-                                 f"weights file (corrupt or truncated); re-run -mode=pretrain or -mode=import") from None
+                                 f"weights file (corrupt or truncated); delete it and run {pretrain} (or -mode=import)") from None
         raise WeightSepError(
             f"network file {path} does not fit task {task.name}: it holds arrays of shapes "
             f"{', '.join(str(s) for s in found)}, the model needs {', '.join(str(s) for s in net.shapes)}; "
-            f"it belongs to another network: re-run -mode=pretrain or -mode=import") from None
+            f"it belongs to another network: run {pretrain} (or -mode=import)") from None
     bad = int(np.count_nonzero(~np.isfinite(net.get_vector())))
     if bad:
-        raise WeightSepError(f"network file {path} holds {bad} non-finite weights; re-run -mode=pretrain")
+        raise WeightSepError(f"network file {path} holds {bad} non-finite weights; run {pretrain}")
     return net
 
 

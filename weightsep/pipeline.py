@@ -20,7 +20,7 @@ import numpy as np
 from weightsep import data as datasets
 from weightsep import fisher as fisher_lib
 from weightsep import matching, separation
-from weightsep.errors import WeightSepError
+from weightsep.errors import WeightSepError, command
 from weightsep.limits import DEFAULT_GROUP_SIZE, DEFAULT_INT8_PAGES
 from weightsep.networks import Network, load_network
 from weightsep.pages import gather_pages, num_pages, to_pages
@@ -226,8 +226,9 @@ def prepare_add(session: Session, task: TaskSpec) -> PreparedTask:
     if store.exists():
         store.load()
         if store.has_task(task.name):
-            raise WeightSepError(f"task {task.name} is already in the state in {store.dir}; "
-                                 f"remove it first with -mode=r -vnn_name={task.name}")
+            remove = command("WeightSeparation.py", "-mode=r", f"-vnn_name={task.name}", f"-state_dir={store.dir}")
+            raise WeightSepError(f"task {task.name} is already in the state in {store.dir}; to add it again, "
+                                 f"remove it first: {remove}")
     session.use_spec(task)
     net = load_network(task, layout=store.layout if store.exists() else session.options.layout)
     return PreparedTask(task, net, session.split(task.name, "train"), session.split(task.name, "test"))
