@@ -141,7 +141,8 @@ def _unknown_task(store, name: str) -> str:
         fixed = ",".join(guess if n == name else n for n in _names())
         corrected = cli.command("WeightSeparation.py", *cli.flag_args(
             FLAGS, [flag for flag in OWN_FLAGS if flag != "network_path"], vnn_name=fixed))
-        return f"task {name} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? run {corrected}"
+        return (f"task {name} is not in the state in {store.dir} (tasks: {listed}); did you mean {guess}? "
+                f"run {corrected}")
     folder = Path(REPO_ROOT) / name
     add = (cli.command("WeightSeparation.py", "-mode=a", f"-network_path={folder}", f"-state_dir={FLAGS.state_dir}")
            if (folder / "task.py").is_file() else
@@ -512,14 +513,15 @@ MODES: dict[str, Mode] = {
                state="use"),
     "tpr": Mode(mode_tpr, T, "target performance rate and the exclusive pages it gives",
                 tasks=1, state="use"),
-    "w": Mode(mode_export_weights, "[-Q=8 -export_dir=D]", "the original's binary files: pool and exclusive pages (float32, "
-              "int16 Q-format)", state="need", writes="export_dir"),
+    "w": Mode(mode_export_weights, "[-Q=8 -export_dir=D]",
+              "the original's binary files: pool and exclusive pages (float32, int16 Q-format)", state="need",
+              writes="export_dir"),
     "p": Mode(mode_export_page_tables, "[-export_dir=D -print_tables]", "the original's binary page tables (uint16)",
               state="need", writes="export_dir"),
     "testdata": Mode(mode_export_test_data, "[-vnn_name=A,B] [-num_examples=K]", "the original's test-data files "
                      "(<task>_t inputs, <task>_l labels) for a device", state="need", writes="export_dir"),
-    "pf": Mode(mode_plot_fisher_separated, T, "plot: Fisher per page of the separated task (recomputed): pf_T.png", tasks=1,
-               state="need", writes="plot_dir"),
+    "pf": Mode(mode_plot_fisher_separated, T, "plot: Fisher per page of the separated task (recomputed): pf_T.png",
+               tasks=1, state="need", writes="plot_dir"),
     "pw": Mode(mode_plot_weights_separated, T, "plot: mean |w| per page of the separated task: pw_T.png", tasks=1,
                state="need", writes="plot_dir"),
     "pnf": Mode(mode_plot_fisher_network, T, "plot: Fisher per page of the task's network (at add): pnf_T.png",
@@ -530,14 +532,16 @@ MODES: dict[str, Mode] = {
                  tasks=1, state="need", writes="plot_dir"),
     "pnwh": Mode(mode_plot_weights_histogram, T, "plot: histogram of the network's weights: pnwh_T.png", tasks=1,
                  state="need", writes="plot_dir"),
-    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B", "plot: overlapping cost of A's x B's pages: heatmap_A_B.png", tasks=2,
-                    state="need", writes="plot_dir"),
+    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B", "plot: overlapping cost of A's x B's pages: heatmap_A_B.png",
+                    tasks=2, state="need", writes="plot_dir"),
     "pretrain": Mode(mode_pretrain, "-network_path=T [-iter=2000]", "train a task's own network",
                      needs=("network_path",), ours=True),
-    "import": Mode(mode_import, "-network_path=DIR [-vnn_name=T]", "import an original TF1 checkpoint (DIR/T.meta ...)", needs=("network_path",), ours=True),
-    "o": Mode(mode_optimize, "[-rounds=100 -passes=10 -iter=32]", "optimization.sh in one process (round i/N, time left)", state="need", ours=True),
-    "quantize": Mode(mode_quantize, "-out_dir=D -page_dtype=int8", "a quantized copy of a float32 state", needs=("out_dir",),
-                     state="need", writes="out_dir", ours=True),
+    "import": Mode(mode_import, "-network_path=DIR [-vnn_name=T]", "import an original TF1 checkpoint (DIR/T.meta ...)",
+                   needs=("network_path",), ours=True),
+    "o": Mode(mode_optimize, "[-rounds=100 -passes=10 -iter=32]",
+              "optimization.sh in one process (round i/N, time left)", state="need", ours=True),
+    "quantize": Mode(mode_quantize, "-out_dir=D -page_dtype=int8", "a quantized copy of a float32 state",
+                     needs=("out_dir",), state="need", writes="out_dir", ours=True),
     "blob": Mode(mode_export_blob, "[-export_dir=D]", "weights.wsb: the whole state in one file for runtime_c/ "
                  "(docs/FORMAT.md)", state="need", writes="export_dir", ours=True),
     "loss": Mode(mode_loss, T, "the training loss terms and accuracies now", tasks=1,
