@@ -78,6 +78,18 @@ def test_numpy_gather_shares_its_buffer_with_the_inference(states):
         assert array.shape == (count,) and array.dtype == dtype and array.ctypes.data % 64 == 0
 
 
+def test_int4_state_without_int8_pages_switches_from_disk(states, tmp_path):
+    """An int4 state with no int8 page (-int8_pages=0): the tasks' int8 rows are empty reads."""
+    state = convert_state(states["float32"], tmp_path / "int4_0", "int4", int8_pages=0.0).dir
+    store = Store(state).load()
+    assert not (store.quantized("exclusive").bits == 8).any()
+    for gather in ("numpy", "op"):
+        with WSRuntime(state, device="cpu", secondary="disk", gather=gather, log=None) as runtime:
+            for name in ("tiny_b", "tiny_a"):
+                runtime.switch(name)
+                np.testing.assert_array_equal(runtime.current_weights(), store.materialize(name))
+
+
 def test_quantized_switches_read_fewer_bytes(states):
     """A switch reads the task's exclusive rows in their stored form: int8 a quarter of float32
     plus 4 bytes of scale per page, int4 an eighth plus a float16 scale per group of 64 and a kind

@@ -349,6 +349,8 @@ class _PreadRows:
         return runs
 
     def read(self, runs, buffer: np.ndarray) -> None:
+        if not runs:  # nothing to read (e.g. a task without int8 pages): an empty buffer has no byte view
+            return
         view = memoryview(buffer).cast("B")
         for file_offset, buffer_offset, size in runs:
             got = os.preadv(self.fd, [view[buffer_offset:buffer_offset + size]], file_offset)
