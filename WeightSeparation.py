@@ -35,6 +35,9 @@ flags.DEFINE_bool("print_tables", False, "-mode=p: print every page table in ful
 flags.DEFINE_string("state_dir", ".", "where the separated state lives")
 flags.DEFINE_string("out_dir", None, "-mode=quantize: the new state directory (must not exist or be empty)")
 flags.DEFINE_enum("target", "vnn", ["vnn", "network"], "-mode=e: the separated task (vnn) or its own network")
+flags.DEFINE_enum("heatmap", "original", ["original", "pages"], "-mode=heatmap: the original's figure (chunks "
+                  "of 100 weights, every element counted) or ours (the state's pages, the matching's cost, shared "
+                  "pairs marked)")
 flags.DEFINE_string("plot_dir", None, "plot modes: folder of the PNG files (default <state_dir>/plots)")
 flags.DEFINE_enum("distribute", "none", ["none", "multi_worker"],
                   "-mode=pretrain/t/o: none (one process, the original) or multi_worker (data-parallel on the workers of "
@@ -49,7 +52,7 @@ BOUNDS = {**cli.METHOD_BOUNDS, "iter": (1, 10_000_000), "rounds": (1, 1_000_000)
           "Q": (0, MAX_Q), "verbose": (0, 2), "num_examples": (1, 2**31 - 1)}
 OWN_FLAGS = ("mode", "network_path", "vnn_name", "iter", "rounds", "passes", "Q", "export_dir", "num_examples",
              "print_tables",
-             "state_dir", "out_dir", "target", "plot_dir", "distribute", "verbose", *cli.METHOD_FLAGS)
+             "state_dir", "out_dir", "target", "heatmap", "plot_dir", "distribute", "verbose", *cli.METHOD_FLAGS)
 
 
 @dataclasses.dataclass
@@ -487,13 +490,14 @@ def mode_plot_weights_histogram(call: Call):
 
 def mode_heatmap(call: Call):
     from weightsep import plots
-    print(f"saved {plots.sharing_cost_heatmap(call.store, call.names[0], call.names[1], _plot_dir()).path}")
+    plot = plots.sharing_cost_heatmap(call.store, call.names[0], call.names[1], _plot_dir(), FLAGS.heatmap)
+    print(f"saved {plot.path}")
 
 
 # Every mode, one row each: -help lists them from here, and run() calls the row's function.
 T = "-vnn_name=T"
 MODES: dict[str, Mode] = {
-    "l": Mode(mode_list, "", "list tasks, pool occupation, packing in weights and bytes",
+    "l": Mode(mode_list, "", "list tasks and the raw occupation table (the original's), then occupation and packing",
               state="need"),
     "a": Mode(mode_add, "-network_path=T", "add a task: Fisher, separation, overlapping",
               needs=("network_path",), writes="state_dir"),
@@ -532,8 +536,9 @@ MODES: dict[str, Mode] = {
                  tasks=1, state="need", writes="plot_dir"),
     "pnwh": Mode(mode_plot_weights_histogram, T, "plot: histogram of the network's weights: pnwh_T.png", tasks=1,
                  state="need", writes="plot_dir"),
-    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B", "plot: overlapping cost of A's x B's pages: heatmap_A_B.png",
-                    tasks=2, state="need", writes="plot_dir"),
+    "heatmap": Mode(mode_heatmap, "-vnn_name=A,B [-heatmap=pages]", "plot: sharing cost of A x B as the original drew "
+                    "it (-heatmap=pages: per page of the state): heatmap_A_B.png", tasks=2, state="need",
+                    writes="plot_dir"),
     "pretrain": Mode(mode_pretrain, "-network_path=T [-iter=2000]", "train a task's own network",
                      needs=("network_path",), ours=True),
     "import": Mode(mode_import, "-network_path=DIR [-vnn_name=T]", "import an original TF1 checkpoint (DIR/T.meta ...)",

@@ -101,17 +101,17 @@ def test_no_mode_lists_the_state_as_the_original(tiny_state):
     lines = default.stdout.splitlines()
     store = Store(tiny_state).load()
     S = store.page_size
-    assert lines[0].startswith(f"state {tiny_state}: 2 tasks, pool 16 pages x 64 weights")
-    assert lines[1] == "[VNN list]"
-    for line, rec in zip(lines[2:4], store.tasks):
+    assert lines[0] == "[VNN list]"
+    for line, rec in zip(lines[1:3], store.tasks):
         exclusive = sum(len(range(p * S, min((p + 1) * S, rec.num_weights))) for p in rec.exclusive_pages)
         k = len(rec.exclusive_pages)
-        assert line.startswith(
+        assert line == (
             f"Name: {rec.name}, id: {rec.id}, path: {rec.network_path}, num_of_weight: {rec.num_weights} "
             f"({rec.num_weights - exclusive}/{exclusive}), "
             f"num_of_page: {rec.num_pages} ({rec.num_pages - k}/{k})"), line
     assert [rec.name for rec in store.tasks] == ["tiny_a", "tiny_b"]
-    assert "[Weight page] total 16 weight pages" in lines
+    assert lines[3:5] == ["", "[Weight page] total 16 weight pages"]
+    assert any(line.startswith(f"state {tiny_state}: 2 tasks, pool 16 pages x 64 weights") for line in lines[5:])
 
 
 # ---- flags out of range: one line, status 2, nothing written --------------------------
@@ -286,9 +286,18 @@ def test_target_loss_alpha_loss_and_tpr(tiny_state, tiny_tasks):
     assert printed["current_loss"] == pytest.approx(loss, rel=1e-5)
     assert printed["target_loss"] == pytest.approx(loss * (alpha_acc + 1 - 0.9), rel=1e-5)
     assert printed["target_loss"] == separation.target_loss(printed["current_loss"], printed["alpha_accuracy"], 0.9)
+    # The original's lines in its order: compute_target_loss, its pintle's accuracy line (on the
+    # training split), compute_loss with its batch ranges of 30,000, then the values.
+    accuracy = np.mean(probs.argmax(axis=1) == train.y)
+    target_lines = ["compute_target_loss", f"tiny_a inference accuracy: {accuracy:f}", "compute_loss", "0 30000"]
+    lines = out.splitlines()
+    assert lines[:4] == target_lines
+    assert [line.split(":")[0] for line in lines[4:]] == ["alpha_accuracy", "current_loss", "target_loss"]
+    assert lines[6].startswith("target_loss:  ")  # print('target_loss: ', x): two spaces
 
     out = run_main("-mode=cl", *common).stdout
     assert float(one_value(out, "loss:")) == printed["current_loss"]
+    assert out.splitlines()[:3] == ["compute_loss", "0 30000", f"loss: {printed['current_loss']}"]
 
     out = run_main("-mode=tpr", *common).stdout
     assert one_value(out, "Target performance rate:") == "1.0"
@@ -299,6 +308,8 @@ def test_target_loss_alpha_loss_and_tpr(tiny_state, tiny_tasks):
                                          f"(margin {TINY_OPTIONS['margin']:g}, as the task was added)")
     assert one_value(run_main("-mode=tpr", *common, "-margin=0.1").stdout, "tiny_a:").endswith("(margin 0.1, -margin)")
     out = run_main("-mode=tpr", *common, "-target_accuracy=0.9").stdout
+    assert out.splitlines()[:6] == ["compute_loss", "0 30000", *target_lines]
+    assert out.splitlines()[8].startswith("Target performance rate: ")
     target_loss = loss * (alpha_acc + 1 - 0.9)
     assert float(one_value(out, "Target performance rate:")) == pytest.approx(
         max(0.0, 1 - (target_loss - loss) / loss), rel=1e-5)
@@ -348,7 +359,8 @@ def test_train_prints_the_original_lines_and_rewrites_the_weight_vector(tiny_sta
         i = lines.index(next(line for line in lines if line.startswith(f"step {step}, training")))
         assert valid.fullmatch(lines[i + 1]) and lines[i + 1].startswith(f"step {step}, ")
     kept = re.compile(r"get new weight for 0\.\d{6}")
-    for line in lines[:-1]:
+    assert lines[:2] == ["get_overlapping_loss", "v_train"]  # the original's, before its loop
+    for line in lines[2:-1]:
         assert train.fullmatch(line) or valid.fullmatch(line) or kept.fullmatch(line), line
     store = Store(state).load()
     assert lines[-1].startswith("tiny_b: ")
@@ -432,7 +444,7 @@ def test_corrupt_registry_is_one_line_naming_the_file(tiny_state, tmp_path):
         assert_one_line_error(result, str(path), "tiny_a")
         assert result.returncode == 1
     path.write_text(json.dumps(resign(good)))  # the reader of the checksum above is right
-    assert run_main("-mode=l", f"-state_dir={state}").stdout.splitlines()[1] == "[VNN list]"
+    assert run_main("-mode=l", f"-state_dir={state}").stdout.splitlines()[0] == "[VNN list]"
 
 
 def test_readme_lists_the_modes_of_the_table():

@@ -170,7 +170,7 @@ def test_plot_modes_of_the_cli_write_named_files(session, tmp_path):
                           "-fisher_samples=10")
         path = tmp_path / f"{mode}_{tasks.replace(',', '_')}.png"
         assert result.stdout == f"saved {path}\n"
-        assert png_size(path) == inches_to_pixels(plots.SQUARE if mode == "heatmap" else plots.WIDE)
+        assert png_size(path) == inches_to_pixels(plots.ORIGINAL_HEATMAP if mode == "heatmap" else plots.WIDE)
     rec = store.task("hhar")
     w = store.materialize("hhar")
     pw = plots.separated_weights_per_page(store, "hhar", tmp_path).data["mean_abs"]
@@ -194,3 +194,68 @@ def test_page_bars_keep_the_legend_off_the_bars_and_name_what_a_log_axis_hides(t
     assert legend.y1 <= axes_box.y0  # wholly below the plotting area
     assert ax.get_title() == "title (2 pages of zero not drawn)"
     assert png_size(tmp_path / "bars.png") == inches_to_pixels(plots.WIDE)
+
+
+def test_original_heatmap_follows_the_original_axes_and_cost(session, tmp_path):
+    """The default heatmap: chunks of 100 weights, min(n_a, n_b) // 100 of each, every element
+    counted; rows are the second task's chunks (drawn from the bottom), columns the first's."""
+    store = session.store
+    plot = plots.sharing_cost_heatmap(store, "hhar", "mnist", tmp_path)
+    assert plot.path == tmp_path / "heatmap_hhar_mnist.png"
+    assert png_size(plot.path) == inches_to_pixels(plots.ORIGINAL_HEATMAP)
+    wa, fa = store.load_vector("hhar", "network_weight"), store.load_vector("hhar", "network_fisher")
+    wb, fb = store.load_vector("mnist", "network_weight"), store.load_vector("mnist", "network_fisher")
+    k = min(len(wa), len(wb)) // 100
+    cost = plot.data["cost"]
+    assert cost.shape == (k, k) == (651, 651)  # hhar's 65,114 weights, the smaller network
+    for j, i in [(0, 0), (7, 3), (k - 1, k - 1), (100, 10), (5, 600)]:
+        a, b = slice(100 * i, 100 * i + 100), slice(100 * j, 100 * j + 100)
+        expected = sum((float(wa[x]) - float(wb[y])) ** 2 * (float(fa[x]) + float(fb[y]))
+                       for x, y in zip(range(a.start, a.stop), range(b.start, b.stop)))
+        assert cost[j, i] == pytest.approx(expected, rel=1e-9)
+    assert plot.data["zero_cells"] == int(np.sum(cost <= 0))
+    pages = plots.sharing_cost_heatmap(store, "hhar", "mnist", tmp_path / "ours", heatmap="pages")
+    assert pages.data["cost"].shape == (store.task("hhar").num_pages, store.task("mnist").num_pages)
+
+
+def zero_colour_pixels(path) -> int:
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+    rgb = imread(path)[..., :3]
+    return int(np.sum(np.all(np.abs(rgb - np.array(to_rgb(plots.ZERO_COST_COLOR))) < 2 / 255, axis=-1)))
+
+
+def test_zero_cost_cells_have_their_own_colour(tmp_path):
+    """A zero-cost cell is drawn in ZERO_COST_COLOR, a colour of neither colour scale, so that it
+    is told apart from the darkest and the lightest costs; a figure without one has no such pixel."""
+    import matplotlib
+    from matplotlib.colors import to_rgb
+    from weightsep.store import Store, TaskRecord
+    from weightsep.tasks import TaskSpec
+    zero = np.array(to_rgb(plots.ZERO_COST_COLOR))
+    for cmap in ("Blues", "viridis"):
+        colors = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
+        assert np.min(np.abs(colors - zero).sum(axis=1)) > 0.5, cmap
+    # Two tasks of 300 weights (3 chunks of 100, 3 pages of 100); the first 100 Fisher values of both are zero.
+    store = Store(tmp_path / "st")
+    rng = np.random.default_rng(0)
+    spec = TaskSpec(name="x", input_shape=(1, 1, 1), num_classes=2, dense=(1,)).to_json()
+    with store.writer():
+        store.create(page_size=100, num_pages=4)
+        for name, table in (("ta", [0, 1, 2]), ("tb", [1, 2, 3])):
+            fisher = rng.random(300).astype(np.float32)
+            fisher[:100] = 0
+            store.add_task(TaskRecord(name=name, num_weights=300, page_table=table, exclusive_pages=[],
+                                      spec=dict(spec, name=name)), np.zeros((0, 100), np.float32),
+                           vectors={"network_weight": rng.normal(size=300).astype(np.float32),
+                                    "network_fisher": fisher})
+    original = plots.plot_original_heatmap(store, "ta", "tb", tmp_path / "original.png")
+    assert original.data["cost"][0, 0] == 0 and original.data["zero_cells"] == 1
+    pages = plots.plot_sharing_cost(store, "ta", "tb", tmp_path / "pages.png")
+    assert pages.data["zero_cells"] == 5  # the matching's cost: page 0 of either task costs zero
+    assert zero_colour_pixels(original.path) > 100 and zero_colour_pixels(pages.path) > 100
+    store.load()
+    with store.writer():
+        store.commit_task("tb", vectors={"network_fisher": np.ones(300, np.float32)})
+    none = plots.plot_original_heatmap(store, "ta", "tb", tmp_path / "none.png")
+    assert none.data["zero_cells"] == 0 and zero_colour_pixels(none.path) == 0

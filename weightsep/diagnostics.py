@@ -9,7 +9,8 @@ from weightsep import fisher as fisher_lib
 from weightsep import separation
 from weightsep.errors import WeightSepError
 from weightsep.networks import load_network
-from weightsep.pipeline import Session, overlap_for, total_network_cost
+from weightsep.pipeline import (Session, compute_loss_lines, original_target_loss_lines, overlap_for,
+                                total_network_cost)
 from weightsep.training import cross_entropy
 from weightsep.tf import tf
 
@@ -90,18 +91,20 @@ def _alpha_loss(session: Session, name: str):
 
 
 def alpha_loss_lines(session: Session, name: str) -> list[str]:
-    """-mode=cl: the alpha-loss of the task's own network on its training split."""
-    _, _, _, (loss, alpha_acc) = _alpha_loss(session, name)
-    return [f"loss: {loss}", f"{name}: alpha {session.options.alpha} alpha-accuracy {alpha_acc:.6f}"]
+    """-mode=cl: the alpha-loss of the task's own network on its training split (the original's
+    lines, then ours)."""
+    _, train, _, (loss, alpha_acc) = _alpha_loss(session, name)
+    return [*compute_loss_lines(len(train.y)), f"loss: {loss}",
+            f"{name}: alpha {session.options.alpha} alpha-accuracy {alpha_acc:.6f}"]
 
 
 def target_loss_lines(session: Session, name: str) -> list[str]:
-    """-mode=tl: the original's target loss for -target_accuracy."""
+    """-mode=tl: the original's target loss for -target_accuracy, with its lines."""
     target = session.options.target_accuracy
     if target is None:
         raise WeightSepError("-mode=tl needs -target_accuracy=<0..1>")
-    _, _, _, (loss, alpha_acc) = _alpha_loss(session, name)
-    return [f"alpha_accuracy: {alpha_acc}", f"current_loss: {loss}",
+    _, train, probs, (loss, alpha_acc) = _alpha_loss(session, name)
+    return [*original_target_loss_lines(name, probs, train.y, session.options.alpha),
             f"target_loss:  {separation.target_loss(loss, alpha_acc, target)}"]
 
 
@@ -122,6 +125,9 @@ def tpr_lines(session: Session, name: str) -> list[str]:
     else:
         margin, source = float(recorded), "as the task was added"
     sep = separation.separate(fisher, net.num_weights, page_size, tpr, margin, num_shared, opt.use_exclusive_page)
-    return [f"Target performance rate: {tpr}",
+    original = compute_loss_lines(len(train.y))
+    if opt.target_accuracy is not None:
+        original += original_target_loss_lines(name, probs, train.y, opt.alpha)
+    return [*original, f"Target performance rate: {tpr}",
             f"{name}: {sep.num_of_exclusive_weight_page} exclusive pages {sep.exclusive_pages.tolist()} "
             f"(margin {margin:g}, {source})"]

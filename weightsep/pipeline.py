@@ -155,15 +155,16 @@ STATE_WIDE = (("page_size", "page_size"), ("num_pages", "num_pages"), ("page_dty
               ("transpose", "layout"))
 
 
-def ensure_state(store: Store, options: Options, log: Log = print_log) -> None:
-    """Create the state on first use; refuse state-wide flags that contradict an existing one."""
+def ensure_state(store: Store, options: Options, log: Log = print_log) -> bool:
+    """Create the state on first use (True when it did, printing the original's two lines);
+    refuse state-wide flags that contradict an existing one."""
     if not store.exists():
         store.create(page_size=options.page_size, num_pages=options.num_pages, seed=options.seed,
                      page_dtype=options.page_dtype, layout=options.layout,
                      group_size=options.group_size if options.page_dtype == "int4" else None)
-        log(f"init new weight pages ({options.num_pages} shared pages of {options.page_size} weights, "
-            f"{options.page_dtype}, in {store.dir})")
-        return
+        log("init new weight pages")
+        log("no exclusive weight pages")
+        return True
     store.load()
     for flag, attribute in STATE_WIDE:
         have = getattr(store, attribute)
@@ -175,6 +176,7 @@ def ensure_state(store: Store, options: Options, log: Log = print_log) -> None:
                 f"drop the flag, or use another -state_dir to start a new state")
     options.page_size, options.num_pages = store.page_size, store.num_pages
     options.page_dtype, options.transpose = store.page_dtype, store.layout == "transposed"
+    return False
 
 
 def pool_fisher(store: Store) -> np.ndarray:
@@ -244,29 +246,45 @@ def add_task(session: Session, task: TaskSpec, log: Log = print_log,
     if prepared is None or prepared.task is not task:
         prepared = prepare_add(session, task)
     net, train, test = prepared.network, prepared.train, prepared.test
-    ensure_state(store, opt, log)
+    # The original's lines are logged in its order and wording as the work goes; ours (timings,
+    # settings) are collected and logged after them.
+    ours = []
+    if ensure_state(store, opt, log):
+        ours.append(f"new state in {store.dir}: {opt.num_pages} shared pages of {opt.page_size} weights, "
+                    f"{opt.page_dtype}")
     if net.layout != store.layout:
         net = load_network(task, layout=store.layout)
     session._networks[name] = net
     w = net.get_vector()
     n, S, P = net.num_weights, store.page_size, store.num_pages
-    log(f"add {name}: {n} weights from {task.path(task.name + '.weights.h5')}")
+    log("add_vnn")
+    log(str(store.vector_path(name, "network_weight")))
+    ours.append(f"add {name}: {n} weights from {task.path(task.name + '.weights.h5')}")
     seconds = {}
 
     start = time.perf_counter()
     fisher = fisher_lib.compute_fisher(net, w, train.x, k=opt.fisher_samples, seed=opt.seed)
     seconds["fisher"] = time.perf_counter() - start
-    log(f"compute_fisher {seconds['fisher'] * 1e3:.1f} ms ({opt.fisher_samples} examples)")
+    log("compute_fisher")
+    log("do_compute_fisher")
+    for i, index in enumerate(fisher_lib.sample_indices(len(train.x), opt.fisher_samples, opt.seed)):
+        log(f"{i:3d}, data_idx: {int(index):5d}")
+    log(str(store.vector_path(name, "network_fisher")))
+    ours.append(f"compute_fisher {seconds['fisher'] * 1e3:.1f} ms ({opt.fisher_samples} examples from "
+                f"{len(train.x)} training examples)")
 
     start = time.perf_counter()
     tpr = 1.0
     if opt.target_accuracy is not None:
-        tpr = separation.target_performance_rate(net.predict(train.x), train.y, opt.alpha, opt.target_accuracy)
+        probs = net.predict(train.x)
+        for line in compute_loss_lines(len(train.y)) + original_target_loss_lines(name, probs, train.y, opt.alpha):
+            log(line)
+        tpr = separation.target_performance_rate(probs, train.y, opt.alpha, opt.target_accuracy)
     sep = separation.separate(fisher, n, S, tpr, opt.margin, P, opt.use_exclusive_page)
     seconds["separation"] = time.perf_counter() - start
-    log(f"target performance rate {tpr:.6f}")
     for line in sep.summary_lines():
         log(line)
+    ours.append(f"target performance rate {tpr:.6f}")
 
     start = time.perf_counter()
     w_pages, f_pages = to_pages(w, S), to_pages(fisher, S)
@@ -275,11 +293,18 @@ def add_task(session: Session, task: TaskSpec, log: Log = print_log,
     if not store.tasks:  # the original places its first task on pool pages 0..m-1 (F_sum is 0: cost 0)
         assignment, cost = np.arange(len(sharable), dtype=np.int64), 0.0
     else:
+        counts = store.occupation_counts()
         result = matching.match_pages(w_pages[sharable], f_pages[sharable], store.shared, fsum,
-                                      store.occupation_counts(), method=opt.matching, task_pages=sharable)
+                                      counts, method=opt.matching, task_pages=sharable)
         assignment, cost = result.assignment, result.total_cost
+        for line in matching_lines(counts, assignment, result.page_costs):
+            log(line)
     seconds["matching"] = time.perf_counter() - start
-    log(f"assign_page {seconds['matching'] * 1e3:.3f} ms ({opt.matching})")
+    listed = str(np.asarray(assignment, np.int32))
+    for line in (f"assign_page {seconds['matching'] * 1e3:.3f} ms", "inexclusive_weight_page_list", listed,
+                 f"vnn.weight_page_list {listed}", "[calculate_cost]", f"toal_cost: {cost}"):
+        log(line)
+    ours += [f"matching: {opt.matching}", f"matching cost: {cost}"]
 
     table = np.full(num_pages(n, S), -1, np.int64)
     table[sharable] = assignment
@@ -294,9 +319,50 @@ def add_task(session: Session, task: TaskSpec, log: Log = print_log,
     record = store.add_task(record, w_pages[sep.exclusive_pages],
                             vectors={"network_weight": w, "network_fisher": fisher}, shared=shared)
     log(f"{len(sharable)} pages allocated for {sep.num_of_inexclusive_weight} weights")
-    log(f"matching cost: {cost}")
     log(f"total_network_cost: {total_network_cost(store)}")
+    ours.append(f"{name}: network test accuracy {network_accuracy:.6f}")
+    for line in ours:
+        log(line)
     return AddResult(record, sep, float(cost), network_accuracy, seconds)
+
+
+ALPHA_LOSS_BATCH = 30000  # the original computed the alpha-loss in batches of 30,000 and printed each range
+
+
+def compute_loss_lines(num_examples: int) -> list[str]:
+    """What the original's compute_loss printed: its name, then each batch's range."""
+    return ["compute_loss", *(f"{start} {start + ALPHA_LOSS_BATCH}" for start in range(0, num_examples,
+                                                                                          ALPHA_LOSS_BATCH))]
+
+
+def original_target_loss_lines(name: str, probs: np.ndarray, labels: np.ndarray, alpha: float) -> list[str]:
+    """What the original's compute_target_loss printed: its name, the network's accuracy on the
+    training split (its pintle's line), the alpha-loss's lines, the alpha-accuracy and the loss."""
+    loss, alpha_accuracy = separation.alpha_loss(probs, labels, alpha)
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == labels))
+    return ["compute_target_loss", f"{name} inference accuracy: {accuracy:f}", *compute_loss_lines(len(labels)),
+            f"alpha_accuracy: {alpha_accuracy}", f"current_loss: {loss}"]
+
+
+def matching_lines(counts: np.ndarray, assignment: np.ndarray, page_costs: np.ndarray) -> list[str]:
+    """The original's match_page_by_cost printout, from a matching's result: for each occupation
+    level 0, 1, ... its shared pages, the task pages still to place, and the level's cost, until
+    every page is placed."""
+    lines = ["[match_page_by_cost]"]
+    level_of = np.asarray(counts)[assignment]
+    left = len(assignment)
+    for level in range(int(np.max(counts)) + 1):
+        pages = int(np.sum(counts == level))
+        lines += [f"occupation: {level}", f"len(page_list): {pages}", f"len(network_page_list): {left}"]
+        if pages == 0:
+            lines += ["cost: 0", ""]
+            continue
+        placed = level_of == level
+        lines += [f"cost: {float(np.sum(page_costs[placed]))}", ""]
+        left -= int(np.sum(placed))
+        if not left:
+            break
+    return lines
 
 
 def merged_pool(store: Store, w_pages, f_pages, assignment, fsum) -> np.ndarray:
@@ -353,7 +419,9 @@ def train_task(session: Session, name: str, iters: int, log: Log = print_log) ->
     rec = store.task(name)
     train, selection = session.split(name, "train"), session.selection_split(name)
     trainer = session.trainer(name)
+    log("get_overlapping_loss")  # the original's lines before its training loop
     trainer.reset(session.pages_of(name), overlap_for(store, name), store.task_wide(name))
+    log("v_train")
     steps_before = int(rec.settings.get("trained_steps", 0))
     rng = np.random.default_rng([opt.seed, rec.id, steps_before])
     outcome: TrainOutcome = trainer.train(train.x, train.y, selection.x, selection.y, iters, rng,

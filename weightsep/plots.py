@@ -17,8 +17,16 @@ at the end) names the file and calls the figure:
     pnw      mean |w| per page of the task's network weights (stored at add)
     pnfh     histogram of the network Fisher values (log10, nonzero values)
     pnwh     histogram of the network weight values
-    heatmap  overlapping cost of every page of task a against every page of task b
-             (network weights and Fisher, as -mode=c), pairs that share a page marked
+    heatmap  the sharing cost of task a against task b, network weights and Fisher.  By default
+             as the original drew it (``plot_original_heatmap``): the weight vectors cut into
+             chunks of 100 weights, the first min(n_a, n_b) // 100 chunks of each, cost
+             sum (w_a - w_b)^2 (F_a + F_b) with no element left out, a's chunks on the x axis and
+             b's on the y axis from the bottom, blue shades on a log scale from the smallest to
+             the largest cost.  ``-heatmap=pages`` (ours, ``plot_sharing_cost``): the state's
+             pages, the matching's cost (elements where a Fisher is zero count zero), every page,
+             pairs that share a shared page marked.  Cells of zero cost (a log scale has no
+             place for them; the original's LogNorm from a zero minimum fails) are drawn in one
+             colour outside the colour scale and counted in the legend.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: figures are only saved
 
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -48,6 +56,11 @@ SQUARE = (8.0, 7.0)      # the heatmap
 SHARED_COLOR = "#8c8c8c"
 EXCLUSIVE_COLOR = "#e6550d"
 NETWORK_COLOR = "#3182bd"
+# Zero-cost heatmap cells: a colour neither colour scale uses (Blues runs white to navy, viridis
+# purple to yellow), so that they never pass for the lowest or the highest costs.
+ZERO_COST_COLOR = "#ff33cc"
+ORIGINAL_HEATMAP = (8.0, 4.5)  # the original's figure size
+ORIGINAL_CHUNK = 100           # the original's heatmap "pages": 100 weights, whatever the page size
 SEPARATED_COLOR = "#e6550d"
 
 
@@ -141,6 +154,58 @@ def sharing_cost(store: Store, a: str, b: str) -> dict:
                      np.int64).reshape(-1, 2)
     return {"cost": cost, "pairs": pairs, "exclusive_a": list(ra.exclusive_pages),
             "exclusive_b": list(rb.exclusive_pages)}
+
+
+def original_sharing_cost(store: Store, a: str, b: str, chunk: int = ORIGINAL_CHUNK) -> dict:
+    """The original's heatmap matrix: k = min(n_a // chunk, n_b // chunk) chunks of ``chunk``
+    weights of each task's network weights and Fisher; cost[j, i] = sum over the chunk of
+    (w_a[i] - w_b[j])^2 (F_a[i] + F_b[j]), every element counted (float64 here)."""
+    if a == b:
+        raise WeightSepError(f"the heatmap needs two different tasks, got {a},{b}")
+    vectors = [[store.load_vector(name, kind).astype(np.float64) for kind in ("network_weight", "network_fisher")]
+               for name in (a, b)]
+    k = min(len(vectors[0][0]), len(vectors[1][0])) // chunk
+    (wa, fa), (wb, fb) = ([v[:k * chunk].reshape(k, chunk) for v in pair] for pair in vectors)
+    cost = np.empty((k, k))
+    for start in range(0, k, 16):  # blocks of b's chunks bound the temporaries
+        rows = slice(start, min(k, start + 16))
+        cost[rows] = np.sum(np.square(wa[None] - wb[rows, None]) * (fa[None] + fb[rows, None]), axis=2)
+    return {"cost": cost, "chunk": chunk}
+
+
+def _zero_cells(ax, cost, origin: str) -> int:
+    """Draw the cells of zero cost in ZERO_COST_COLOR (above the masked colour image); their number."""
+    zero = cost <= 0
+    if np.any(zero):
+        overlay = np.ma.masked_where(~zero, np.ones_like(cost))
+        ax.imshow(overlay, cmap=ListedColormap([ZERO_COST_COLOR]), aspect="auto",
+                  interpolation="nearest", origin=origin)
+    return int(np.sum(zero))
+
+
+def plot_original_heatmap(store: Store, a: str, b: str, path) -> Plot:
+    """The original's sharing-cost heatmap (module doc): a's chunks across, b's up from the bottom."""
+    data = original_sharing_cost(store, a, b)
+    cost = data["cost"]
+    positive = cost[cost > 0]
+    fig = _figure(ORIGINAL_HEATMAP)
+    ax = fig.add_subplot()
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
+    image = ax.imshow(np.ma.masked_less_equal(cost, 0), cmap=matplotlib.colormaps["Blues"], norm=norm,
+                      aspect="auto", interpolation="nearest", origin="lower")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("sharing cost (log scale)")
+    ticks = np.arange(0, cost.shape[0], 100)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xlabel(f"{a}: chunk of {data['chunk']} weights")
+    ax.set_ylabel(f"{b}: chunk of {data['chunk']} weights")
+    zeros = data["zero_cells"] = _zero_cells(ax, cost, "lower")
+    if zeros:
+        ax.legend(handles=[Patch(color=ZERO_COST_COLOR, label=f"zero cost ({zeros} cell{'s' * (zeros != 1)})")],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=9)
+    ax.set_title(f"Sharing cost {a} x {b}: sum (w_a - w_b)^2 (F_a + F_b) per {data['chunk']} weights")
+    return Plot(_save(fig, path), data)
 
 
 # --- figures ------------------------------------------------------------------------
@@ -318,23 +383,26 @@ def plot_sharing_cost(store: Store, a: str, b: str, path) -> Plot:
     positive = cost[cost > 0]
     fig = _figure(SQUARE)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#f0f0f0")
-    masked = np.ma.masked_less_equal(cost, 0)
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
-    image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", origin="upper")
+    image = ax.imshow(np.ma.masked_less_equal(cost, 0), cmap=matplotlib.colormaps["viridis"], norm=norm,
+                      aspect="auto", interpolation="nearest", origin="upper")
     bar = fig.colorbar(image, ax=ax, shrink=0.85)
     bar.set_label("overlapping cost, log scale: sum (F_a + F_b)(w_a - w_b)^2")
+    zeros = data["zero_cells"] = _zero_cells(ax, cost, "upper")
     pairs = data["pairs"]
+    handles = []
     if len(pairs):
-        ax.scatter(pairs[:, 1], pairs[:, 0], s=6, c="red", marker="s", linewidths=0,
-                   label=f"pages on the same shared page ({len(pairs)})")
+        handles.append(ax.scatter(pairs[:, 1], pairs[:, 0], s=6, c="red", marker="s", linewidths=0,
+                                  label=f"pages on the same shared page ({len(pairs)})"))
+    if zeros:
+        handles.append(Patch(color=ZERO_COST_COLOR, label=f"zero cost: a Fisher is zero ({zeros} cell{'s' * (zeros != 1)})"))
     ax.set_xlabel(f"page of {b} ({cost.shape[1]} pages)")
     ax.set_ylabel(f"page of {a} ({cost.shape[0]} pages)")
     total = float(cost[pairs[:, 0], pairs[:, 1]].sum()) if len(pairs) else 0.0
     ax.set_title(f"Sharing cost {a} x {b} (network weights and Fisher)\n"
-                 f"cost of the pairs sharing a page: {total:.4g}; grey: zero cost (a Fisher is zero)")
-    if len(pairs):
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=9)
+                 f"cost of the pairs sharing a page: {total:.4g}")
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=9)
     data["shared_cost"] = total
     return Plot(_save(fig, path), data)
 
@@ -374,6 +442,15 @@ def network_weights_histogram(store: Store, name: str, plot_dir) -> Plot:
     return plot_histogram(store, name, Path(plot_dir) / f"pnwh_{name}.png", "weight")
 
 
-def sharing_cost_heatmap(store: Store, a: str, b: str, plot_dir) -> Plot:
-    """-mode=heatmap: the overlapping cost of a's pages against b's pages."""
-    return plot_sharing_cost(store, a, b, Path(plot_dir) / f"heatmap_{a}_{b}.png")
+HEATMAPS = ("original", "pages")
+
+
+def sharing_cost_heatmap(store: Store, a: str, b: str, plot_dir, heatmap: str = "original") -> Plot:
+    """-mode=heatmap: the sharing cost of a against b, as the original drew it (chunks of 100
+    weights), or with heatmap="pages" per page of the state (the matching's cost, shared pairs marked)."""
+    if heatmap not in HEATMAPS:
+        raise WeightSepError(f"-heatmap must be one of {', '.join(HEATMAPS)}, not {heatmap!r}")
+    path = Path(plot_dir) / f"heatmap_{a}_{b}.png"
+    if heatmap == "pages":
+        return plot_sharing_cost(store, a, b, path)
+    return plot_original_heatmap(store, a, b, path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from weightsep.pageformat import page_format
 from weightsep.store import Store
 
@@ -114,21 +116,55 @@ def markdown_table(store: Store) -> list[str]:
 
 
 def listing(store: Store) -> list[str]:
-    """-mode=l: the original's task lines, the pool's occupation, then the tables."""
+    """-mode=l: the original's lines (its task lines, then its raw occupation table), then ours:
+    the state's settings, training steps, an occupation histogram and the paper's tables."""
     S = store.page_size
-    lines = [f"state {store.dir}: {len(store.tasks)} tasks, pool {store.num_pages} pages x {S} weights "
-             f"({store.page_dtype}, {store.layout} layout), {store.num_exclusive} exclusive pages", "[VNN list]"]
+    lines = ["[VNN list]"]
     for rec in store.tasks:
         real = [min(S, rec.num_weights - page * S) for page in rec.exclusive_pages]
         exclusive = int(sum(real))
         sharable = rec.num_pages - len(rec.exclusive_pages)
         lines.append(f"Name: {rec.name}, id: {rec.id}, path: {rec.network_path}, num_of_weight: {rec.num_weights} "
                      f"({rec.num_weights - exclusive}/{exclusive}), num_of_page: {rec.num_pages} "
-                     f"({sharable}/{len(rec.exclusive_pages)}), trained {rec.settings.get('trained_steps', 0)} steps")
+                     f"({sharable}/{len(rec.exclusive_pages)})")
     lines += ["", f"[Weight page] total {store.num_pages} weight pages"]
+    lines += original_table_text(original_page_table(store)).splitlines()
+    lines += ["", f"state {store.dir}: {len(store.tasks)} tasks, pool {store.num_pages} pages x {S} weights "
+                  f"({store.page_dtype}, {store.layout} layout), {store.num_exclusive} exclusive pages"]
+    if store.tasks:
+        lines.append("trained steps: " + ", ".join(f"{rec.name} {rec.settings.get('trained_steps', 0)}"
+                                                   for rec in store.tasks))
     lines += occupation_histogram(store)
     lines.append("")
     return lines + markdown_table(store)
+
+
+def original_page_table(store: Store) -> list[list[list[int]]]:
+    """The original's occupation table (its weight_page_talbe): per shared page, one [task id, i]
+    per task page on it, tasks in the order they were added, where i is the page's rank among the
+    task's sharable pages (the original's index into its list of shared pages, not the task page)."""
+    P = store.num_pages
+    table: list[list[list[int]]] = [[] for _ in range(P)]
+    for rec in store.tasks:
+        on_pool = rec.page_table[rec.page_table < P]  # sharable pages, in ascending task-page order
+        for rank, page in enumerate(on_pool):
+            table[int(page)].append([rec.id, rank])
+    return table
+
+
+def original_table_text(table: list) -> str:
+    """The table as the original's print() showed it: a Python list before any task was added,
+    else the NumPy array np.save had made of it (an object array of lists when the pages hold
+    different numbers of occupants, an int array when they all hold the same)."""
+    if not any(table):
+        return str(table)
+    counts = {len(entry) for entry in table}
+    if len(counts) == 1:
+        return str(np.array(table))
+    array = np.empty(len(table), dtype=object)
+    for i, entry in enumerate(table):
+        array[i] = entry
+    return str(array)
 
 
 def occupation_histogram(store: Store) -> list[str]:
