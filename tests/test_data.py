@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from weightsep import data
+from weightsep import data, datacheck
 from weightsep.errors import DataError, WeightSepError
 from weightsep.tasks import PAPER_TASKS, REPO_ROOT, load_task
 
@@ -398,7 +398,7 @@ def test_data_beyond_float32_is_not_finite(tmp_path):
     with pytest.raises(DataError, match="svhn_test_data.npy holds non-finite values.*sample 1"):
         data.load_split(task, "test")
     with pytest.raises(DataError, match="svhn_test_data.npy holds non-finite values.*sample 1"):
-        data.verify_file(task, "svhn_test_data.npy")
+        datacheck.verify_file(task, "svhn_test_data.npy")
 
 
 # --- idx files read with a bound -----------------------------------------------------------
@@ -423,7 +423,7 @@ def test_idx_header_promising_too_many_items(tmp_path):
     gzip_members(path, struct.pack(">II", 2049, data.IDX_MAX_ITEMS + 1), 0)
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: its header announces 10000001 labels, "
                                         r"more than the 10000000"):
-        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+        datacheck.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
     with pytest.raises(DataError, match="announces 10000001 labels"):
         data.num_examples(task, "test")
 
@@ -433,7 +433,7 @@ def test_idx_image_shape_checked_from_the_header(tmp_path):
     path = task.path("MNIST_data/t10k-images-idx3-ubyte.gz")
     gzip_members(path, struct.pack(">IIII", 2051, 3, 32, 32), 0)
     with pytest.raises(DataError, match=r"samples have shape \(32, 32\), but task mnist expects"):
-        data.verify_file(task, "MNIST_data/t10k-images-idx3-ubyte.gz")
+        datacheck.verify_file(task, "MNIST_data/t10k-images-idx3-ubyte.gz")
 
 
 def test_idx_gzip_bomb_is_not_inflated(tmp_path):
@@ -468,11 +468,11 @@ def test_idx_corrupt_stream(tmp_path):
     raw = bytearray(path.read_bytes())
     path.write_bytes(bytes(raw[:len(raw) // 2]))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: the file is truncated"):
-        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+        datacheck.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
     raw[20:40] = bytes(range(1, 21))  # damage the deflate data
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match="cannot read .*t10k-labels-idx1-ubyte.gz"):
-        data.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
+        datacheck.verify_file(task, "MNIST_data/t10k-labels-idx1-ubyte.gz")
 
 
 # --- verification and checksums (used by tools/verify_data.py and download_dataset.sh) ----
@@ -481,18 +481,18 @@ def test_idx_corrupt_stream(tmp_path):
 def test_verify_file_checks_each_file_alone(tmp_path):
     task = task_in(tmp_path)
     write_split(task, "test", images(3, (32, 32, 3)), one_hot(np.array([0, 1, 2]), 10))
-    assert data.verify_file(task, "svhn_test_data.npy") == 3
-    assert data.verify_file(task, "svhn_test_label.npy") == 3
+    assert datacheck.verify_file(task, "svhn_test_data.npy") == 3
+    assert datacheck.verify_file(task, "svhn_test_label.npy") == 3
     np.save(tmp_path / "other.npy", images(3, (3072,)))
-    assert data.verify_file(task, "svhn_test_data.npy", tmp_path / "other.npy") == 3
+    assert datacheck.verify_file(task, "svhn_test_data.npy", tmp_path / "other.npy") == 3
     np.save(tmp_path / "wrong.npy", images(3, (100,)))
     with pytest.raises(DataError, match="wrong.npy: samples have shape"):
-        data.verify_file(task, "svhn_test_data.npy", tmp_path / "wrong.npy")
+        datacheck.verify_file(task, "svhn_test_data.npy", tmp_path / "wrong.npy")
     np.save(tmp_path / "empty.npy", np.zeros((0, 3072)))
     with pytest.raises(DataError, match="empty.npy holds 0 samples"):
-        data.verify_file(task, "svhn_test_data.npy", tmp_path / "empty.npy")
+        datacheck.verify_file(task, "svhn_test_data.npy", tmp_path / "empty.npy")
     with pytest.raises(Exception, match="not a data file of task svhn"):
-        data.verify_file(task, "cifar10_test_data.npy")
+        datacheck.verify_file(task, "cifar10_test_data.npy")
 
 
 def hhar_in(tmp_path):
@@ -510,30 +510,30 @@ TEST_FILES = [("hhar_test_data.npy", None), ("hhar_test_label.npy", None)]
 def test_check_files_records_the_manifest_once(tmp_path):
     task, sums = hhar_in(tmp_path)
     manifest = tmp_path / "hhar" / "SHA256SUMS"
-    checks = data.check_files(task, TEST_FILES)
+    checks = datacheck.check_files(task, TEST_FILES)
     assert [(c.name, c.status, c.samples) for c in checks] == [
         ("hhar_test_data.npy", "ok", 4), ("hhar_test_label.npy", "ok", 4)]
     assert checks[0].detail == "4 samples, SHA-256 not recorded" and not manifest.exists()
-    checks = data.check_files(task, TEST_FILES, record=True)
+    checks = datacheck.check_files(task, TEST_FILES, record=True)
     assert checks[0].detail == f"4 samples, SHA-256 recorded in {manifest}"
     # sha256sum format, sorted, paths relative to the root holding the task folders.
     assert manifest.read_text() == (f"{sums['hhar_test_data.npy']}  hhar/hhar_test_data.npy\n"
                                     f"{sums['hhar_test_label.npy']}  hhar/hhar_test_label.npy\n")
     stamp = manifest.stat().st_mtime_ns
-    checks = data.check_files(task, TEST_FILES, record=True)
+    checks = datacheck.check_files(task, TEST_FILES, record=True)
     assert checks[1].detail == f"4 samples, SHA-256 as in {manifest}"
     assert manifest.stat().st_mtime_ns == stamp  # nothing new: not rewritten
     # Missing files are reported, not recorded.
-    checks = data.check_files(task, record=True)
+    checks = datacheck.check_files(task, record=True)
     assert [c.status for c in checks] == ["missing", "missing", "ok", "ok"]
 
 
 def test_check_files_detects_a_changed_file(tmp_path):
     task, sums = hhar_in(tmp_path)
-    data.check_files(task, TEST_FILES, record=True)
+    datacheck.check_files(task, TEST_FILES, record=True)
     np.save(task.path("hhar_test_label.npy"), np.array([1, 5, 2, 3]))  # still valid labels
     now = hashlib.sha256(task.path("hhar_test_label.npy").read_bytes()).hexdigest()
-    checks = data.check_files(task, TEST_FILES, record=True)
+    checks = datacheck.check_files(task, TEST_FILES, record=True)
     assert checks[0].status == "ok"
     assert (checks[1].status, checks[1].sha256) == ("bad", now)
     assert checks[1].detail == (f"SHA-256 mismatch: {task.path('hhar_test_label.npy')} has {now}, but "
@@ -548,10 +548,10 @@ def test_user_checksums_take_precedence(tmp_path):
     user_list = tmp_path / "mine.sha256"
     user_list.write_text(f"{sums['hhar_test_data.npy'].upper()} *./hhar/hhar_test_data.npy\n\n"
                          f"{'1' * 64}  hhar/hhar_test_label.npy\n")
-    user = data.read_checksums(user_list)
+    user = datacheck.read_checksums(user_list)
     assert user.sha256 == {"hhar/hhar_test_data.npy": sums["hhar_test_data.npy"],
                            "hhar/hhar_test_label.npy": "1" * 64}
-    checks = data.check_files(task, TEST_FILES, checksums=user, record=True)
+    checks = datacheck.check_files(task, TEST_FILES, checksums=user, record=True)
     assert checks[0].status == "ok" and checks[0].detail.startswith(f"4 samples, SHA-256 as in {user_list}")
     assert checks[1].status == "bad" and f"but {user_list} expects {'1' * 64}" in checks[1].detail
     # The user's sum replaced the manifest's stale one; the bad file was not recorded.
@@ -564,14 +564,14 @@ def test_check_files_named_path_and_count_agreement(tmp_path):
     np.save(part, np.array([1, 2, 3]))  # 3 labels for 4 samples
     part = part.with_name(part.name + ".npy")
     digest = hashlib.sha256(part.read_bytes()).hexdigest()
-    checks = data.check_files(task, [("hhar_test_label.npy", part)], record=True)
+    checks = datacheck.check_files(task, [("hhar_test_label.npy", part)], record=True)
     assert (checks[0].status, checks[0].sha256) == ("ok", digest)
     assert f"{digest}  hhar/hhar_test_label.npy" in (tmp_path / "hhar" / "SHA256SUMS").read_text()
-    checks = data.check_files(task, [("hhar_test_data.npy", None), ("hhar_test_label.npy", part)])
+    checks = datacheck.check_files(task, [("hhar_test_data.npy", None), ("hhar_test_label.npy", part)])
     assert checks[1].status == "bad"
     assert checks[1].detail.startswith("3 labels but hhar_test_data.npy has 4 samples")
     with pytest.raises(WeightSepError, match="nothing.npy is not a data file of task hhar"):
-        data.check_files(task, [("nothing.npy", None)])
+        datacheck.check_files(task, [("nothing.npy", None)])
 
 
 @pytest.mark.parametrize("text, error", [
@@ -584,30 +584,30 @@ def test_malformed_checksum_lists(tmp_path, text, error):
     path = tmp_path / "sums"
     path.write_text(text)
     with pytest.raises(DataError, match=re.escape(f"{path}, {error}")):
-        data.read_checksums(path)
+        datacheck.read_checksums(path)
 
 
 def test_checksum_list_that_is_no_text_or_too_big(tmp_path):
     path = tmp_path / "sums"
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(DataError, match="is not a text file"):
-        data.read_checksums(path)
+        datacheck.read_checksums(path)
     path.write_bytes(b"#" * ((1 << 20) + 1))
     with pytest.raises(DataError, match="larger than 1048576 bytes"):
-        data.read_checksums(path)
+        datacheck.read_checksums(path)
     with pytest.raises(DataError, match="cannot read checksum list .*missing"):
-        data.read_checksums(tmp_path / "missing")
+        datacheck.read_checksums(tmp_path / "missing")
 
 
 def test_write_checksums_round_trip_and_leaves_no_temp_file(tmp_path):
     sums = {"b/y.npy": "b" * 64, "a/x.npy": "a" * 64}
-    data.write_checksums(tmp_path / "SHA256SUMS", sums)
+    datacheck.write_checksums(tmp_path / "SHA256SUMS", sums)
     assert (tmp_path / "SHA256SUMS").read_text() == f"{'a' * 64}  a/x.npy\n{'b' * 64}  b/y.npy\n"
-    assert data.read_checksums(tmp_path / "SHA256SUMS").sha256 == sums
+    assert datacheck.read_checksums(tmp_path / "SHA256SUMS").sha256 == sums
     with pytest.raises(ValueError):
-        data.write_checksums(tmp_path / "SHA256SUMS", {"a\nb": "a" * 64})
+        datacheck.write_checksums(tmp_path / "SHA256SUMS", {"a\nb": "a" * 64})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
-    assert data.sha256_of(tmp_path / "SHA256SUMS") == hashlib.sha256(
+    assert datacheck.sha256_of(tmp_path / "SHA256SUMS") == hashlib.sha256(
         (tmp_path / "SHA256SUMS").read_bytes()).hexdigest()
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app, flags  # noqa: E402
 
-from weightsep import data  # noqa: E402
+from weightsep import data, datacheck  # noqa: E402
 from weightsep.cli import main_of  # noqa: E402
 from weightsep.errors import WeightSepError  # noqa: E402
 from weightsep.tasks import TaskSpec, list_tasks, load_task  # noqa: E402
@@ -80,8 +80,8 @@ def run() -> None:
         print("\n".join(data.data_files(task)))
         return
     files = requested_files(FLAGS.file)
-    checksums = data.read_checksums(Path(FLAGS.checksums)) if FLAGS.checksums else None
-    checks = data.check_files(task, files, checksums=checksums, record=FLAGS.record)
+    checksums = datacheck.read_checksums(Path(FLAGS.checksums)) if FLAGS.checksums else None
+    checks = datacheck.check_files(task, files, checksums=checksums, record=FLAGS.record)
     paths = dict(files or [])
     for check in checks:
         shown = f" (checked {paths[check.name]})" if paths.get(check.name) else ""
