@@ -534,10 +534,6 @@ class WSRuntime(Runtime):
         """The running task's weight vector, read through the tensor its inference reads."""
         return np.array(tf.identity(self.weights).numpy())
 
-    def exclusive_bytes(self, name: str) -> int:
-        """Bytes a switch to the task reads from level 2."""
-        return sum(int(buffer.nbytes) for buffer in self._slot(name).buffers)
-
     def gather_floor(self, name: str) -> tuple[float, float]:
         """(seconds to read the task's exclusive bytes, seconds of one bare gather) of one switch."""
         slot = self._slot(name)
