@@ -19,12 +19,13 @@ from absl import app, flags
 
 from weightsep import cli
 from weightsep.cli import EXECUTION_BOUNDS, check_flags, define_execution_flags, execution_specs, main_of
+from weightsep.limits import BASELINES, DEFAULT_BASELINE
 
 FLAGS = flags.FLAGS
 define_execution_flags()
 flags.adopt_module_key_flags(cli)  # -help lists the shared flags too, not only this script's own
 
-flags.DEFINE_enum("baseline", "checkpoint", ["checkpoint", "file", "raw"],
+flags.DEFINE_enum("baseline", DEFAULT_BASELINE, list(BASELINES),
                   "checkpoint: restore a TF checkpoint of each task's network (the original's saver.restore); "
                   "file: load its .weights.h5 file; raw: read its separated weights as raw float32")
 

@@ -290,7 +290,7 @@ def run_execution(state_dir: Path, timings: dict) -> dict:
         return on_switch
 
     for label, make in (("weight-separated", lambda: WSRuntime(state_dir, device="cpu", log=None)),
-                        ("baseline", lambda: BaselineRuntime(state_dir, baseline="file", device="cpu", log=None))):
+                        ("baseline", lambda: BaselineRuntime(state_dir, device="cpu", log=None))):
         t0 = time.perf_counter()
         with make() as runtime:
             runs = run_executions(runtime, FLAGS.switches, FLAGS.seed, log=None, on_switch=counter(label))

@@ -17,14 +17,15 @@ from absl import app, flags
 
 from weightsep import cli
 from weightsep.cli import EXECUTION_BOUNDS, check_flags, define_execution_flags, execution_specs, main_of
+from weightsep.limits import DEFAULT_GATHER, GATHERS, SECONDARIES
 
 FLAGS = flags.FLAGS
 define_execution_flags()
 flags.adopt_module_key_flags(cli)  # -help lists the shared flags too, not only this script's own
 
-flags.DEFINE_enum("secondary", None, ["disk", "host"],
+flags.DEFINE_enum("secondary", None, list(SECONDARIES),
                   "level-2 memory of the exclusive pages (default: disk on a CPU, host with a GPU)")
-flags.DEFINE_enum("gather", "auto", ["auto", "numpy", "op", "tf"],
+flags.DEFINE_enum("gather", DEFAULT_GATHER, list(GATHERS),
                   "how a switch gathers the pages: numpy (CPU default) into the buffer the inference reads, "
                   "op: one PageGather custom-op call (GPU default), tf: compiled tf.gather")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from weightsep.limits import DEFAULT_BASELINE, DEFAULT_GATHER
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("hhar", "mnist")
 
@@ -98,6 +100,10 @@ def test_demo_accuracies_equal_evaluation_of_the_state(demo):
     switching = re.search(r"\| Weight-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     baseline = re.search(r"\| Non-Separated Execution \| ([\d.]+) \| ([\d.]+) \|", report)
     assert switching and baseline and float(switching[1]) > 0 and float(baseline[1]) > 0
+    # the execution scripts' defaults on a CPU: the NumPy gather against the checkpoint baseline
+    assert DEFAULT_GATHER == "auto" and re.search(
+        rf"\(NumPy gather into the inference's weight buffer, exclusive pages from disk; the baseline: "
+        rf"{DEFAULT_BASELINE}: ", report)
 
 
 def test_pretraining_line_names_kept_networks():

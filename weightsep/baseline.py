@@ -30,12 +30,11 @@ import numpy as np
 from absl import logging as absl_logging
 
 from weightsep.errors import WeightSepError
+from weightsep.limits import BASELINES, DEFAULT_BASELINE
 from weightsep.networks import Network, load_network, network_file
 from weightsep.runtime import Log, Runtime, count_correct, load_state, pick_device, test_batches
 from weightsep.tasks import TaskSpec
 from weightsep.tf import tf
-
-BASELINES = ("checkpoint", "file", "raw")
 
 
 def _save_quietly(checkpoint, prefix: Path) -> Path:
@@ -63,7 +62,7 @@ class _BaselineTask:
 class BaselineRuntime(Runtime):
     """Task switching without weight separation: a full reload of the task's weights per switch."""
 
-    def __init__(self, state_dir=".", baseline: str = "checkpoint", device: str = "auto",
+    def __init__(self, state_dir=".", baseline: str = DEFAULT_BASELINE, device: str = "auto",
                  data: Optional[str] = None, data_seed: Optional[int] = None, batch_size: int = 1000,
                  cache_dir=None, specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
         log = log or (lambda line: None)

@@ -35,6 +35,15 @@ EXCLUSIVE_BITS_FILE = "exclusive_weight_bits.npy"
 REGISTRY_FILE = "weightsep_state.json"
 LOCK_FILE = ".weightsep.lock"
 
+# The execution scripts' choices and defaults, which the library's runtimes take as theirs too (the
+# scripts define their flags without importing TensorFlow).  The baseline's default restores a
+# TF checkpoint, the counterpart of the original's saver.restore.
+BASELINES = ("checkpoint", "file", "raw")
+DEFAULT_BASELINE = "checkpoint"
+SECONDARIES = ("disk", "host")
+GATHERS = ("auto", "numpy", "op", "tf")
+DEFAULT_GATHER = "auto"
+
 # A task's name (its folder's name): letters, digits, _ . -, starting with a letter or digit.
 TASK_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 MAX_NAME_LENGTH = 100

@@ -58,6 +58,7 @@ import numpy as np
 
 from weightsep import data as datasets
 from weightsep.errors import StateError, WeightSepError
+from weightsep.limits import DEFAULT_GATHER, GATHERS, SECONDARIES
 from weightsep.networks import Network
 from weightsep.pageformat import effective_scale, page_format, wide_rows
 from weightsep.pages import task_local_table
@@ -68,8 +69,6 @@ from weightsep.tf import tf
 Log = Callable[[str], None]
 
 DEVICES = ("auto", "cpu", "gpu")
-SECONDARIES = ("disk", "host")
-GATHERS = ("auto", "numpy", "op", "tf")
 
 
 # --- shared pieces ------------------------------------------------------------------
@@ -385,7 +384,7 @@ class WSRuntime(Runtime):
 
     def __init__(self, state_dir=".", device: str = "auto", secondary: Optional[str] = None,
                  data: Optional[str] = None, data_seed: Optional[int] = None, batch_size: int = 1000,
-                 gather: str = "auto", specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
+                 gather: str = DEFAULT_GATHER, specs: Optional[dict[str, TaskSpec]] = None, log: Optional[Log] = print):
         log = log or (lambda line: None)
         self.device = pick_device(device)
         on_gpu = self.device.startswith("/GPU")
