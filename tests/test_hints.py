@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, assert_one_line_error, copy_state, copy_task_folder, run_main
+from weightsep.errors import StateError
 from weightsep.store import Store
 
 
@@ -109,3 +112,32 @@ def test_adding_a_task_twice_names_the_remove_command(tiny_state, tiny_tasks, tm
     run_printed(printed_command(result.stderr.strip(), "remove it first: "))
     assert "total_network_cost:" in run_main(*add).stdout
     assert sorted(rec.name for rec in Store(state).load().tasks) == ["tiny_a", "tiny_b"]
+
+
+def test_corrupt_vector_hint_removes_and_adds_the_task_again(tiny_state, tmp_path):
+    """A task vector that fails its checksum names the two commands, for this state, that rebuild it."""
+    state = copy_state(tiny_state, tmp_path / "st")
+    path = state / "tiny_a" / "tiny_a_network_weight.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StateError) as info:
+        Store(state).load().load_vector("tiny_a", "network_weight")
+    message = str(info.value)
+    assert "\n" not in message and "checksum" in message
+    run_printed(printed_command(message, "remove the task: ", ", then add it again: "))
+    assert [rec.name for rec in Store(state).load().tasks] == ["tiny_b"]
+    assert "total_network_cost:" in run_printed(printed_command(message, "then add it again: ")).stdout
+    store = Store(state).load()
+    assert sorted(rec.name for rec in store.tasks) == ["tiny_a", "tiny_b"]
+    assert store.load_vector("tiny_a", "network_weight").shape == (store.task("tiny_a").num_weights,)
+
+
+def test_missing_fisher_hint_computes_it_in_this_state(tiny_state, tmp_path):
+    state = copy_state(tiny_state, tmp_path / "st")
+    with pytest.raises(StateError) as info:
+        Store(state).load().load_vector("tiny_b", "fisher")
+    run_printed(printed_command(str(info.value), "compute it: "))
+    store = Store(state).load()
+    fisher = store.load_vector("tiny_b", "fisher")
+    assert fisher.shape == (store.task("tiny_b").num_weights,) and (fisher >= 0).all() and fisher.any()

@@ -271,7 +271,7 @@ def test_vectors_are_checksummed(tmp_path):
     store, _ = make_state(tmp_path)
     with store.writer():
         store.add_task(TaskRecord("d", 20, [3, 4, 5], [], spec("d")), np.zeros((0, S), np.float32), vectors(20, 9))
-    with pytest.raises(StateError, match="a_weight.npy.*train the task with -mode=t"):
+    with pytest.raises(StateError, match="a_weight.npy.*train the task: .*-mode=t -vnn_name=a"):
         store.load_vector("a", "weight")
     with pytest.raises(StateError, match="has no fisher vector.*-mode=f"):
         store.load_vector("a", "fisher")

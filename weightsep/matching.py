@@ -266,7 +266,8 @@ def _check_pages(task_pages_w, task_pages_F, pool, fisher_sum):
         if not np.all(np.isfinite(arr)):
             raise WeightSepError(f"{name} hold NaN or Inf; the state or the task's files are corrupt")
     if np.any(f < 0) or np.any(g < 0):
-        raise WeightSepError("Fisher information must be non-negative; recompute it with -mode=f")
+        raise WeightSepError("Fisher information must be non-negative (a mean of squared gradients): the task's "
+                             "Fisher vector is corrupt")
     return arrays
 
 
@@ -568,7 +569,8 @@ def network_cost(
         if not (np.all(np.isfinite(fisher)) and np.all(np.isfinite(weight))):
             raise WeightSepError(f"task {t}: Fisher or weights hold NaN or Inf; the task's files are corrupt")
         if np.any(fisher < 0):
-            raise WeightSepError(f"task {t}: Fisher information must be non-negative; recompute it with -mode=f")
+            raise WeightSepError(f"task {t}: Fisher information must be non-negative (a mean of squared gradients): "
+                                 "its Fisher vector is corrupt")
         table = np.asarray(table)
         expected = pages_lib.num_pages(fisher.shape[0], page_size)
         if table.shape != (expected,) or (table.size and not np.issubdtype(table.dtype, np.integer)):

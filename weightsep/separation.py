@@ -40,9 +40,10 @@ def contribution_density(fisher, page_size: int) -> np.ndarray:
     if fisher.size == 0:
         raise WeightSepError("Fisher information is empty; the task has no weights")
     if not np.all(np.isfinite(fisher)):
-        raise WeightSepError("Fisher information holds NaN or Inf; recompute it with -mode=f")
+        raise WeightSepError("Fisher information holds NaN or Inf: the network's gradients are not finite")
     if np.any(fisher < 0):
-        raise WeightSepError("Fisher information must be non-negative; recompute it with -mode=f")
+        raise WeightSepError("Fisher information must be non-negative (a mean of squared gradients): the Fisher "
+                             "vector is corrupt")
     sums = page_sums(fisher, page_size)
     total = sums.sum()
     if total == 0:
@@ -195,7 +196,7 @@ def separate(
     fisher = np.asarray(fisher)
     if fisher.shape != (n,):
         raise WeightSepError(
-            f"Fisher information has shape {fisher.shape} but the task has {n} weights; recompute it with -mode=f"
+            f"Fisher information has shape {fisher.shape} but the task has {n} weights: it is another network's"
         )
     cd = contribution_density(fisher, page_size)
     exclusive = select_exclusive_pages(cd, tpr, margin, num_shared_pages, use_exclusive_page)

@@ -19,7 +19,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from weightsep import pages
-from weightsep.errors import StateError, WeightSepError, closest, is_int, shown
+from weightsep.errors import StateError, WeightSepError, closest, command, is_int, shown
 from weightsep.limits import LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, REGISTRY_FILE
 from weightsep.pageformat import PAGE_DTYPES, Encoded, PageFormat, page_format
 from weightsep.store import commit, lock
@@ -217,9 +217,17 @@ class Store:
         return vector_rel(task, kind) in self._require_loaded().files
 
     def _vector_fix(self, task: str, kind: str) -> str:
-        return {"weight": f"train the task with -mode=t -vnn_name={task}",
-                "fisher": f"compute it with -mode=f -vnn_name={task}"}.get(
-            kind, f"remove the task with -mode=r -vnn_name={task} and add it again with -mode=a")
+        """What to run when a vector of the task is missing or corrupt: whole commands for this state."""
+        state = f"-state_dir={self.dir}"
+        if kind in ("weight", "fisher"):
+            mode, what = ("t", "train the task") if kind == "weight" else ("f", "compute it")
+            return f"{what}: {command('WeightSeparation.py', f'-mode={mode}', f'-vnn_name={task}', state)}"
+        record = self._require_loaded().tasks[self._index(task)]
+        add = ["-mode=a", f"-network_path={record.network_path or task}", state]
+        if record.settings.get("data", "real") != "real":
+            add.append(f"-data={record.settings['data']}")
+        return (f"remove the task: {command('WeightSeparation.py', '-mode=r', f'-vnn_name={task}', state)}, "
+                f"then add it again: {command('WeightSeparation.py', *add)}")
 
     def load_vector(self, task: str, kind: str) -> np.ndarray:
         """A per-task float32 [n] vector, checked against the registry's checksum."""
