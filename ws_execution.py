@@ -5,7 +5,7 @@ Runs -num_execution random tasks of the separated state in -state_dir.  A switch
 task's exclusive pages from level 2 (-secondary=disk: read from the store's exclusive file(s);
 host: kept in RAM) and gathers its weights over the resident shared pool: on a CPU with NumPy
 straight into the buffer the compiled inference reads (-gather=numpy), or with one PageGather
-custom-op call (-gather=op, the GPU default; PageGatherQuantized for int8/int4 states).
+custom-op call (-gather=op, the GPU default; PageGatherQuantized(Mixed) for int8 (int4) states).
 Prints per-switch and total weight load and execution times in the original's format.
 
   python ws_execution.py -state_dir=. -num_execution=50 -seed=0

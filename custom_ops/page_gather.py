@@ -1,4 +1,4 @@
-"""Python side of the PageGather custom op: loading, argument checks, wrapper, gradient, reference.
+"""Python side of the PageGather custom op: loading, argument checks, wrapper, gradient.
 
 PageGather(shared [P, S], exclusive [E, S], page_table [n_p], num_weights)
 returns float32[num_weights]: for page i with entry e = page_table[i], shared
@@ -189,13 +189,3 @@ def _page_gather_grad(op, grad):
     rows = tf.math.unsorted_segment_sum(per_page, table, num_shared + tf.shape(exclusive)[0])
     return [rows[:num_shared], rows[num_shared:], None]
 
-
-def page_gather_reference(shared, exclusive, page_table, num_weights):
-    """Plain NumPy PageGather with the op's checks (PageGatherError); the reference for tests."""
-    shared = np.asarray(shared, np.float32)
-    exclusive = np.asarray(exclusive, np.float32)
-    if shared.ndim != 2 or exclusive.ndim != 2 or shared.shape[1] != exclusive.shape[1] or shared.shape[1] == 0:
-        raise PageGatherError(f"shared {shared.shape} and exclusive {exclusive.shape} must be [P, S] and [E, S], S > 0")
-    num_weights = check_num_weights(num_weights)
-    table = check_page_table(page_table, num_weights, shared.shape[1], len(shared), len(exclusive))
-    return np.concatenate([shared, exclusive])[table].reshape(-1)[:num_weights]

@@ -32,8 +32,8 @@ variable by variable.  Where the gather runs (``gather=``):
   inference costs 0.2-0.4 ms whatever it does (BENCHMARKS.md: the inference's activations
   evict the caches and TensorFlow's dispatch path runs cold), which is what this path leaves out.
 - ``"op"`` (the GPU default; on a CPU, the previous default): ONE call of the PageGather custom
-  op (PageGatherQuantized for int8/int4 states) over the pool resident as a tensor (GPU memory
-  when TensorFlow sees a GPU); its output is the weight vector.
+  op (PageGatherQuantized for int8 states, PageGatherQuantizedMixed for int4) over the pool
+  resident as a tensor (GPU memory when TensorFlow sees a GPU); its output is the weight vector.
 - ``"tf"``: a compiled tf.gather/dynamic_stitch function computing the same vector (also what
   ``"auto"`` falls back to on a GPU when the op is not built).
 
@@ -196,9 +196,8 @@ def _custom_ops(page_dtype: str):
         return (lambda shared, rows, table, n: page_gather(shared[0], rows[0], table, n)), None
     if page_format(page_dtype).grouped:
         return (lambda shared, rows, table, n: page_gather_quantized_mixed(shared, rows, table, n)), None
-    bits = page_format(page_dtype).bits
-    return (lambda shared, rows, table, n: page_gather_quantized(shared[0], shared[1], rows[0], rows[1], table, n,
-                                                                 bits=bits)), None
+    return (lambda shared, rows, table, n:
+            page_gather_quantized(shared[0], shared[1], rows[0], rows[1], table, n)), None
 
 
 def _tf_gather_fn(page_dtype: str, num_shared: int, table: np.ndarray, num_weights: int, group_size: int = 0):
@@ -403,7 +402,8 @@ class WSRuntime(Runtime):
 
         self.gather = gather if gather != "auto" else ("op" if on_gpu else "numpy")
         self._op, self._host_gather, self.shared = None, None, None
-        kind = "PageGather" if self.page_dtype == "float32" else f"PageGatherQuantized ({self.page_dtype})"
+        kind = ("PageGather" if self.page_dtype == "float32" else
+                f"PageGatherQuantized{'Mixed' if page_format(self.page_dtype).grouped else ''} ({self.page_dtype})")
         if self.gather == "op":
             self._op, why_not = _custom_ops(self.page_dtype)
             if self._op is None and gather == "op":

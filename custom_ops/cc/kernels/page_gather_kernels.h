@@ -54,18 +54,16 @@ struct PageGatherArgs {
   int64_t num_weights;
 };
 
-// PageGatherQuantized's inputs, already validated likewise. Rows are bytes:
-// int8 values (bits 8, S per row) or int4 pairs (bits 4, S / 2 per row).
+// PageGatherQuantized's inputs, already validated likewise: rows of S int8 values.
 struct PageGatherQuantizedArgs {
-  const Tensor* shared;           // [P, B] int8 or uint8
+  const Tensor* shared;           // [P, S] int8
   const Tensor* shared_scale;     // [P] float
-  const Tensor* exclusive;        // [E, B]
+  const Tensor* exclusive;        // [E, S] int8
   const Tensor* exclusive_scale;  // [E] float
   const int32_t* table;                       // [num_pages], on the host
   int64_t num_pages;
   int64_t num_weights;
   int64_t page_size;  // S, weights per page
-  int bits;           // 4 or 8
 };
 
 namespace functor {

@@ -2,7 +2,8 @@
 // and GPU functors.
 //
 // The checks are PageGather's (page_table_checks.h), plus the scales'
-// lengths and the pairing of bits with the page dtype. On the GPU the shared
+// lengths. int8 pages only: int4 states go through PageGatherQuantizedMixed
+// (page_gather_mixed_kernels.cc). On the GPU the shared
 // pages and their scales are device inputs (resident); the exclusive pages,
 // their scales and the table are host-memory inputs, and only the referenced
 // exclusive rows and their scales travel, staged as PageGather stages them.
@@ -11,7 +12,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,23 +40,10 @@ float EffectiveScale(float scale) {
   return scale;
 }
 
-// Writes n weights of one page: float32(q) * scale. A nibble is a 4-bit
-// two's-complement number: shifting it to the top of an int8 and back
-// sign-extends it.
-void DequantizePage(const uint8_t* row, float raw_scale, int bits, int64_t n, float* dst) {
+// Writes n weights of one page: float32(q) * scale.
+void DequantizePage(const int8_t* row, float raw_scale, int64_t n, float* dst) {
   const float scale = EffectiveScale(raw_scale);
-  if (bits == 8) {
-    for (int64_t j = 0; j < n; ++j)
-      dst[j] = static_cast<float>(static_cast<int8_t>(row[j])) * scale;
-    return;
-  }
-  const int64_t pairs = n / 2;
-  for (int64_t k = 0; k < pairs; ++k) {
-    const uint8_t b = row[k];
-    dst[2 * k] = static_cast<float>(static_cast<int8_t>(b << 4) >> 4) * scale;
-    dst[2 * k + 1] = static_cast<float>(static_cast<int8_t>(b) >> 4) * scale;
-  }
-  if (n % 2) dst[n - 1] = static_cast<float>(static_cast<int8_t>(row[pairs] << 4) >> 4) * scale;
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(row[j]) * scale;
 }
 
 }  // namespace
@@ -67,8 +54,8 @@ template <>
 struct PageGatherQuantized<CPUDevice> {
   void operator()(OpKernelContext* ctx, const PageGatherQuantizedArgs& args, Tensor* out) {
     const int64_t row_bytes = args.shared->dim_size(1);
-    const uint8_t* shared = static_cast<const uint8_t*>(args.shared->data());
-    const uint8_t* exclusive = static_cast<const uint8_t*>(args.exclusive->data());
+    const int8_t* shared = args.shared->flat<int8_t>().data();
+    const int8_t* exclusive = args.exclusive->flat<int8_t>().data();
     const float* shared_scale = args.shared_scale->flat<float>().data();
     const float* exclusive_scale = args.exclusive_scale->flat<float>().data();
     float* dst = out->flat<float>().data();
@@ -76,7 +63,7 @@ struct PageGatherQuantized<CPUDevice> {
                      args.num_weights, [&](const PageSlot& page) {
                        DequantizePage((page.on_pool ? shared : exclusive) + page.row * row_bytes,
                                       (page.on_pool ? shared_scale : exclusive_scale)[page.row],
-                                      args.bits, page.size, dst + page.offset);
+                                      page.size, dst + page.offset);
                      });
   }
 };
@@ -99,7 +86,7 @@ struct PageGatherQuantized<GPUDevice> {
               args.shared_scale->flat<float>().data(), staged.rows[1],
               reinterpret_cast<const float*>(staged.rows[0]), staged.table,
               static_cast<int>(num_shared), static_cast<int>(args.page_size), args.num_pages,
-              args.num_weights, args.bits, out->flat<float>().data(), stream);
+              args.num_weights, /*bits=*/8, out->flat<float>().data(), stream);
         });
   }
 };
@@ -107,18 +94,11 @@ struct PageGatherQuantized<GPUDevice> {
 
 }  // namespace functor
 
-template <typename Device, typename T, typename Tindex>
+template <typename Device, typename Tindex>
 class PageGatherQuantizedOp : public OpKernel {
  public:
   explicit PageGatherQuantizedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_weights", &num_weights_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
-    // int8 values for bits 8, packed int4 bytes (uint8) for bits 4: one dtype per layout.
-    const int want = sizeof(T) == 1 && std::is_signed<T>::value ? 8 : 4;
-    OP_REQUIRES(ctx, bits_ == want,
-                Invalid(kNames.op,
-                        "bits must be 8 with int8 pages or 4 with uint8 (packed int4) pages, got "
-                        "bits = ", bits_, " with ", want == 8 ? "int8" : "uint8", " pages."));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -130,7 +110,6 @@ class PageGatherQuantizedOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckPageStores(kNames, shared, exclusive, table));
     const int64_t num_shared = shared.dim_size(0);
     const int64_t num_exclusive = exclusive.dim_size(0);
-    const int64_t row_bytes = shared.dim_size(1);
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(shared_scale.shape()) &&
                          shared_scale.dim_size(0) == num_shared,
                 Invalid(kNames.op, "shared_scale must hold one scale per shared page, shape [",
@@ -142,7 +121,7 @@ class PageGatherQuantizedOp : public OpKernel {
                         "exclusive_scale must hold one scale per exclusive page, shape [",
                         num_exclusive, "], but its shape is ",
                         exclusive_scale.shape().DebugString(), "."));
-    const int64_t page_size = bits_ == 8 ? row_bytes : 2 * row_bytes;
+    const int64_t page_size = shared.dim_size(1);
     CheckedTable checked;
     OP_REQUIRES_OK(ctx, CheckPageTable<Tindex>(kNames.op, table, num_shared, num_exclusive,
                                                page_size, num_weights_, &checked));
@@ -152,44 +131,36 @@ class PageGatherQuantizedOp : public OpKernel {
     functor::PageGatherQuantized<Device>()(
         ctx,
         PageGatherQuantizedArgs{&shared, &shared_scale, &exclusive, &exclusive_scale,
-                                checked.entries, checked.num_pages, num_weights_, page_size,
-                                bits_},
+                                checked.entries, checked.num_pages, num_weights_, page_size},
         out);
   }
 
  private:
   int64_t num_weights_ = 0;
-  int bits_ = 0;
 };
 
-#define REGISTER_CPU(T, Tindex)                                  \
+#define REGISTER_CPU(Tindex)                                     \
   REGISTER_KERNEL_BUILDER(Name("PageGatherQuantized")            \
                               .Device(tensorflow::DEVICE_CPU)    \
-                              .TypeConstraint<T>("T")            \
                               .TypeConstraint<Tindex>("Tindex"), \
-                          PageGatherQuantizedOp<CPUDevice, T, Tindex>);
-REGISTER_CPU(int8_t, int32_t)
-REGISTER_CPU(int8_t, int64_t)
-REGISTER_CPU(uint8_t, int32_t)
-REGISTER_CPU(uint8_t, int64_t)
+                          PageGatherQuantizedOp<CPUDevice, Tindex>);
+REGISTER_CPU(int32_t)
+REGISTER_CPU(int64_t)
 #undef REGISTER_CPU
 
 #if GOOGLE_CUDA
 // As PageGather: the pool and its scales resident on the GPU; the exclusive
 // pages, their scales and the table in host memory, validated and staged there.
-#define REGISTER_GPU(T, Tindex)                                   \
+#define REGISTER_GPU(Tindex)                                      \
   REGISTER_KERNEL_BUILDER(Name("PageGatherQuantized")             \
                               .Device(tensorflow::DEVICE_GPU)     \
-                              .TypeConstraint<T>("T")             \
                               .TypeConstraint<Tindex>("Tindex")   \
                               .HostMemory("exclusive")            \
                               .HostMemory("exclusive_scale")      \
                               .HostMemory("page_table"),          \
-                          PageGatherQuantizedOp<GPUDevice, T, Tindex>);
-REGISTER_GPU(int8_t, int32_t)
-REGISTER_GPU(int8_t, int64_t)
-REGISTER_GPU(uint8_t, int32_t)
-REGISTER_GPU(uint8_t, int64_t)
+                          PageGatherQuantizedOp<GPUDevice, Tindex>);
+REGISTER_GPU(int32_t)
+REGISTER_GPU(int64_t)
 #undef REGISTER_GPU
 #endif  // GOOGLE_CUDA
 

@@ -1,12 +1,10 @@
-// Registration of PageGatherQuantized: PageGather over int8 or int4
-// weight-pages with one float32 scale per page.
+// Registration of PageGatherQuantized: PageGather over int8 weight-pages with
+// one float32 scale per page (int4 states have their own op,
+// PageGatherQuantizedMixed).
 //
-// A page row holds S quantized weights: S int8 values (bits = 8, rows of
-// B = S bytes) or S int4 values packed two per byte (bits = 4, rows of
-// B = S / 2 bytes; element 2k in the low nibble of byte k, element 2k + 1 in
-// the high nibble, each a 4-bit two's-complement number). Weight j of a page
-// is float32(q_j) * scale[row], one float32 multiply, so the op is bit-exact
-// against any reference that does that multiply. The page table is the
+// A page row holds S int8 values. Weight j of a page is float32(q_j) *
+// scale[row], one float32 multiply, so the op is bit-exact against any
+// reference that does that multiply. The page table is the
 // PageGather encoding and gets the same checks. Not differentiable: training
 // runs on float32 weights with fake quantization, never through this op.
 
@@ -16,33 +14,20 @@
 
 namespace weightsep {
 
-using ::tensorflow::DataType;
 using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("PageGatherQuantized")
-    .Input("shared: T")
+    .Input("shared: int8")
     .Input("shared_scale: float")
-    .Input("exclusive: T")
+    .Input("exclusive: int8")
     .Input("exclusive_scale: float")
     .Input("page_table: Tindex")
-    .Attr("T: {int8, uint8}")
     .Attr("Tindex: {int32, int64} = DT_INT32")
     .Attr("num_weights: int >= 0")
-    .Attr("bits: int")
     .Output("weights: float")
     .SetShapeFn([](InferenceContext* c) {
-      int64_t bits;
-      TF_RETURN_IF_ERROR(c->GetAttr("bits", &bits));
-      DataType type;
-      TF_RETURN_IF_ERROR(c->GetAttr("T", &type));
-      const DataType want = bits == 8 ? tensorflow::DT_INT8 : tensorflow::DT_UINT8;
-      if ((bits != 4 && bits != 8) || type != want) {
-        return Invalid("PageGatherQuantized",
-                       "bits must be 8 with int8 pages or 4 with uint8 (packed int4) pages, got "
-                       "bits = ", bits, " with ", tensorflow::DataTypeString(type), " pages.");
-      }
       ShapeHandle shared, exclusive, shared_scale, exclusive_scale, table;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &shared));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &shared_scale));
@@ -53,21 +38,18 @@ REGISTER_OP("PageGatherQuantized")
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 1), c->Dim(exclusive, 1), &row_bytes));
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(shared, 0), c->Dim(shared_scale, 0), &unused));
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(exclusive, 0), c->Dim(exclusive_scale, 0), &unused));
-      return SetPageGatherOutputShape(c, "PageGatherQuantized", row_bytes, bits == 8 ? 1 : 2,
-                                      table);
+      return SetPageGatherOutputShape(c, "PageGatherQuantized", row_bytes, 1, table);
     })
     .Doc(R"doc(
-Materializes a task's float32 weights from int8 or int4 weight-pages and per-page scales.
+Materializes a task's float32 weights from int8 weight-pages and per-page scales.
 
-shared: [P, B] shared pages: int8 values (bits 8, S = B) or uint8 bytes of packed int4
-  pairs (bits 4, S = 2B; element 2k in the low nibble of byte k, 2k + 1 in the high one).
+shared: [P, S] shared pages of S int8 values.
 shared_scale: [P] one float32 scale per shared page.
-exclusive: [E, B] exclusive pages, same encoding (E may be 0).
+exclusive: [E, S] exclusive pages (E may be 0).
 exclusive_scale: [E] one float32 scale per exclusive page.
 page_table: [n_p] int32 or int64 entries; e < P selects shared row e, e >= P
   exclusive row e - P; every entry must lie in [0, P + E).
 num_weights: length n of the output; n_p must equal ceil(n / S).
-bits: 8 or 4.
 weights: [n] float32(q) * scale of each page, concatenated, cut to n.
 )doc");
 
