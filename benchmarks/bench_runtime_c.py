@@ -70,7 +70,11 @@ def main(argv):
     store = Store(states["float32"]).load()
     weights = sum(rec.num_weights for rec in store.tasks)
     pages = sum(rec.num_pages for rec in store.tasks)
-    separate = {"float32": 4 * weights, "int8": weights + 4 * pages, "int4": sum(-(-rec.num_weights // 2) for rec in store.tasks) + 4 * pages}
+    # Each network alone in its own pages of S weights: float32; int8 with a float32 scale a page;
+    # int4 with a float16 scale a group (the int4 format's group of S, no int8 pages).
+    group = Store(states["int4"]).load().format.group(store.page_size)
+    separate = {"float32": 4 * weights, "int8": weights + 4 * pages,
+                "int4": pages * (store.page_size // 2 + 2 * (store.page_size // group))}
 
     lines = [f"Machine: {machine()}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.", "",
              f"Blob of the ten networks: {store.num_pages} shared + {store.num_exclusive} exclusive pages of "
@@ -78,22 +82,22 @@ def main(argv):
              "| page dtype | blob bytes | ten networks stored separately | smaller by | pages | tables + records + header |",
              "|---|---:|---:|---:|---:|---:|"]
     for dtype in DTYPES:
-        size = blobs[dtype].stat().st_size
-        stride = {"float32": 2048, "int8": 512, "int4": 256}[dtype] + (4 if dtype != "float32" else 0)
-        rows = store.num_pages + store.num_exclusive
+        data = blobs[dtype].read_bytes()
+        size = len(data)
+        meta = int.from_bytes(data[76:80], "little")  # the values offset: every section after it holds pages
         lines.append(f"| {dtype} | {size:,} | {separate[dtype]:,} | {separate[dtype] / size:.2f}x | "
-                     f"{rows * stride:,} | {size - rows * stride:,} |")
+                     f"{size - meta:,} | {meta:,} |")
 
     run("make", "-C", RUNTIME, "all")
     host = {dtype: bench_rows(run(RUNTIME / "build" / "wsrun", "bench", blobs[dtype], FLAGS.repeats))
-            for dtype in ("float32", "int8")}
+            for dtype in DTYPES}
     lines += ["", f"Host (`wsrun bench`, -O2, scalar C, median of {FLAGS.repeats}; one switch timed as 1/1000 of "
                   f"1,000 switches):", "",
-              "| task | switch float32 (us) | inference float32 (us) | switch int8 (us) | inference int8 (us) |",
-              "|---|---:|---:|---:|---:|"]
+              "| task | " + " | ".join(f"switch {d} (us) | inference {d} (us)" for d in DTYPES) + " |",
+              "|---|" + "---:|" * 2 * len(DTYPES)]
     for name in PAPER_TASKS:
-        f, i = host["float32"][name], host["int8"][name]
-        lines.append(f"| {name} | {float(f[0]):.3f} | {float(f[1]):.0f} | {float(i[0]):.3f} | {float(i[1]):.0f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{float(host[d][name][0]):.3f} | {float(host[d][name][1]):.0f}"
+                                                 for d in DTYPES) + " |")
 
     if shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"):
         run("make", "-C", RUNTIME, "arm")
@@ -101,24 +105,23 @@ def main(argv):
         lib = run("arm-none-eabi-size", RUNTIME / "build" / "arm" / "wsrt.o").splitlines()[1].split()
         whole = run("arm-none-eabi-size", elf).splitlines()[1].split()
         arena = {dtype: qemu(elf, out, "info", blobs[dtype].name, icount=False).splitlines()[2].split()[1]
-                 for dtype in ("float32", "int8")}
-        emulated = {dtype: bench_rows(qemu(elf, out, "bench", blobs[dtype].name, 3)) for dtype in ("float32", "int8")}
+                 for dtype in DTYPES}
+        emulated = {dtype: bench_rows(qemu(elf, out, "bench", blobs[dtype].name, 3)) for dtype in DTYPES}
         stack = max(int(row[2]) for table in emulated.values() for row in table.values())
         lines += ["", "Cortex-M4F build (`make -C runtime_c arm`, arm-none-eabi-gcc -O2, `arm-none-eabi-size`):", "",
                   f"- library (`wsrt.o`): flash {lib[0]} bytes of code and constants, {lib[1]} data, {lib[2]} bss;",
                   f"- whole `wsrun` program with newlib and semihosting: text {whole[0]}, data {whole[1]}, "
                   f"bss {whole[2]} bytes;",
                   f"- RAM of the runtime: arena {int(arena['float32']):,} bytes (float32 blob) / "
-                  f"{int(arena['int8']):,} (int8) + stack of one inference {stack} bytes (measured by painting); "
+                  f"{int(arena['int8']):,} (int8) / {int(arena['int4']):,} (int4) + stack of one inference {stack} bytes (measured by painting); "
                   f"the blob stays in flash.", "",
                   "Instructions under emulation (QEMU mps2-an386, `-icount shift=0`, SysTick: 40 instructions per "
                   "tick; instructions, not cycles), median of 3:", "",
-                  "| task | switch float32 | inference float32 | switch int8 | inference int8 |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| task | " + " | ".join(f"switch {d} | inference {d}" for d in DTYPES) + " |",
+                  "|---|" + "---:|" * 2 * len(DTYPES)]
         for name in PAPER_TASKS:
-            f, i = emulated["float32"][name], emulated["int8"][name]
-            lines.append(f"| {name} | {float(f[0]):,.0f} | {float(f[1]):,.0f} | {float(i[0]):,.0f} | "
-                         f"{float(i[1]):,.0f} |")
+            lines.append(f"| {name} | " + " | ".join(f"{float(emulated[d][name][0]):,.0f} | "
+                                                     f"{float(emulated[d][name][1]):,.0f}" for d in DTYPES) + " |")
     else:
         lines += ["", "(no arm-none-eabi-gcc / qemu-system-arm here: the Cortex-M figures are missing)"]
     lines.append(f"\nLoad average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")

@@ -3,9 +3,10 @@
 The blob is read back here by a reader written from docs/FORMAT.md ("The blob (weights.wsb)"),
 not with weightsep.blob.  The C runtime is checked against TensorFlow: golden vectors are the
 probabilities of each task's Keras network given the store's materialized weights
-(Store.materialize) on synthetic inputs, for all ten networks of the paper, in float32 and int8
-states and in the transposed layout (int4 states are refused until the next blob version).  The C tool is built once per session (`make -C
-runtime_c`) and run as a subprocess, as a user runs it."""
+(Store.materialize) on synthetic inputs, for all ten networks of the paper, in float32, int8 and
+int4 states (int4: blob version 2, float16 group scales and mixed int4 / int8 pages) and in the
+transposed layout.  The C tool is built once per session (`make -C runtime_c`) and run as a
+subprocess, as a user runs it."""
 
 import struct
 import subprocess
@@ -38,21 +39,59 @@ TASK_FIELDS = ("input_h", "input_w", "input_c", "num_classes", "num_weights", "n
 LAYER_FIELDS = ("kind", "activation", "flags", "kh", "kw", "in", "out", "kernel_offset")
 
 
+def _nibbles(data: bytes, rows: int, size: int, off: int) -> np.ndarray:
+    """int32 [rows, size] nibbles 0..15: element 2k in the low nibble of byte k, 2k + 1 in the high one."""
+    packed = np.frombuffer(data, np.uint8, rows * size // 2, off).reshape(rows, size // 2).astype(np.int32)
+    nibbles = np.empty((rows, size), np.int32)
+    nibbles[:, 0::2], nibbles[:, 1::2] = packed & 15, packed >> 4
+    return nibbles
+
+
+def _half_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float16 bit patterns (zero or normal, as the format allows) -> float32, by the bits."""
+    bits = bits.astype(np.uint32)
+    exponent = (bits >> 10) & 31
+    assert not np.any(exponent == 31) and not np.any((exponent == 0) & ((bits & 0x3FF) != 0))
+    out = (bits & 0x8000) << 16
+    normal = exponent != 0
+    out[normal] |= ((exponent[normal] + 112) << 23) | ((bits[normal] & 0x3FF) << 13)
+    return out.view(F32)
+
+
 def read_blob(data: bytes) -> dict:
     """Every field of a blob, its pages as float32 [P + E, S] (dequantized) and each task's weights."""
     assert data[:8] == b"WSEPBLOB"
     version, crc = struct.unpack_from("<II", data, 8)
-    assert version == 1
+    assert version in (1, 2)
     assert zlib.crc32(data[16:]) == crc
-    head = dict(zip(HEADER_FIELDS, struct.unpack_from("<17I", data, 16)))
+    head = dict(zip(HEADER_FIELDS, struct.unpack_from("<17I", data, 16)), version=version)
     assert head["total_size"] == len(data) and head["header_size"] == 128
-    assert data[84:128] == bytes(44)
-    for key in ("tasks_offset", "layers_offset", "tables_offset", "values_offset", "scales_offset"):
-        assert head[key] % 16 == 0
+    if version == 2:
+        head.update(zip(("kinds_offset", "wide_offset", "num_wide"), struct.unpack_from("<3I", data, 84)))
+    assert data[84 if version == 1 else 96:128] == bytes(44 if version == 1 else 32)
+    for key in ("tasks_offset", "layers_offset", "tables_offset", "values_offset", "scales_offset",
+                "kinds_offset", "wide_offset"):
+        assert head.get(key, 0) % 16 == 0
     rows, size = head["num_shared"] + head["num_exclusive"], head["page_size"]
     dtype = ("float32", "int8", "int4")[head["page_dtype"]]
     off = head["values_offset"]
-    if dtype == "float32":
+    if version == 2:  # int4 states: float16 group scales, int4 or int8 pages (kinds), int8 low nibbles
+        group = head["group_size"]
+        assert dtype == "int4" and size % group == 0 and head["page_stride"] == size // 2
+        assert head["scales_offset"] == -(-(off + rows * size // 2) // 16) * 16
+        assert head["kinds_offset"] == -(-(head["scales_offset"] + 2 * rows * (size // group)) // 16) * 16
+        assert head["wide_offset"] == -(-(head["kinds_offset"] + rows) // 16) * 16
+        assert len(data) == -(-(head["wide_offset"] + head["num_wide"] * size // 2) // 16) * 16
+        kinds = np.frombuffer(data, np.uint8, rows, head["kinds_offset"])
+        assert set(kinds.tolist()) <= {4, 8} and np.count_nonzero(kinds == 8) == head["num_wide"]
+        high = _nibbles(data, rows, size, off)
+        q = np.where(high >= 8, high - 16, high)
+        low = _nibbles(data, head["num_wide"], size, head["wide_offset"])
+        q[kinds == 8] = q[kinds == 8] * 16 + low  # the int8 pages' rows of `wide` are in page order
+        scales = _half_to_float32(np.frombuffer(data, "<u2", rows * (size // group), head["scales_offset"]))
+        pages = (q.astype(F32).reshape(rows, size // group, group) * scales.reshape(rows, -1, 1)).reshape(rows, size)
+        head.update(kinds=kinds)
+    elif dtype == "float32":
         assert head["page_stride"] == 4 * size and head["scales_offset"] == 0 and head["group_size"] == 0
         pages = np.frombuffer(data, "<f4", rows * size, off).reshape(rows, size).astype(F32)
     else:
@@ -61,9 +100,7 @@ def read_blob(data: bytes) -> dict:
         if dtype == "int8":
             q = np.frombuffer(data, np.int8, rows * size, off).reshape(rows, size).astype(F32)
         else:  # element 2k in the low nibble of byte k, 2k + 1 in the high nibble, 4-bit two's complement
-            packed = np.frombuffer(data, np.uint8, rows * size // 2, off).reshape(rows, size // 2).astype(np.int32)
-            nibbles = np.empty((rows, size), np.int32)
-            nibbles[:, 0::2], nibbles[:, 1::2] = packed & 15, packed >> 4
+            nibbles = _nibbles(data, rows, size, off)
             q = np.where(nibbles >= 8, nibbles - 16, nibbles).astype(F32)
         pages = q * scales[:, None]
     tables = np.frombuffer(data, "<u4", head["num_entries"], head["tables_offset"])
@@ -108,12 +145,13 @@ PAPER_EXCLUSIVE = 104
 
 @pytest.fixture(scope="module")
 def paper_states(tmp_path_factory):
-    """{state kind: state dir}: the ten networks as float32 and int8 pages, and float32 transposed (the
-    blob does not carry int4 states yet: test_blob_refuses_int4_states)."""
+    """{state kind: state dir}: the ten networks as float32, int8 and int4 pages (int4: group scales,
+    the 10% of pages of most Fisher as int8 pages), and float32 transposed."""
     root = tmp_path_factory.mktemp("paper_states")
     states = {"float32": random_state(root / "float32", PAPER_TASKS, PAPER_EXCLUSIVE).dir,
               "transposed": random_state(root / "transposed", PAPER_TASKS, PAPER_EXCLUSIVE, layout="transposed").dir}
     states["int8"] = convert_state(states["float32"], root / "int8", "int8").dir
+    states["int4"] = convert_state(states["float32"], root / "int4", "int4").dir
     return states
 
 
@@ -149,11 +187,16 @@ def golden(paper_states, tmp_path_factory):
 
 # ---- the writer, read back from the format's description ------------------------------------
 
-@pytest.mark.parametrize("kind", ["float32", "int8", "transposed"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "int4", "transposed"])
 def test_blob_holds_every_task_exactly_as_the_store(paper_states, golden, kind):
     store = Store(paper_states[kind]).load()
     blob = read_blob(golden[kind][0].read_bytes())
     assert blob["dtype"] == store.page_dtype and blob["page_size"] == 512
+    assert blob["version"] == (2 if kind == "int4" else 1)
+    if kind == "int4":
+        kinds = np.concatenate([store.quantized("shared").bits, store.quantized("exclusive").bits])
+        np.testing.assert_array_equal(blob["kinds"], kinds)
+        assert blob["group_size"] == 64 and 0 < blob["num_wide"] < len(kinds)
     assert (blob["num_shared"], blob["num_exclusive"]) == (128, PAPER_EXCLUSIVE) == (128, store.num_exclusive)
     assert blob["flags"] == (1 if kind == "transposed" else 0)
     assert [t["name"] for t in blob["tasks"]] == list(PAPER_TASKS)
@@ -187,23 +230,31 @@ def test_blob_bytes_per_page_dtype(golden):
     assert sizes["int8"] == meta + rows * 512 + (-(-rows * 4 // 16) * 16)
 
 
-def test_blob_refuses_int4_states(tiny_state, tmp_path):
-    """int4 states (float16 group scales, int8 pages among them) need the next blob version: a one-line
-    error, no file."""
-    state = convert_state(tiny_state, tmp_path / "int4", "int4").dir
-    out = tmp_path / "export"
-    result = run_main("-mode=blob", f"-state_dir={state}", f"-export_dir={out}", check=False)
-    assert result.returncode == 1 and not (out / "weights.wsb").exists()
-    assert "does not carry int4 states yet" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_int4_blob_bytes(golden):
+    """int4 pages take half a byte a weight, plus a float16 scale per 64 weights, a kind byte per page and
+    the int8 pages' low nibbles (half a byte a weight of those pages), each section padded to 16."""
+    data = golden["int4"][0].read_bytes()
+    blob = read_blob(data)
+    rows = blob["num_shared"] + blob["num_exclusive"]
+    pad = lambda n: -(-n // 16) * 16
+    assert len(data) == blob["values_offset"] + pad(rows * 256) + pad(rows * 8 * 2) + pad(rows) + \
+        pad(blob["num_wide"] * 256)
 
 
-def test_blob_mode_writes_the_file_and_its_manifest(tiny_state, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "int4"])
+def test_blob_mode_writes_the_file_and_its_manifest(tiny_state, tmp_path, dtype):
+    state = tiny_state if dtype == "float32" else convert_state(tiny_state, tmp_path / dtype, dtype).dir
     out = tmp_path / "export"
-    result = run_main("-mode=blob", f"-state_dir={tiny_state}", f"-export_dir={out}")
+    result = run_main("-mode=blob", f"-state_dir={state}", f"-export_dir={out}")
     data = (out / "weights.wsb").read_bytes()
     assert result.stdout.splitlines()[-1] == f"wrote {out / 'weights.wsb'} ({len(data)} bytes)"
-    assert data == blob_bytes(Store(tiny_state).load())
-    assert "weights.wsb" in (out / "manifest.json").read_text()
+    assert data == blob_bytes(Store(state).load())
+    version = 2 if dtype == "int4" else 1
+    assert struct.unpack_from("<I", data, 8) == (version,)
+    assert f"blob format {version} for runtime_c" in (out / "manifest.json").read_text()
+    materialized = Store(state).load()
+    for task in read_blob(data)["tasks"]:
+        np.testing.assert_array_equal(task["weights"], materialized.materialize(task["name"]))
 
 
 def test_blob_refuses_a_custom_model(tmp_path):
@@ -224,7 +275,7 @@ def test_blob_refuses_a_custom_model(tmp_path):
 
 # ---- the C runtime against TensorFlow --------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["float32", "int8", "transposed"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "int4", "transposed"])
 def test_c_runtime_matches_tensorflow_on_all_ten_networks(tools, golden, tmp_path, kind):
     """One wsrun process switches through all ten tasks; each task's probabilities are within 1e-5
     of TensorFlow's and pick the same class."""
@@ -286,6 +337,21 @@ def test_info_lists_tasks_pages_and_arena(tools, golden):
     assert len(lines) == 3 + 10
 
 
+def test_info_of_an_int4_blob(tools, golden):
+    """Version 2: the group scales and int8 pages are named; the arena adds one wide pointer per page of
+    the largest table (obs: 141) and one uint32 per page of the blob."""
+    lines = wsrun(tools, "info", golden["int4"][0]).stdout.splitlines()
+    int8 = wsrun(tools, "info", golden["int8"][0]).stdout.splitlines()
+    data = read_blob(golden["int4"][0].read_bytes())
+    assert lines[0] == f"blob {golden['int4'][0]}: format version 2, {len(golden['int4'][0].read_bytes())} bytes, " \
+                       f"int4 pages of 512 weights, layout natural"
+    assert lines[1] == f"pages: 128 shared, {PAPER_EXCLUSIVE} exclusive (256 bytes each + 8 float16 scales, one per " \
+                       f"64 weights; {data['num_wide']} of them int8 pages with 256 more bytes each)"
+    pad = lambda n: -(-n // 16) * 16
+    assert int(lines[2].split()[1]) == int(int8[2].split()[1]) + pad(141 * 8) + pad((128 + PAPER_EXCLUSIVE) * 4)
+    assert lines[3:] == int8[3:]
+
+
 def test_a_subnormal_scale_decodes_as_zero(tools, golden, tmp_path):
     """The page format: a scale below the smallest normal float32 counts as zero, in C too."""
     blob, vectors = golden["int8"]
@@ -337,7 +403,7 @@ def corruptions(data: bytes) -> dict:
     flipped = bytearray(data)
     flipped[blob["values_offset"] + 1000] ^= 0x10
     version = bytearray(data)
-    struct.pack_into("<I", version, 8, 2)
+    struct.pack_into("<I", version, 8, 3)
     entry = bytearray(data)
     struct.pack_into("<I", entry, blob["tables_offset"] + 4 * 7, blob["num_shared"] + blob["num_exclusive"])
     layer = bytearray(data)
@@ -360,9 +426,48 @@ def corruptions(data: bytes) -> dict:
     }
 
 
-def test_corrupted_blobs_are_rejected_with_the_right_error(tools, golden, tmp_path):
-    blob, _ = golden["float32"]
-    for what, (data, fragment) in corruptions(blob.read_bytes()).items():
+def int4_corruptions(data: bytes) -> dict:
+    """{what: (blob bytes, expected message fragment)}: damage to the fields of version 2, CRC repaired."""
+    blob = read_blob(data)
+    scales, kinds = blob["scales_offset"], blob["kinds_offset"]
+    wide_page = int(np.flatnonzero(blob["kinds"] == 8)[0])
+    found = {}
+
+    def bad(what, fragment, *patches):
+        copy = bytearray(data)
+        for fmt, at, value in patches:
+            struct.pack_into(fmt, copy, at, value)
+        found[what] = (_with_crc(copy), fragment)
+
+    page_data = "invalid int4 page data"
+    bad("page kind 5", page_data, ("<B", kinds + 3, 5))
+    bad("page kind 0", page_data, ("<B", kinds, 0))
+    bad("an int8 page made int4 (count disagrees)", page_data, ("<B", kinds + wide_page, 4))
+    bad("an int4 page made int8 (count disagrees)", page_data,
+        ("<B", kinds + int(np.flatnonzero(blob["kinds"] == 4)[0]), 8))
+    for name, bits in (("subnormal", 0x0001), ("largest subnormal", 0x03FF), ("negative", 0xBC00),
+                       ("infinite", 0x7C00), ("NaN", 0x7E00), ("negative infinite", 0xFC00)):
+        bad(f"{name} group scale", page_data, ("<H", scales + 2 * 37, bits))
+    header = "invalid blob header"
+    bad("group size 0", header, ("<I", 36, 0))
+    bad("group size not dividing the page size", header, ("<I", 36, 3))
+    bad("group size above the page size", header, ("<I", 36, 1024))
+    bad("one more int8 page than the wide section holds", header, ("<I", 92, blob["num_wide"] + 1))
+    bad("kinds offset", header, ("<I", 84, kinds + 16))
+    bad("wide offset", header, ("<I", 88, blob["wide_offset"] - 16))
+    bad("version 2 with int8 pages", header, ("<I", 24, 1))
+    bad("reserved byte of version 2", header, ("<B", 100, 1))
+    bad("version 1 reading the version-2 fields as reserved", header, ("<I", 8, 1))
+    bad("version 3", "unsupported blob format version", ("<I", 8, 3))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["float32", "int4"])
+def test_corrupted_blobs_are_rejected_with_the_right_error(tools, golden, tmp_path, kind):
+    blob, _ = golden[kind]
+    data = blob.read_bytes()
+    cases = dict(corruptions(data), **(int4_corruptions(data) if kind == "int4" else {}))
+    for what, (data, fragment) in cases.items():
         path = tmp_path / "bad.wsb"
         path.write_bytes(data)
         for tool in ("wsrun", "asan"):
@@ -372,7 +477,24 @@ def test_corrupted_blobs_are_rejected_with_the_right_error(tools, golden, tmp_pa
             assert fragment in proc.stderr, (what, proc.stderr)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_int4_zero_scales_of_either_sign_decode_as_zero(tools, golden, tmp_path):
+    """A float16 group scale of -0 is valid (the format's rule: zero of either sign) and gives what +0 gives."""
+    blob, vectors = golden["int4"]
+    data = blob.read_bytes()
+    head = read_blob(data)
+    page = int(head["tasks"][0]["page_table"][0])  # cifar10's first page: its first kernel's weights
+    outputs = {}
+    for label, bits in (("stored", None), ("minus zero", 0x8000), ("zero", 0x0000)):
+        copy = bytearray(data)
+        if bits is not None:
+            struct.pack_into("<H", copy, head["scales_offset"] + 2 * 8 * page, bits)
+        (tmp_path / f"{label}.wsb").write_bytes(_with_crc(copy))
+        wsrun(tools, "run", tmp_path / f"{label}.wsb", "cifar10", vectors["cifar10"][0], tmp_path / f"{label}.out")
+        outputs[label] = (tmp_path / f"{label}.out").read_bytes()
+    assert outputs["minus zero"] == outputs["zero"] != outputs["stored"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
 def test_fuzzed_blobs_never_crash_or_read_out_of_bounds(tools, tiny_state, tmp_path, dtype):
     """1,500 mutated blobs (flips, truncations, structural fields with the CRC repaired) under
     AddressSanitizer and UBSan: each is rejected with a status or runs every task in bounds."""
@@ -386,6 +508,8 @@ def test_fuzzed_blobs_never_crash_or_read_out_of_bounds(tools, tiny_state, tmp_p
     # the CRC catches plain damage; the structural checks catch damage behind a repaired CRC
     for status in (0, 3, 7, 8, 9, 11):  # accepted, truncated, CRC, header, task, layer
         assert counts.get(status, 0) > 0, (status, proc.stdout)
+    if dtype == "int4":  # damaged page kinds and group scales behind a repaired CRC
+        assert counts.get(16, 0) > 0, proc.stdout
 
 
 # ---- wsrun eval against -mode=e --------------------------------------------------------------
@@ -450,7 +574,7 @@ def run_on_cortex_m(elf, cwd, *args, timeout=300):
                           cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("kind", ["float32", "int8"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "int4"])
 def test_cortex_m_gives_the_host_outputs_bit_for_bit(tools, arm_tool, golden, tmp_path, kind):
     """All ten tasks in one run, switching from one to the next: the emulated Cortex-M4F computes
     the same float32 bits as the host (both built -ffp-contract=off, one exp), so it is as close to

@@ -12,10 +12,15 @@ the start of the file, so the blob is position independent):
     layers   one 32-byte record per layer: kind, activation, flags, kernel shape, weight offset
     tables   uint32 page-table entries of every task (entry e names page e of the values)
     values   the shared pool's P pages, then the E exclusive pages, in the page dtype
-    scales   float32, one per page (quantized blobs only)
+    scales   float32, one per page (int8 blobs, version 1); float16, one per group of G
+             weights of each page (int4 blobs, version 2)
+    kinds    version 2 only: uint8 per page, 4 (int4 page) or 8 (int8 page)
+    wide     version 2 only: the low nibbles of the int8 pages, one row of S / 2 bytes each
 
-The page values are the store's stored values (weightsep/pageformat.py defines the encodings),
-so the blob's weights are bit for bit what Store.materialize returns.
+float32 and int8 states are written as version 1 (unchanged, so existing readers keep working);
+int4 states (pageformat's grouped, mixed int4 / int8 format) as version 2.  The page values are
+the store's stored values (weightsep/pageformat.py defines the encodings), so the blob's weights
+are bit for bit what Store.materialize returns.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from weightsep.store import Store
 
 BLOB_NAME = "weights.wsb"
 MAGIC = b"WSEPBLOB"
-VERSION = 1
+VERSION = 1          # float32 and int8 states
+VERSION_GROUPED = 2  # int4 states: float16 group scales, per-page kinds, int8 pages' low nibbles
 HEADER_BYTES = 128
 TASK_BYTES = 160
 LAYER_BYTES = 32
@@ -93,14 +99,10 @@ def blob_bytes(store: Store) -> bytes:
     """The blob of a loaded store (docs/FORMAT.md, "The blob (weights.wsb)")."""
     page_dtype, page_size = store.page_dtype, store.page_size
     fmt = store.format
-    if fmt.grouped:
-        raise WeightSepError(f"the blob (format version {VERSION}) does not carry int4 states yet: their float16 "
-                             f"group scales and int8 pages need the next blob version (issue 17); export an int8 "
-                             f"state with -mode=blob, or this one with -mode=w")
     tasks = store.tasks
     layers = {rec.name: _check_task(store, rec) for rec in tasks}
-    shared_values, shared_scales = store.quantized("shared")[:2]
-    exclusive_values, exclusive_scales = store.quantized("exclusive")[:2]
+    shared, exclusive = store.quantized("shared"), store.quantized("exclusive")
+    shared_values, exclusive_values = shared.values, exclusive.values
     values = np.concatenate([shared_values, exclusive_values])
     num_shared, num_exclusive = len(shared_values), len(exclusive_values)
     stride = fmt.values_shape(1, page_size)[1] * fmt.values_dtype.itemsize
@@ -112,9 +114,19 @@ def blob_bytes(store: Store) -> bytes:
     tables_off = _align(layers_off + LAYER_BYTES * num_layers)
     values_off = _align(tables_off + 4 * num_entries)
     end = _align(values_off + stride * len(values))
-    scales_off = 0
-    if fmt.quantized:
-        scales_off, end = end, _align(end + 4 * len(values))
+    scales_off = kinds_off = wide_off = num_wide = 0
+    if fmt.grouped:
+        scales = np.concatenate([shared.scales, exclusive.scales]).astype("<f2")
+        kinds = np.concatenate([shared.bits, exclusive.bits]).astype(np.uint8)
+        wide = np.concatenate([shared.wide, exclusive.wide]).astype(np.uint8)  # int8 pages in page order
+        num_wide = len(wide)
+        scales_off = end
+        kinds_off = _align(scales_off + scales.nbytes)
+        wide_off = _align(kinds_off + kinds.nbytes)
+        end = _align(wide_off + wide.nbytes)
+    elif fmt.quantized:
+        scales = np.concatenate([shared.scales, exclusive.scales]).astype("<f4")
+        scales_off, end = end, _align(end + scales.nbytes)
 
     out = bytearray(end)
     entry = layer = 0
@@ -133,13 +145,16 @@ def blob_bytes(store: Store) -> bytes:
     out[values_off:values_off + stride * len(values)] = np.ascontiguousarray(values).astype(
         values.dtype.newbyteorder("<")).tobytes()
     if scales_off:
-        scales = np.concatenate([shared_scales, exclusive_scales]).astype("<f4")
-        out[scales_off:scales_off + 4 * len(scales)] = scales.tobytes()
+        out[scales_off:scales_off + scales.nbytes] = scales.tobytes()
+    if fmt.grouped:
+        out[kinds_off:kinds_off + kinds.nbytes] = kinds.tobytes()
+        out[wide_off:wide_off + wide.nbytes] = wide.tobytes()
+        struct.pack_into("<3I", out, 84, kinds_off, wide_off, num_wide)
 
     flags = FLAG_TRANSPOSED if store.layout == "transposed" else 0
-    group = page_size if fmt.quantized else 0
+    group = fmt.group(page_size) if fmt.quantized else 0
     struct.pack_into("<8s", out, 0, MAGIC)
-    struct.pack_into("<I", out, 8, VERSION)
+    struct.pack_into("<I", out, 8, blob_version(fmt))
     struct.pack_into("<17I", out, 16, end, HEADER_BYTES, DTYPE_CODES[page_dtype], flags, page_size, group,
                      len(tasks), num_shared, num_exclusive, num_layers, stride, tasks_off, layers_off, tables_off,
                      num_entries, values_off, scales_off)
@@ -147,10 +162,15 @@ def blob_bytes(store: Store) -> bytes:
     return bytes(out)
 
 
+def blob_version(fmt) -> int:
+    """The blob version that carries a page format: 2 for int4 (grouped) states, else 1."""
+    return VERSION_GROUPED if fmt.grouped else VERSION
+
+
 def export_blob(store: Store, out_dir: Path) -> list[str]:
     """-mode=blob: write <out_dir>/weights.wsb (all-or-nothing, with the manifest); lines to print."""
     data = blob_bytes(store)  # every check passes before anything is written
-    notes = publish(out_dir, "blob", [ExportFile(BLOB_NAME, data, f"blob format {VERSION} for runtime_c "
+    notes = publish(out_dir, "blob", [ExportFile(BLOB_NAME, data, f"blob format {blob_version(store.format)} for runtime_c "
                                                                   f"(docs/FORMAT.md)")], state_of(store))
     return [f"{len(store.tasks)} tasks, {store.num_pages} shared + {store.num_exclusive} exclusive "
             f"{store.page_dtype} pages of {store.page_size} weights", *notes,

@@ -19,8 +19,10 @@
 extern "C" {
 #endif
 
-/* The blob format version this library reads. */
-#define WS_FORMAT_VERSION 1u
+/* The blob format versions this library reads: 1 (float32, int8 and per-page int4 pages) and 2
+ * (int4 states: float16 group scales, a per-page kind, int4 or int8; docs/FORMAT.md). */
+#define WS_FORMAT_VERSION 2u
+#define WS_FORMAT_VERSION_MIN 1u
 #define WS_HEADER_BYTES 128u
 #define WS_TASK_RECORD_BYTES 160u
 #define WS_LAYER_RECORD_BYTES 32u
@@ -43,6 +45,8 @@ typedef enum {
     WS_E_ARENA,         /* the arena is smaller than ws_arena_bytes() */
     WS_E_NOT_SWITCHED,  /* ws_infer before any ws_switch */
     WS_E_INPUT_SIZE,    /* the input or output length differs from the task's */
+    WS_E_PAGE_FORMAT,   /* version 2: a page kind other than 4 or 8, an int8 page count that disagrees,
+                           or a group scale that is negative, subnormal, infinite or NaN */
     WS_STATUS_COUNT
 } ws_status;
 
@@ -64,6 +68,7 @@ typedef struct {
     uint32_t version, flags, page_dtype, page_size, group_size, page_stride;
     uint32_t num_tasks, num_shared, num_exclusive, num_layers, num_entries;
     uint32_t tasks_offset, layers_offset, tables_offset, values_offset, scales_offset;
+    uint32_t kinds_offset, wide_offset, num_wide;  /* version 2 only (else 0) */
     uint32_t max_task_pages;  /* the largest page table */
     uint32_t max_activation;  /* the largest layer output (values, before pooling) */
 } ws_blob;
@@ -84,13 +89,18 @@ ws_status ws_task_get(const ws_blob *blob, uint32_t index, ws_task_info *info);
 ws_status ws_task_find(const ws_blob *blob, const char *name, uint32_t *index);
 ws_status ws_layer_get(const ws_blob *blob, uint32_t task, uint32_t layer, ws_layer_info *info);
 /* The arena any task of the blob needs: page pointers and scales of the largest page
- * table, and two activation buffers of the largest layer output, plus alignment slack. */
+ * table, and two activation buffers of the largest layer output, plus alignment slack; a
+ * version-2 blob adds the low-nibble pointers of the largest page table and one uint32 per
+ * page of the blob (each int8 page's row in the wide section, computed once at init). */
 ws_status ws_arena_bytes(const ws_blob *blob, size_t *bytes);
 
 typedef struct {
     const ws_blob *blob;
     const uint8_t **page;    /* in the arena: the switched task's page values, one per page */
-    const uint8_t **scale;   /* in the arena: where each page's float32 scale lies (quantized blobs) */
+    const uint8_t **scale;   /* in the arena: where each page's float32 scale (version 1) or its
+                                row of float16 group scales (version 2) lies; NULL for float32 */
+    const uint8_t **wide;    /* in the arena, version 2: each page's low nibbles (int8 pages), else NULL */
+    uint32_t *wide_row;      /* in the arena, version 2: per page of the blob, its row in the wide section */
     float *buffer[2];        /* in the arena: ping-pong activations */
     uint32_t task;           /* the switched task, or UINT32_MAX before the first switch */
 } ws_runtime;

@@ -31,6 +31,8 @@ static const char *const MESSAGES[WS_STATUS_COUNT] = {
     "the arena is smaller than ws_arena_bytes() reports",
     "no task is running: call ws_switch first",
     "the input or output length differs from the task's input shape or class count",
+    "invalid int4 page data (a page kind other than 4 or 8, an int8 page count that disagrees, or a group "
+    "scale that is negative, subnormal, infinite or NaN)",
 };
 
 const char *ws_status_message(ws_status status) {
@@ -45,6 +47,19 @@ static uint32_t rd32(const uint8_t *p) {
 static float rdf32(const uint8_t *p) {
     float f;
     memcpy(&f, p, sizeof f);  /* the host is little-endian (checked at open) */
+    return f;
+}
+
+static uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
+
+/* A float16 group scale -> float32, by bits (no compiler or FPU half support needed).  Open
+ * admits only zeros (either sign) and positive normal float16, which convert exactly: the
+ * exponent is rebiased (15 -> 127) and the 10 mantissa bits move to the top of float32's 23. */
+static float half_to_float(uint32_t h) {
+    uint32_t bits = (h & 0x8000u) << 16, e = (h >> 10) & 31u;
+    float f;
+    if (e != 0) bits |= ((e + 112u) << 23) | ((h & 0x3ffu) << 13);
+    memcpy(&f, &bits, sizeof f);
     return f;
 }
 
@@ -76,7 +91,9 @@ enum {
     H_VERSION = 8, H_CRC = 12, H_TOTAL = 16, H_HEADER_SIZE = 20, H_DTYPE = 24, H_FLAGS = 28, H_PAGE_SIZE = 32,
     H_GROUP = 36, H_TASKS = 40, H_SHARED = 44, H_EXCLUSIVE = 48, H_LAYERS = 52, H_STRIDE = 56,
     H_TASKS_OFF = 60, H_LAYERS_OFF = 64, H_TABLES_OFF = 68, H_ENTRIES = 72, H_VALUES_OFF = 76,
-    H_SCALES_OFF = 80, H_RESERVED = 84
+    H_SCALES_OFF = 80, H_RESERVED = 84,
+    /* version 2 */
+    H_KINDS_OFF = 84, H_WIDE_OFF = 88, H_WIDE = 92, H_RESERVED_2 = 96
 };
 /* Task record field offsets. */
 enum {
@@ -97,10 +114,10 @@ static const uint8_t *layer_record(const ws_blob *b, uint32_t l) {
 }
 
 static ws_status check_header(ws_blob *b, const uint8_t *d, size_t size) {
-    uint32_t i, dtype, page_size, stride, group;
-    uint64_t end;
+    uint32_t i, dtype, page_size, stride, group, grouped = b->version == 2u;
+    uint64_t end, rows;
     if (rd32(d + H_HEADER_SIZE) != WS_HEADER_BYTES) return WS_E_HEADER;
-    for (i = H_RESERVED; i < WS_HEADER_BYTES; ++i)
+    for (i = grouped ? H_RESERVED_2 : H_RESERVED; i < WS_HEADER_BYTES; ++i)
         if (d[i]) return WS_E_HEADER;
     dtype = rd32(d + H_DTYPE);
     page_size = rd32(d + H_PAGE_SIZE);
@@ -111,8 +128,12 @@ static ws_status check_header(ws_blob *b, const uint8_t *d, size_t size) {
     if (dtype == WS_DTYPE_INT4 && page_size % 2) return WS_E_HEADER;
     if (stride != (dtype == WS_DTYPE_FLOAT32 ? 4 * page_size : dtype == WS_DTYPE_INT8 ? page_size : page_size / 2))
         return WS_E_HEADER;
-    /* Version 1: one scale per page (group = page size), none for float32. */
-    if (group != (dtype == WS_DTYPE_FLOAT32 ? 0u : page_size)) return WS_E_HEADER;
+    if (grouped) {
+        /* Version 2: int4 states only, G weights per float16 scale, G dividing S. */
+        if (dtype != WS_DTYPE_INT4 || group == 0 || group > page_size || page_size % group) return WS_E_HEADER;
+    } else if (group != (dtype == WS_DTYPE_FLOAT32 ? 0u : page_size)) {
+        return WS_E_HEADER;  /* version 1: one scale per page (group = page size), none for float32 */
+    }
     b->flags = rd32(d + H_FLAGS);
     b->page_dtype = dtype;
     b->page_size = page_size;
@@ -128,6 +149,11 @@ static ws_status check_header(ws_blob *b, const uint8_t *d, size_t size) {
     b->tables_offset = rd32(d + H_TABLES_OFF);
     b->values_offset = rd32(d + H_VALUES_OFF);
     b->scales_offset = rd32(d + H_SCALES_OFF);
+    if (grouped) {
+        b->kinds_offset = rd32(d + H_KINDS_OFF);
+        b->wide_offset = rd32(d + H_WIDE_OFF);
+        b->num_wide = rd32(d + H_WIDE);
+    }
     if ((uint64_t)b->num_shared + b->num_exclusive > 0xffffffffu) return WS_E_HEADER;
     /* Every section sits where the format puts it: in order, each 16-byte aligned, no gaps. */
     end = WS_HEADER_BYTES;
@@ -138,14 +164,44 @@ static ws_status check_header(ws_blob *b, const uint8_t *d, size_t size) {
     if (b->tables_offset != end) return WS_E_HEADER;
     end = align_up(end + 4ull * b->num_entries);
     if (b->values_offset != end) return WS_E_HEADER;
-    end = align_up(end + ((uint64_t)b->num_shared + b->num_exclusive) * stride);
-    if (dtype == WS_DTYPE_FLOAT32) {
+    rows = (uint64_t)b->num_shared + b->num_exclusive;
+    end = align_up(end + rows * stride);
+    if (grouped) {
+        /* scales: float16 [rows][S / G]; kinds: uint8 [rows]; wide: uint8 [num_wide][S / 2] */
+        if (b->num_wide > rows) return WS_E_HEADER;
+        if (b->scales_offset != end) return WS_E_HEADER;
+        end = align_up(end + 2u * rows * (page_size / group));
+        if (b->kinds_offset != end) return WS_E_HEADER;
+        end = align_up(end + rows);
+        if (b->wide_offset != end) return WS_E_HEADER;
+        end = align_up(end + (uint64_t)b->num_wide * stride);
+    } else if (dtype == WS_DTYPE_FLOAT32) {
         if (b->scales_offset != 0) return WS_E_HEADER;
     } else {
         if (b->scales_offset != end) return WS_E_HEADER;
         end = align_up(end + 4ull * ((uint64_t)b->num_shared + b->num_exclusive));
     }
     if (end != size) return WS_E_HEADER;
+    return WS_OK;
+}
+
+/* Version 2: every page kind is 4 or 8, as many 8s as int8 rows in the wide section, and every
+ * group scale is valid under the page format's rule: zero (either sign) or a positive normal
+ * float16 (no subnormal, infinity or NaN; the quantizer writes none, see docs/FORMAT.md). */
+static ws_status check_pages(const ws_blob *b) {
+    uint32_t rows = b->num_shared + b->num_exclusive, wide = 0, i;
+    uint64_t k, scales = (uint64_t)rows * (b->page_size / b->group_size);
+    for (i = 0; i < rows; ++i) {
+        uint8_t kind = b->data[b->kinds_offset + (size_t)i];
+        if (kind != 4u && kind != 8u) return WS_E_PAGE_FORMAT;
+        wide += kind == 8u;
+    }
+    if (wide != b->num_wide) return WS_E_PAGE_FORMAT;
+    for (k = 0; k < scales; ++k) {
+        uint32_t h = rd16(b->data + b->scales_offset + 2 * (size_t)k), e = (h >> 10) & 31u;
+        if ((h & 0x7fffu) == 0) continue;
+        if ((h & 0x8000u) || e == 0 || e == 31u) return WS_E_PAGE_FORMAT;
+    }
     return WS_OK;
 }
 
@@ -246,15 +302,16 @@ ws_status ws_blob_open(ws_blob *blob, const void *data, size_t size) {
     if (!little_endian()) return WS_E_ENDIAN;
     if (size < WS_HEADER_BYTES) return size >= 8 && memcmp(d, MAGIC, 8) ? WS_E_MAGIC : WS_E_TRUNCATED;
     if (memcmp(d, MAGIC, 8)) return WS_E_MAGIC;
-    if (rd32(d + H_VERSION) != WS_FORMAT_VERSION) return WS_E_VERSION;
+    if (rd32(d + H_VERSION) < WS_FORMAT_VERSION_MIN || rd32(d + H_VERSION) > WS_FORMAT_VERSION) return WS_E_VERSION;
     total = rd32(d + H_TOTAL);
     if (size < total || total < WS_HEADER_BYTES) return WS_E_TRUNCATED;
     if (size > total) return WS_E_SIZE;
     if (ws_crc32(0, d + H_TOTAL, size - H_TOTAL) != rd32(d + H_CRC)) return WS_E_CRC;
     blob->data = d;
     blob->size = total;
-    blob->version = WS_FORMAT_VERSION;
+    blob->version = rd32(d + H_VERSION);
     s = check_header(blob, d, size);
+    if (s == WS_OK && blob->version == 2u) s = check_pages(blob);
     for (i = 0; s == WS_OK && i < blob->num_tasks; ++i) s = check_task(blob, i);
     if (s != WS_OK) memset(blob, 0, sizeof *blob);
     return s;
@@ -307,24 +364,33 @@ ws_status ws_layer_get(const ws_blob *blob, uint32_t task, uint32_t layer, ws_la
     return WS_OK;
 }
 
-/* The arena's parts, in order, each 16-byte aligned. */
-static void arena_layout(const ws_blob *b, size_t part[4]) {
-    part[0] = (size_t)align_up((uint64_t)b->max_task_pages * sizeof(const uint8_t *));
-    part[1] = part[0];
-    part[2] = (size_t)align_up((uint64_t)b->max_activation * sizeof(float));
-    part[3] = part[2];
+/* The arena's parts, in order, each 16-byte aligned: page, scale and (version 2) wide pointers
+ * of the largest table, (version 2) the wide row of every page, the two activation buffers. */
+enum { A_PAGE, A_SCALE, A_WIDE, A_WIDE_ROW, A_BUFFER0, A_BUFFER1, A_PARTS };
+
+static void arena_layout(const ws_blob *b, size_t part[A_PARTS]) {
+    int grouped = b->version == 2u;
+    part[A_PAGE] = (size_t)align_up((uint64_t)b->max_task_pages * sizeof(const uint8_t *));
+    part[A_SCALE] = part[A_PAGE];
+    part[A_WIDE] = grouped ? part[A_PAGE] : 0;
+    part[A_WIDE_ROW] = grouped ? (size_t)align_up(((uint64_t)b->num_shared + b->num_exclusive) * 4u) : 0;
+    part[A_BUFFER0] = (size_t)align_up((uint64_t)b->max_activation * sizeof(float));
+    part[A_BUFFER1] = part[A_BUFFER0];
 }
 
 ws_status ws_arena_bytes(const ws_blob *blob, size_t *bytes) {
-    size_t part[4];
+    size_t part[A_PARTS];
+    int i;
     if (blob == NULL || bytes == NULL || blob->data == NULL) return WS_E_ARGUMENT;
     arena_layout(blob, part);
-    *bytes = ALIGN - 1 + part[0] + part[1] + part[2] + part[3];
+    *bytes = ALIGN - 1;
+    for (i = 0; i < A_PARTS; ++i) *bytes += part[i];
     return WS_OK;
 }
 
 ws_status ws_runtime_init(ws_runtime *rt, const ws_blob *blob, void *arena, size_t arena_size) {
-    size_t part[4], need;
+    size_t part[A_PARTS], need;
+    uint32_t e, row = 0;
     uint8_t *p;
     if (rt == NULL) return WS_E_ARGUMENT;
     memset(rt, 0, sizeof *rt);
@@ -336,10 +402,21 @@ ws_status ws_runtime_init(ws_runtime *rt, const ws_blob *blob, void *arena, size
     p = (uint8_t *)arena;
     p += (ALIGN - (uintptr_t)p % ALIGN) % ALIGN;
     rt->page = (const uint8_t **)(void *)p;
-    rt->scale = (const uint8_t **)(void *)(p + part[0]);
-    rt->buffer[0] = (float *)(void *)(p + part[0] + part[1]);
-    rt->buffer[1] = (float *)(void *)(p + part[0] + part[1] + part[2]);
+    p += part[A_PAGE];
+    rt->scale = (const uint8_t **)(void *)p;
+    p += part[A_SCALE];
+    rt->wide = part[A_WIDE] ? (const uint8_t **)(void *)p : NULL;
+    p += part[A_WIDE];
+    rt->wide_row = part[A_WIDE_ROW] ? (uint32_t *)(void *)p : NULL;
+    p += part[A_WIDE_ROW];
+    rt->buffer[0] = (float *)(void *)p;
+    rt->buffer[1] = (float *)(void *)(p + part[A_BUFFER0]);
     rt->blob = blob;
+    /* An int8 page's row in the wide section is the number of int8 pages before it. */
+    for (e = 0; rt->wide_row != NULL && e < blob->num_shared + blob->num_exclusive; ++e) {
+        rt->wide_row[e] = row;
+        row += blob->data[blob->kinds_offset + (size_t)e] == 8u;
+    }
     return WS_OK;
 }
 
@@ -356,7 +433,14 @@ ws_status ws_switch(ws_runtime *rt, uint32_t task) {
     for (i = 0; i < pages; ++i) {
         uint32_t e = rd32(b->data + b->tables_offset + 4 * ((size_t)table + i));
         rt->page[i] = b->data + b->values_offset + (size_t)e * b->page_stride;
-        rt->scale[i] = b->scales_offset ? b->data + b->scales_offset + 4 * (size_t)e : NULL;
+        if (b->version == 2u) {
+            rt->scale[i] = b->data + b->scales_offset + 2 * (size_t)e * (b->page_size / b->group_size);
+            rt->wide[i] = b->data[b->kinds_offset + (size_t)e] == 8u
+                              ? b->data + b->wide_offset + (size_t)rt->wide_row[e] * b->page_stride
+                              : NULL;
+        } else {
+            rt->scale[i] = b->scales_offset ? b->data + b->scales_offset + 4 * (size_t)e : NULL;
+        }
     }
     rt->task = task;
     return WS_OK;
@@ -366,12 +450,21 @@ ws_status ws_switch(ws_runtime *rt, uint32_t task) {
 typedef struct {
     const ws_runtime *rt;
     const uint8_t *values;
-    float scale;
+    const uint8_t *wide;    /* version 2: the int8 page's low nibbles, NULL on an int4 page */
+    float scale;            /* the scale of the current page (version 1) or group (version 2) */
     uint32_t page, pos;
+    uint32_t group_left;    /* version 2: weights left in the current group */
 } cursor;
 
 static void cursor_load(cursor *c) {
+    const ws_blob *b = c->rt->blob;
     c->values = c->rt->page[c->page];
+    if (b->version == 2u) {
+        c->wide = c->rt->wide[c->page];
+        c->scale = half_to_float(rd16(c->rt->scale[c->page] + 2 * (size_t)(c->pos / b->group_size)));
+        c->group_left = b->group_size - c->pos % b->group_size;
+        return;
+    }
     c->scale = c->rt->scale[c->page] ? rdf32(c->rt->scale[c->page]) : 1.0f;
     /* The page format: a subnormal scale decodes as a zero of its sign (devices that flush
      * subnormals and devices that do not then agree). */
@@ -400,8 +493,17 @@ static float cursor_next(cursor *c) {
     default:  /* int4: element 2k in the low nibble of byte k, 2k + 1 in the high one */
         q = c->values[c->pos >> 1];
         q = (c->pos & 1u) ? q >> 4 : q & 15;
-        w = (float)(q >= 8 ? q - 16 : q) * c->scale;
+        q = q >= 8 ? q - 16 : q;
+        if (c->wide != NULL) {  /* an int8 page: q is the high part, the wide row holds the low one */
+            int low = c->wide[c->pos >> 1];
+            q = q * 16 + ((c->pos & 1u) ? low >> 4 : low & 15);
+        }
+        w = (float)q * c->scale;
         break;
+    }
+    if (b->version == 2u && --c->group_left == 0 && c->pos + 1 < b->page_size) {
+        c->scale = half_to_float(rd16(c->rt->scale[c->page] + 2 * (size_t)((c->pos + 1) / b->group_size)));
+        c->group_left = b->group_size;
     }
     if (++c->pos == b->page_size) {
         c->pos = 0;

@@ -5,7 +5,8 @@
  * Each iteration copies the valid blob into a buffer of exactly its (mutated) length and
  * applies one mutation: random byte flips anywhere; a truncation; flips or a 32-bit field
  * overwritten in the header, task, layer or table sections with the CRC (and size) repaired,
- * so that the structural checks, not only the CRC, see the damage.  An accepted blob then
+ * so that the structural checks, not only the CRC, see the damage; flips in the sections after
+ * the page values (scales; version 2 also page kinds and int8 pages' low nibbles), CRC repaired.  An accepted blob then
  * runs every task on an arena of exactly ws_arena_bytes().  Built with AddressSanitizer and
  * UBSan, any read or write out of bounds aborts.  Prints one count per status; exit 0. */
 #include "wsrt.h"
@@ -84,7 +85,7 @@ int main(int argc, char **argv) {
     long size;
     unsigned long counts[WS_STATUS_COUNT] = {0}, iterations, i;
     ws_blob blob;
-    uint32_t structural;
+    uint32_t structural, tail;
     int s;
     if (argc != 4) {
         fprintf(stderr, "usage: fuzz BLOB ITERATIONS SEED\n");
@@ -102,9 +103,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     structural = blob.values_offset; /* header, tasks, layers, tables */
+    tail = blob.scales_offset ? blob.scales_offset : structural; /* scales, kinds, wide (none: structural) */
     for (i = 0; i < iterations; ++i) {
         size_t n = (size_t)size, k, flips;
-        uint32_t kind = rnd() % 5;
+        uint32_t kind = rnd() % 6;
         uint8_t *b;
         ws_status st;
         if (kind == 1 || kind == 4) n = rnd() % (size_t)size;
@@ -129,6 +131,13 @@ int main(int argc, char **argv) {
             repair(b, n);
             break;
         }
+        case 5: /* flips after the page values (or, without scales, in the structural sections), CRC repaired */
+            for (flips = 1 + rnd() % 4, k = 0; k < flips; ++k) {
+                size_t at = tail == structural ? 16 + rnd() % (structural - 16) : tail + rnd() % ((size_t)size - tail);
+                b[at] ^= (uint8_t)(1u << (rnd() % 8));
+            }
+            repair(b, n);
+            break;
         default: /* truncated, with size and CRC repaired */
             repair(b, n);
             break;

@@ -106,9 +106,16 @@ static int cmd_info(const char *path) {
     printf("blob %s: format version %u, %u bytes, %s pages of %u weights, layout %s\n", path,
            (unsigned)s.blob.version, (unsigned)s.blob.size, DTYPES[s.blob.page_dtype], (unsigned)s.blob.page_size,
            (s.blob.flags & WS_FLAG_TRANSPOSED) ? "transposed" : "natural");
-    printf("pages: %u shared, %u exclusive (%u bytes each%s)\n", (unsigned)s.blob.num_shared,
-           (unsigned)s.blob.num_exclusive, (unsigned)s.blob.page_stride,
-           s.blob.page_dtype == WS_DTYPE_FLOAT32 ? "" : " + a float32 scale");
+    if (s.blob.version == 2u)
+        printf("pages: %u shared, %u exclusive (%u bytes each + %u float16 scales, one per %u weights; "
+               "%u of them int8 pages with %u more bytes each)\n", (unsigned)s.blob.num_shared,
+               (unsigned)s.blob.num_exclusive, (unsigned)s.blob.page_stride,
+               (unsigned)(s.blob.page_size / s.blob.group_size), (unsigned)s.blob.group_size,
+               (unsigned)s.blob.num_wide, (unsigned)s.blob.page_stride);
+    else
+        printf("pages: %u shared, %u exclusive (%u bytes each%s)\n", (unsigned)s.blob.num_shared,
+               (unsigned)s.blob.num_exclusive, (unsigned)s.blob.page_stride,
+               s.blob.page_dtype == WS_DTYPE_FLOAT32 ? "" : " + a float32 scale");
     printf("arena: %lu bytes\n", (unsigned long)s.arena_size);
     for (t = 0; t < s.blob.num_tasks; ++t) {
         ws_task_info info;
