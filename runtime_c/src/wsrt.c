@@ -422,24 +422,34 @@ ws_status ws_runtime_init(ws_runtime *rt, const ws_blob *blob, void *arena, size
 
 ws_status ws_switch(ws_runtime *rt, uint32_t task) {
     const ws_blob *b;
-    const uint8_t *t;
-    uint32_t i, pages, table;
+    const uint8_t *t, *entries, *values, *scales, *kinds, *wide;
+    size_t stride, scale_row;
+    uint32_t i, pages;
     if (rt == NULL || rt->blob == NULL) return WS_E_ARGUMENT;
     b = rt->blob;
     if (task >= b->num_tasks) return WS_E_NO_TASK;
     t = task_record(b, task);
     pages = rd32(t + T_PAGES);
-    table = rd32(t + T_TABLE);
-    for (i = 0; i < pages; ++i) {
-        uint32_t e = rd32(b->data + b->tables_offset + 4 * ((size_t)table + i));
-        rt->page[i] = b->data + b->values_offset + (size_t)e * b->page_stride;
-        if (b->version == 2u) {
-            rt->scale[i] = b->data + b->scales_offset + 2 * (size_t)e * (b->page_size / b->group_size);
-            rt->wide[i] = b->data[b->kinds_offset + (size_t)e] == 8u
-                              ? b->data + b->wide_offset + (size_t)rt->wide_row[e] * b->page_stride
-                              : NULL;
-        } else {
-            rt->scale[i] = b->scales_offset ? b->data + b->scales_offset + 4 * (size_t)e : NULL;
+    /* Loop invariants in locals: the stores through rt's pointer arrays could alias *b. */
+    entries = b->data + b->tables_offset + 4 * (size_t)rd32(t + T_TABLE);
+    values = b->data + b->values_offset;
+    scales = b->scales_offset ? b->data + b->scales_offset : NULL;
+    stride = b->page_stride;
+    if (b->version == 2u) {
+        kinds = b->data + b->kinds_offset;
+        wide = b->data + b->wide_offset;
+        scale_row = 2 * (size_t)(b->page_size / b->group_size);
+        for (i = 0; i < pages; ++i) {
+            uint32_t e = rd32(entries + 4 * (size_t)i);
+            rt->page[i] = values + (size_t)e * stride;
+            rt->scale[i] = scales + (size_t)e * scale_row;
+            rt->wide[i] = kinds[e] == 8u ? wide + (size_t)rt->wide_row[e] * stride : NULL;
+        }
+    } else {
+        for (i = 0; i < pages; ++i) {
+            uint32_t e = rd32(entries + 4 * (size_t)i);
+            rt->page[i] = values + (size_t)e * stride;
+            rt->scale[i] = scales ? scales + 4 * (size_t)e : NULL;
         }
     }
     rt->task = task;
@@ -499,11 +509,11 @@ static float cursor_next(cursor *c) {
             q = q * 16 + ((c->pos & 1u) ? low >> 4 : low & 15);
         }
         w = (float)q * c->scale;
+        if (b->version == 2u && --c->group_left == 0 && c->pos + 1 < b->page_size) {
+            c->scale = half_to_float(rd16(c->rt->scale[c->page] + 2 * (size_t)((c->pos + 1) / b->group_size)));
+            c->group_left = b->group_size;
+        }
         break;
-    }
-    if (b->version == 2u && --c->group_left == 0 && c->pos + 1 < b->page_size) {
-        c->scale = half_to_float(rd16(c->rt->scale[c->page] + 2 * (size_t)((c->pos + 1) / b->group_size)));
-        c->group_left = b->group_size;
     }
     if (++c->pos == b->page_size) {
         c->pos = 0;
