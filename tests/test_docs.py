@@ -2,6 +2,7 @@
 document outside the repository, and README's Layout names exactly the library's modules."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,16 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "BENCHMARKS.md", *(p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("docs/*.md"))),
         "custom_ops/README.md", "custom_ops/NOTES.md"]
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".c", ".h", ".cc", ".cu", ".cuh", ".toml", ".txt", ".ld"}
-SKIPPED_DIRS = {".git", ".venv", "__pycache__", "demo_out", "build", "node_modules"}
 # The working documents of the people who built the toolkit, which users do not have.
 OUTSIDE = re.compile(r"\b(?:shared/|" + "ARCHITECTURES" + r"\.md|" + "DESIGN" + r"\.md|" + "STYLE" + r"\.md|"
                      + "MCU_EMULATION" + r"\.md)")
 
 
 def project_files():
-    for path in REPO.rglob("*"):
-        parts = path.relative_to(REPO).parts
-        if any(part in SKIPPED_DIRS for part in parts) or not path.is_file():
+    """The project's own text files: tracked or new, never what git ignores (outputs, data, builds)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        path = REPO / name
+        if not path.is_file() or path.is_symlink():
             continue
         if (path.suffix in TEXT_SUFFIXES or path.name == "Makefile") and path.stat().st_size < 1 << 20:
             yield path
