@@ -12,10 +12,13 @@ it runs once per downloaded file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
+import os
 import posixpath
 import re
+import stat
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -83,13 +86,16 @@ def verify_file(task: TaskSpec, filename: str, path: Optional[Path] = None) -> i
     return int(array.shape[0])
 
 
-def sha256_of(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+def sha256_of(path: Path) -> tuple[str, int]:
+    """Lowercase hex SHA-256 of a regular file and its size in bytes, read in 1 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
         for block in iter(functools.partial(f.read, 1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def manifest_path(task: TaskSpec) -> Path:
@@ -197,7 +203,7 @@ def _check_sum(task: TaskSpec, name: str, path: Path, samples: int,
                checksums: Optional[Checksums], manifest: Checksums) -> FileCheck:
     """The verdict on a file whose content passed: by its SHA-256 against the expected one, if any."""
     key = f"{task.name}/{name}"
-    actual = sha256_of(path)
+    actual, _ = sha256_of(path)
     for listed in (checksums, manifest):
         if listed is not None and key in listed.sha256:
             expected = listed.sha256[key]

@@ -35,12 +35,12 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from weightsep import atomic
+from weightsep.datacheck import sha256_of
 from weightsep.errors import WeightSepError, is_int, shown
 
 MANIFEST = "manifest.json"
@@ -150,7 +150,7 @@ def verify(out_dir) -> dict:
     for name, entry in manifest["files"].items():
         path = out_dir / name
         try:
-            digest, size = _sha256_of(path)
+            digest, size = sha256_of(path)
         except FileNotFoundError:
             raise ExportError(f"{path} is listed in {MANIFEST} but missing; write the export again") from None
         except OSError as e:
@@ -279,7 +279,7 @@ def _kept_exports(out_dir: Path, old: Optional[dict], export: str, state: dict,
                                  f"-mode={name} in {_path(out_dir)}; rename the task")
         try:
             for f, entry in files.items():
-                digest, size = _sha256_of(out_dir / f)
+                digest, size = sha256_of(out_dir / f)
                 if (digest, size) != (entry["sha256"], entry["bytes"]):
                     raise ExportError(f)
         except (OSError, ExportError):
@@ -321,17 +321,6 @@ def _keep(source: Path, target: Path) -> None:
                 os.fsync(f.fileno())
         except OSError as e:
             raise atomic.write_error("copy", _path(source), e) from None
-
-
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 _RENAME_EXCHANGE = 2
