@@ -60,10 +60,14 @@ flags.DEFINE_integer("iter", 32, "steps per task per pass (original: 32)")
 flags.DEFINE_integer("switches", 20, "random task executions for each runtime (original: 50)")
 flags.DEFINE_bool("reuse_networks", False, "keep the pretrained networks of the previous output and pretrain only "
                   "the tasks that have none")
+flags.DEFINE_enum("int4_training", "after", ["after", "through"],
+                  "-page_dtype=int4: 'after' trains formation and optimization in float32 and quantizes the result; "
+                  "'through' quantizes after formation (float32 master values kept) and optimizes through the "
+                  "int4 pages (BENCHMARKS.md, 'int4 pages')")
 cli.define_method_flags(defaults={"margin": 0.25}, skip=("data",))  # WeightSeparation.py's own method flags
 flags.adopt_module_key_flags(cli)  # -help lists them too
 OWN_FLAGS = ("out", "tasks", "pretrain_iter", "formation_iter", "rounds", "passes", "iter", "switches",
-             "reuse_networks", *(name for name in cli.METHOD_FLAGS if name != "data"))
+             "reuse_networks", "int4_training", *(name for name in cli.METHOD_FLAGS if name != "data"))
 
 BOUNDS = {**cli.METHOD_BOUNDS, "pretrain_iter": (1, 10_000_000), "formation_iter": (0, 10_000_000),
           "rounds": (0, 100_000), "passes": (1, 1000), "iter": (1, 100_000), "switches": (1, 100_000)}
@@ -398,12 +402,17 @@ def run():
     # int4 pages: trained in float32, then quantized (int8 on the pages with the most Fisher
     # information, int4 in groups elsewhere): measured better than training through int4 pages
     # (BENCHMARKS.md, "int4 pages"); int8 and float32 train through their own pages.
+    # -int4_training=through: optimization trains the int4 copy of the formed float32 state from
+    # its float32 master values, through its final mixed int8/int4 pages.
     after = FLAGS.page_dtype == "int4"
+    through = after and FLAGS.int4_training == "through"
     store = Store(out / ("state_float32" if after else "state"))
     session = Session(store, cli.method_options(FLAGS, data="synthetic", **({"page_dtype": "float32"} if after else {})))
+    history = []
     with store.writer():
         run_formation(session, specs, timings)
-        history = run_optimization(session, timings)
+        if not through:
+            history = run_optimization(session, timings)
         if not after:
             run_evaluation(session, timings)
     if after:
@@ -416,6 +425,8 @@ def run():
             f"({time.perf_counter() - start:.1f} s)")
         session = Session(store, cli.method_options(FLAGS, data="synthetic"))
         with store.writer():
+            if through:
+                history = run_optimization(session, timings)
             run_evaluation(session, timings)
     execution = run_execution(store.dir, timings)
     start = stage(6, "report and plots")

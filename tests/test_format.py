@@ -91,7 +91,9 @@ def read_state(state: Path) -> dict:
     rows = []
     for which in ("shared", "exclusive"):
         names = [f"{which}_weight_{part}.npy" for part in parts]
-        assert [name for name in files if name.startswith(which)] == names
+        # the master values (quantized states): float32 beside the stored pages, not what a reader decodes
+        master = [f"{which}_weight_master.npy"] if page_dtype != "float32" else []
+        assert [name for name in files if name.startswith(which)] == names + master
         rows.append(decode_pages(page_dtype, *(read_committed(state, name, files[name]) for name in names)))
     shared, exclusive = rows
     assert shared.shape == (num_shared, page_size) and exclusive.shape[0] == files["exclusive_weight_page.npy"]["shape"][0]

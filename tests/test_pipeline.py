@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY_OPTIONS, copy_state, write_custom_task, write_task_folder
 from weightsep import matching, pipeline
 from weightsep.errors import WeightSepError
-from weightsep.pages import to_pages
+from weightsep.pages import gather_pages, to_pages
 from weightsep.pipeline import (Options, Session, add_task, evaluate_task, form_all, optimize_all,
                                 record_accuracy, train_task)
 from weightsep.store import Store
@@ -338,6 +338,31 @@ def test_training_through_int4_pages_improves_on_post_training_quantization(tiny
     trained = measured()
     assert result.updated and session.store.page_dtype == "int4"
     assert trained[0] < post_training[0] and trained[1] > post_training[1], (post_training, trained)
+
+
+def test_training_an_int4_state_starts_from_its_masters_and_stores_their_rounding(tiny_state, tmp_path):
+    """Training through int4 pages with master values: the trainer starts from the float32 masters
+    (the converted float32 state's values, not their rounding), the kept weights become the masters,
+    and every stored page is the page format's rounding of its master page, with its own kind."""
+    from weightsep.pageformat import page_format
+    from weightsep.store import convert_state
+    source = Store(tiny_state).load()
+    convert_state(tiny_state, tmp_path / "int4", "int4")
+    session = session_on(tmp_path / "int4", select_on="validation", loss="per_example")
+    store = session.store
+    np.testing.assert_array_equal(session.master_pages_of("tiny_a"), gather_pages(
+        source.shared, source.exclusive, source.task("tiny_a").page_table))
+    with store.writer():
+        result = train_task(session, "tiny_a", 300, log=quiet)
+    assert result.updated
+    masters = store.master_pages("tiny_a")
+    assert np.any(masters != gather_pages(source.shared, source.exclusive, source.task("tiny_a").page_table))
+    assert np.any(masters != session.pages_of("tiny_a"))  # the masters are not rounded
+    fmt = page_format("int4", store.group_size)
+    for which in ("shared", "exclusive"):
+        wide = store.quantized(which).bits == 8
+        np.testing.assert_array_equal(getattr(store, which), fmt.round_trip(store.master(which), wide))
+    np.testing.assert_array_equal(store.load_vector("tiny_a", "weight"), store.materialize("tiny_a"))
 
 
 def test_transposed_layout_keeps_the_vectors_in_microcontroller_order(tiny_tasks, tmp_path):

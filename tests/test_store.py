@@ -23,6 +23,7 @@ from conftest import unprivileged
 from weightsep.pageformat import page_format
 from weightsep import store as store_mod
 from weightsep.errors import StateError, StateLockedError, StateReadOnlyError, WeightSepError, WriteError
+from weightsep.limits import EXCLUSIVE_MASTER_FILE, SHARED_MASTER_FILE
 from weightsep.store import (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, LOCK_FILE, REGISTRY_FILE, SHARED_FILE,
                              SHARED_SCALE_FILE, Store, TaskRecord, convert_state)
 from weightsep.tasks import TaskSpec
@@ -49,13 +50,13 @@ def reference_materialize(shared, exclusive, table, n):
     return np.array(out[:n], dtype=np.float32)
 
 
-def make_state(directory, page_dtype="float32"):
+def make_state(directory, page_dtype="float32", masters=True):
     """A state with three hand-placed tasks; returns the store and the exclusive values added."""
     store = Store(directory)
     rng = np.random.default_rng(1)
     values = {name: rng.normal(size=(k, S)).astype(np.float32) for name, k in (("a", 1), ("b", 2), ("c", 1))}
     with store.writer():
-        store.create(page_size=S, num_pages=P, seed=3, page_dtype=page_dtype)
+        store.create(page_size=S, num_pages=P, seed=3, page_dtype=page_dtype, masters=masters)
         # a: 20 weights -> 3 pages; page 1 exclusive
         store.add_task(TaskRecord("a", 20, [0, -1, 1], [1], spec("a"), network_path="nets/a",
                                   accuracy={"network": 0.9}), values["a"], vectors(20, 0))
@@ -71,6 +72,7 @@ def snapshot(directory):
     """Everything a load sees: records, float pages, stored arrays, every vector."""
     s = Store(directory).load()
     stored = [a.copy() if a is not None else None for which in ("shared", "exclusive") for a in s.quantized(which)]
+    stored += [s.master(which).copy() for which in ("shared", "exclusive")]
     vecs = {(t.name, k): s.load_vector(t.name, k) for t in s.tasks for k in store_mod.VECTOR_KINDS
             if s.has_vector(t.name, k)}
     return s.tasks, s.shared.copy(), s.exclusive.copy(), stored, vecs
@@ -316,7 +318,8 @@ MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutation, page_dtype", [(m, "float32") for m in sorted(MUTATIONS)]
-                         + [("commit_task", "int4"), ("remove_task", "int8")])
+                         + [("commit_task", "int4"), ("remove_task", "int8"), ("add_task", "int4"),
+                            ("save_shared", "int8")])
 def test_failure_at_every_rename_leaves_old_or_new_state(tmp_path, monkeypatch, mutation, page_dtype):
     make_state(tmp_path / "probe", page_dtype)
     store = Store(tmp_path / "probe")
@@ -723,7 +726,8 @@ def test_registry_files_are_plain_json_and_npy(tmp_path):
     raw = read_registry(tmp_path)
     assert raw["schema_version"] == store_mod.SCHEMA_VERSION == 3 and raw["group_size"] == 0
     assert raw["page_dtype"] == "int8" and raw["layout"] == "natural"
-    assert set(raw["files"]) == {SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE} | {
+    assert set(raw["files"]) == {SHARED_FILE, EXCLUSIVE_FILE, SHARED_SCALE_FILE, EXCLUSIVE_SCALE_FILE,
+                                 SHARED_MASTER_FILE, EXCLUSIVE_MASTER_FILE} | {
         f"{t}/{t}_{k}.npy" for t in "abc" for k in ("network_weight", "network_fisher")}
     assert raw["files"][SHARED_FILE]["sha256"] == hashlib.sha256(np.load(tmp_path / SHARED_FILE).tobytes()).hexdigest()
 
@@ -917,3 +921,89 @@ def test_state_modules_do_not_import_tensorflow():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---- master values of quantized states ---------------------------------------------------
+
+def test_masters_keep_updates_smaller_than_half_a_step(tmp_path):
+    """Six commits of +0.2 quantization steps each on one weight: with master values the weight's
+    master moves by exactly what was written and its stored value follows (1.2 steps: it moves);
+    without them (a state of before) each commit starts from the stored, rounded value and the
+    update is rounded away every time."""
+    moved = {}
+    for masters in (True, False):
+        store, _ = make_state(tmp_path / str(masters), "int4", masters=masters)
+        assert store.masters is masters
+        start_stored = store.materialize("c").copy()
+        w = store.master_pages("c").reshape(-1)[:8].copy()
+        i = int(np.argmin(np.abs(w)))  # far from the page's largest value: the scale does not move
+        row = store.task("c").page_table[0] - P
+        step = np.float32(store.quantized("exclusive").scales[row, 0])
+        with store.writer():
+            for _ in range(6):
+                # a training call starts from the masters where kept, else from the stored weights
+                w = (store.master_pages("c").reshape(-1)[:8] if masters else store.materialize("c")).copy()
+                w[i] += np.float32(0.2) * step
+                expected = store.as_stored("c", w)
+                store.commit_task("c", weights=w)
+                np.testing.assert_array_equal(store.materialize("c"), expected)
+        loaded = Store(tmp_path / str(masters)).load()
+        if masters:
+            np.testing.assert_array_equal(loaded.master_pages("c").reshape(-1)[:8], w)  # exactly what was written
+            # the stored page is the page format's rounding of the master page
+            np.testing.assert_array_equal(loaded.exclusive[row], page_format("int4", S).round_trip(
+                loaded.master("exclusive")[row:row + 1])[0])
+        else:
+            np.testing.assert_array_equal(loaded.master_pages("c"), loaded.exclusive[[row]])
+        moved[masters] = loaded.materialize("c")[i] - start_stored[i]
+    assert moved[True] >= step * 0.99 and moved[False] == 0.0, moved
+
+
+def test_masters_of_other_tasks_on_a_shared_page_are_not_re_rounded(tmp_path):
+    """Task a changes one weight on pool page 0, which b shares: every other master value of pool
+    page 0 keeps its float32 value (the seeded pool, drawn here independently), the stored page 0
+    is re-derived from the masters, and pages a did not change keep their stored bytes."""
+    store, _ = make_state(tmp_path, "int4")
+    pool = np.random.default_rng(3).normal(0.0, 0.01, size=(P, S)).astype(np.float32)
+    np.testing.assert_array_equal(store.master("shared"), pool)
+    assert np.any(store.shared[0] != pool[0])  # the stored page is rounded: the master is not
+    before = [a.copy() for a in store.quantized("shared")]
+    w = store.master_pages("a").reshape(-1)[:20].copy()
+    w[3] = np.float32(0.02)  # a's page 0 is pool page 0 (weights 0-7)
+    with store.writer():
+        store.commit_task("a", weights=w)
+    loaded = Store(tmp_path).load()
+    expected = pool.copy()
+    expected[0, 3] = np.float32(0.02)
+    np.testing.assert_array_equal(loaded.master("shared"), expected)
+    np.testing.assert_array_equal(loaded.shared[0], page_format("int4", S).round_trip(expected[:1])[0])
+    values, scales = loaded.quantized("shared")[:2]
+    for page in range(1, P):
+        assert values[page].tobytes() == before[0][page].tobytes()
+        assert scales[page].tobytes() == before[1][page].tobytes()
+    # b reads the new shared values on its page 2 (pool page 0), masters elsewhere unchanged
+    np.testing.assert_array_equal(loaded.master_pages("b")[2], expected[0])
+
+
+def test_master_files_are_validated_and_kept_out_of_the_stored_pages(tmp_path):
+    store, _ = make_state(tmp_path, "int8")
+    assert store.quantized("shared").nbytes == P * S + P * 4  # int8 values and scales only
+    path = tmp_path / SHARED_MASTER_FILE
+    master = np.load(path)
+    np.save(path, master + np.float32(1.0))
+    with pytest.raises(StateError, match=f"{SHARED_MASTER_FILE} does not match .*checksum"):
+        Store(tmp_path).load()
+    np.save(path, master)
+    Store(tmp_path).load()
+    edit_registry(tmp_path, lambda raw: raw["files"].pop(EXCLUSIVE_MASTER_FILE), sign=True)
+    with pytest.raises(StateError, match=f"lists {SHARED_MASTER_FILE} without {EXCLUSIVE_MASTER_FILE}"):
+        Store(tmp_path).load()
+
+
+def test_convert_state_keeps_the_float32_values_as_masters(tmp_path):
+    source, _ = make_state(tmp_path / "source")
+    dest = convert_state(tmp_path / "source", tmp_path / "dest", "int4")
+    assert dest.masters and not source.masters
+    for which in ("shared", "exclusive"):
+        np.testing.assert_array_equal(dest.master(which), getattr(source, which))
+    assert not convert_state(tmp_path / "source", tmp_path / "plain", "int4", masters=False).masters

@@ -32,6 +32,8 @@ SHARED_WIDE_FILE = "shared_weight_wide.npy"        # int4 states: the int8 pages
 EXCLUSIVE_WIDE_FILE = "exclusive_weight_wide.npy"
 SHARED_BITS_FILE = "shared_weight_bits.npy"        # int4 states: each page's kind, 4 or 8
 EXCLUSIVE_BITS_FILE = "exclusive_weight_bits.npy"
+SHARED_MASTER_FILE = "shared_weight_master.npy"    # quantized states: float32 master values of every page
+EXCLUSIVE_MASTER_FILE = "exclusive_weight_master.npy"
 REGISTRY_FILE = "weightsep_state.json"
 LOCK_FILE = ".weightsep.lock"
 

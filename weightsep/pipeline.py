@@ -148,6 +148,11 @@ class Session:
         record = self.store.task(name)
         return gather_pages(self.store.shared, self.store.exclusive, record.page_table)
 
+    def master_pages_of(self, name: str) -> np.ndarray:
+        """The task's pages [n_p, S] training starts from: the float32 master values of a quantized
+        state that keeps them (its forward pass fake-quantizes them), else as stored."""
+        return self.store.master_pages(name)
+
 
 # --- the state ----------------------------------------------------------------------
 
@@ -420,7 +425,7 @@ def train_task(session: Session, name: str, iters: int, log: Log = print_log) ->
     train, selection = session.split(name, "train"), session.selection_split(name)
     trainer = session.trainer(name)
     log("get_overlapping_loss")  # the original's lines before its training loop
-    trainer.reset(session.pages_of(name), overlap_for(store, name), store.task_wide(name))
+    trainer.reset(session.master_pages_of(name), overlap_for(store, name), store.task_wide(name))
     log("v_train")
     steps_before = int(rec.settings.get("trained_steps", 0))
     rng = np.random.default_rng([opt.seed, rec.id, steps_before])

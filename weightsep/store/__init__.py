@@ -6,7 +6,10 @@ directory); docs/FORMAT.md describes its files byte by byte.  In memory
 once at load, weightsep.pageformat), so every algorithm works unchanged;
 `Store.quantized()` gives the stored arrays.  Every write of float values quantizes
 the pages whose values change; the other pages keep their exact stored bytes, and
-what `materialize` returns is exactly what is stored.
+what `materialize` returns is exactly what is stored.  A quantized state also keeps
+float32 master values of every page (`Store.master`, `Store.master_pages`): writes go
+into the masters and the stored pages are re-derived from them, so training through
+quantized pages loses neither small updates nor other tasks' values on shared pages.
 
 A task's page table follows the original runtime encoding: entry e < P is shared
 page e, entry e >= P is exclusive row e - P.  Occupation of the shared pages is

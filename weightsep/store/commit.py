@@ -38,7 +38,7 @@ from weightsep.limits import REGISTRY_FILE
 from weightsep.pageformat import Encoded, page_format
 from weightsep.store.files import discard_leftovers, matches, pending_name, read_npy, task_dirs
 from weightsep.store.pagearrays import Pages
-from weightsep.store.registry import (POOL_FILES, SCHEMA_VERSION, VECTOR_KINDS, Invalid, Registry,
+from weightsep.store.registry import (MASTER_FILES, POOL_FILES, SCHEMA_VERSION, VECTOR_KINDS, Invalid, Registry,
                                       TaskRecord, encode_registry, entry_of, parse_registry, read_registry,
                                       start_over, vector_rel)
 
@@ -94,7 +94,11 @@ def _read_pages(state_dir: Path, reg: Registry, which: str) -> tuple[Pages, dict
         floats = state_format(reg).dequantize_checked(*stored)
     except ValueError as e:
         raise StateError(f"{sources.get(scales_name, sources[values_name])}: {e}; {fix}") from None
-    return Pages(floats, stored).freeze(), sources
+    master = None
+    if reg.masters:
+        name = MASTER_FILES[which]
+        master, sources[name] = read_committed(state_dir, reg, name, fix)
+    return Pages(floats, stored, master).freeze(), sources
 
 
 def _registry_bytes(state_dir: Path) -> bytes | None:
@@ -153,7 +157,8 @@ def recover(state_dir: Path, exists: bool) -> Optional[Committed]:
         for rel, entry in reg.obsolete.items():
             _delete_if_matches(state_dir, rel, entry)
     # Whatever pending or temp file is left now belongs to no commit.
-    discard_leftovers(state_dir, [*POOL_FILES["shared"], *POOL_FILES["exclusive"], REGISTRY_FILE])
+    discard_leftovers(state_dir, [*POOL_FILES["shared"], *POOL_FILES["exclusive"], *MASTER_FILES.values(),
+                                  REGISTRY_FILE])
     for folder in task_dirs(state_dir):
         names = [Path(vector_rel(folder.name, kind)).name for kind in VECTOR_KINDS]
         if discard_leftovers(folder, names):
@@ -179,6 +184,8 @@ def commit(state_dir: Path, memory: Committed, *, tasks: list[TaskRecord], next_
         for name, array in zip(POOL_FILES[which], item.stored):
             if array is not None:
                 writes[name] = array
+        if item.master is not None:
+            writes[MASTER_FILES[which]] = item.master
     files = {} if old is None else {rel: e for rel, e in old.files.items() if rel not in drop}
     files.update({rel: entry_of(array) for rel, array in writes.items()})
     obsolete = {rel: old.files[rel] for rel in drop if rel not in files} if old is not None else {}
@@ -246,7 +253,7 @@ def _adopt(state_dir: Path, memory: Committed, reg: Registry, new_pages: dict[st
     memory.reg = reg
     for which, item in new_pages.items():
         memory.pages[which] = item.freeze()
-    page_files = {name for names in POOL_FILES.values() for name in names}
+    page_files = {name for names in POOL_FILES.values() for name in names} | set(MASTER_FILES.values())
     for rel in writes:
         if rel in page_files:
             memory.sources[rel] = pending_path(state_dir, rel)

@@ -61,7 +61,7 @@ def check_conversion(source: Store, dest_dir: str | os.PathLike, page_dtype: str
 
 def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, page_dtype: str,
                   source: Optional[Store] = None, int8_pages: float = DEFAULT_INT8_PAGES,
-                  group_size: int | None = None) -> Store:
+                  group_size: int | None = None, masters: bool = True) -> Store:
     """A quantized copy of a float32 state in a new directory: one commit at the destination.
 
     Same page size, pool size, layout, tasks, ids, page tables, settings and vectors; the pool
@@ -70,7 +70,8 @@ def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, pa
     most summed Fisher information (each task's network_fisher) stored as int8 pages.  The source is only
     read (``source``: the state of source_dir, loaded already).  A task's "separated" accuracy
     was measured on the float32 pages, so the copy drops it (re-run -mode=e there).  dest_dir
-    must pass check_conversion.  A crash leaves the destination without a registry, or complete;
+    must pass check_conversion.  masters: keep the source's float32 values as the copy's master
+    values (docs/FORMAT.md), so that training the copy starts from them.  A crash leaves the destination without a registry, or complete;
     a failure leaves no directory behind (writer).
     """
     dest_path = Path(dest_dir)
@@ -95,8 +96,9 @@ def convert_state(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, pa
         dest._commit(tasks=tasks, next_id=source._reg.next_id,
                      header={"page_size": source.page_size, "num_pages": source.num_pages,
                              "page_dtype": page_dtype, "group_size": fmt.group_size, "layout": source.layout},
-                     new_pages={"shared": stored_pages(fmt, np.array(source.shared), None if wide is None else wide[:P]),
+                     new_pages={"shared": stored_pages(fmt, np.array(source.shared), None if wide is None else wide[:P],
+                                                       masters=masters),
                                 "exclusive": stored_pages(fmt, np.array(source.exclusive),
-                                                          None if wide is None else wide[P:])},
+                                                          None if wide is None else wide[P:], masters=masters)},
                      vectors=vectors)
     return dest

@@ -1,8 +1,12 @@
 """A state's page arrays in memory: the float32 values every algorithm uses beside the stored
-values and scales, and the rewrite of changed pages (quantized by the state's page format).
+values and scales, the float32 master values of a quantized state that keeps them, and the
+rewrite of changed pages (quantized by the state's page format).
 
-Pages whose float values do not change keep their exact stored bytes, so that writing back
-what is stored changes nothing, and what the store returns is exactly what it stores.
+Pages whose values do not change keep their exact stored bytes, so that writing back what is
+stored changes nothing, and what the store returns is exactly what it stores.  With master
+values, a write changes the masters and the stored pages are re-derived from them: an update
+smaller than half a quantization step stays in the master (it is not rounded away), and the
+values of a page that a write does not change are never re-rounded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ class Pages:
 
     floats: np.ndarray
     stored: Encoded
+    master: Optional[np.ndarray] = None  # float32 master values (quantized states that keep them)
+
+    @property
+    def exact(self) -> np.ndarray:
+        """The values a write starts from: the master values where kept, else the stored floats."""
+        return self.floats if self.master is None else self.master
 
     @property
     def values(self) -> np.ndarray:
@@ -37,7 +47,7 @@ class Pages:
         return np.zeros(len(self.floats), bool) if bits is None else bits == 8
 
     def freeze(self) -> "Pages":
-        for array in (self.floats, *self.stored):
+        for array in (self.floats, self.master, *self.stored):
             if array is not None:
                 array.setflags(write=False)
         return self
@@ -45,19 +55,22 @@ class Pages:
     def rows(self, index) -> "Pages":
         """Pages `index` (int array) as their own page array, stored bytes kept."""
         index = np.asarray(index, np.int64)
-        return Pages(self.floats[index], self.stored.rows(index))
+        return Pages(self.floats[index], self.stored.rows(index), None if self.master is None else self.master[index])
 
     def concatenate(self, other: "Pages") -> "Pages":
         """This page array followed by other's (same format)."""
+        if (self.master is None) != (other.master is None):
+            raise ValueError("page arrays with and without master values cannot be joined")
         return Pages(np.concatenate([self.floats, other.floats]),
-                     Encoded(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self.stored, other.stored))))
+                     Encoded(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self.stored, other.stored))),
+                     None if self.master is None else np.concatenate([self.master, other.master]))
 
 
-def stored_pages(fmt: PageFormat, floats: np.ndarray, wide=None) -> Pages:
+def stored_pages(fmt: PageFormat, floats: np.ndarray, wide=None, masters: bool = False) -> Pages:
     """float32 pages as the state stores them: quantized (when the format is; `wide` marks the
-    int8 pages of an int4 state), and their float32 values."""
+    int8 pages of an int4 state), and their float32 values; masters: keep `floats` as the master values."""
     encoded = fmt.quantize(floats, wide)
-    return Pages(fmt.dequantize(*encoded), encoded)
+    return Pages(fmt.dequantize(*encoded), encoded, np.array(floats, np.float32) if masters else None)
 
 
 def changed_rows(current: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -72,7 +85,7 @@ def rewrite(fmt: PageFormat, old: Pages, rows: np.ndarray, new_pages: np.ndarray
     its kind (int4 / int8), unless `wide` (bool [len(old)]) gives every page's kind anew, in which
     case pages whose kind changes are rewritten too.
     """
-    changed = changed_rows(old.floats[rows], new_pages)
+    changed = changed_rows(old.exact[rows], new_pages)
     if wide is not None:
         outside = np.ones(len(old.floats), bool)
         outside[rows] = False
@@ -85,6 +98,10 @@ def rewrite(fmt: PageFormat, old: Pages, rows: np.ndarray, new_pages: np.ndarray
         return None
     rows, new_pages = rows[changed], new_pages[changed]
     update = stored_pages(fmt, new_pages, wide[rows] if fmt.grouped else None)
+    master = None
+    if old.master is not None:
+        master = old.master.copy()
+        master[rows] = new_pages
     if fmt.grouped:
         # The wide rows follow the kinds: rebuild the whole array from per-page parts.
         floats = old.floats.copy()
@@ -95,8 +112,8 @@ def rewrite(fmt: PageFormat, old: Pages, rows: np.ndarray, new_pages: np.ndarray
         full_wide[old.wide] = old.stored.wide
         full_wide[rows[wide[rows]]] = update.stored.wide
         return Pages(floats, Encoded(values, scales, np.ascontiguousarray(full_wide[wide]),
-                                     np.where(wide, 8, 4).astype(np.uint8)))
-    result = Pages(old.floats.copy(), Encoded(*(None if a is None else a.copy() for a in old.stored)))
+                                     np.where(wide, 8, 4).astype(np.uint8)), master)
+    result = Pages(old.floats.copy(), Encoded(*(None if a is None else a.copy() for a in old.stored)), master)
     result.floats[rows] = update.floats
     result.values[rows] = update.values
     if result.scales is not None:

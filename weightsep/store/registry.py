@@ -25,8 +25,8 @@ import numpy as np
 
 from weightsep import atomic, pages
 from weightsep.errors import StateError, WeightSepError, is_int, shown
-from weightsep.limits import (EXCLUSIVE_BITS_FILE, EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, EXCLUSIVE_WIDE_FILE,
-                              LOCK_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_WEIGHTS, REGISTRY_FILE,
+from weightsep.limits import (EXCLUSIVE_BITS_FILE, EXCLUSIVE_FILE, EXCLUSIVE_MASTER_FILE, EXCLUSIVE_SCALE_FILE,
+                              EXCLUSIVE_WIDE_FILE, LOCK_FILE, SHARED_MASTER_FILE, MAX_NUM_PAGES, MAX_PAGE_SIZE, MAX_POOL_WEIGHTS, MAX_WEIGHTS, REGISTRY_FILE,
                               SHARED_BITS_FILE, SHARED_FILE, SHARED_SCALE_FILE, SHARED_WIDE_FILE)
 from weightsep.pageformat import PAGE_DTYPES, page_format
 from weightsep.store.files import one_line, open_regular
@@ -42,7 +42,10 @@ LAYOUTS = ("natural", "transposed")
 # (values, scales, wide, bits) files of the two page arrays, as weightsep.pageformat.Encoded.
 POOL_FILES = {"shared": (SHARED_FILE, SHARED_SCALE_FILE, SHARED_WIDE_FILE, SHARED_BITS_FILE),
               "exclusive": (EXCLUSIVE_FILE, EXCLUSIVE_SCALE_FILE, EXCLUSIVE_WIDE_FILE, EXCLUSIVE_BITS_FILE)}
-TOP_FILES = (*POOL_FILES["shared"], *POOL_FILES["exclusive"], REGISTRY_FILE, LOCK_FILE)
+# Quantized states: the float32 master values of every page (what training starts from and what the
+# stored pages are re-derived from at each commit); never part of what a device reads.
+MASTER_FILES = {"shared": SHARED_MASTER_FILE, "exclusive": EXCLUSIVE_MASTER_FILE}
+TOP_FILES = (*POOL_FILES["shared"], *POOL_FILES["exclusive"], *MASTER_FILES.values(), REGISTRY_FILE, LOCK_FILE)
 
 # Bounds of the registry itself, so that no state can ask for absurd memory.
 MAX_DIM = 1 << 30                     # any one dimension of a recorded array
@@ -146,6 +149,11 @@ class Registry:
     tasks: list
     num_exclusive: int
     checksum: str = ""  # the registry's checksum: it names the state's content at this generation
+
+    @property
+    def masters(self) -> bool:
+        """Whether the state keeps float32 master values beside its quantized pages."""
+        return SHARED_MASTER_FILE in self.files
 
 
 def start_over(state_dir: Path) -> str:
@@ -394,6 +402,15 @@ def parse_registry(raw) -> Registry:
                 raise Invalid(f"{wide_file} is recorded with shape {files[wide_file]['shape']}")
             expected[wide_file] = (np.dtype(np.uint8), fmt.wide_shape(wide_pages, page_size))
             expected[bits_file] = (np.dtype(np.uint8), (rows,))
+    # Master values: a quantized state has both files or neither (a state written before they existed).
+    masters = [name for name in MASTER_FILES.values() if name in files]
+    if masters and not fmt.quantized:
+        raise Invalid(f"'files' lists {masters[0]}, but a float32 state keeps no master values")
+    if len(masters) == 1:
+        raise Invalid(f"'files' lists {masters[0]} without {(set(MASTER_FILES.values()) - set(masters)).pop()}")
+    if masters:
+        for rows, which in ((num_pages, "shared"), (num_exclusive, "exclusive")):
+            expected[MASTER_FILES[which]] = (np.dtype(np.float32), (rows, page_size))
 
     tasks = [parse_task(item, page_size) for item in items]
     for record in tasks:

@@ -3,7 +3,9 @@ commit, remove) that change it, each one commit (weightsep.store.commit).
 
 Reading needs no lock; a change needs the writer lock (weightsep.store.lock).  In memory the
 pool and the exclusive store are float32 (weightsep.store.pagearrays); what `materialize`
-returns is exactly what is stored.
+returns is exactly what is stored.  Quantized states keep float32 master values beside the
+stored pages (docs/FORMAT.md, "Master values"): a write changes the masters, and the stored
+pages whose masters changed are quantized from them.
 """
 
 
@@ -131,6 +133,12 @@ class Store:
         return state_format(self._require_loaded())
 
     @property
+    def masters(self) -> bool:
+        """Whether this quantized state keeps float32 master values of every page (docs/FORMAT.md):
+        training starts from them and each commit re-derives the stored pages from them."""
+        return self._require_loaded().masters
+
+    @property
     def layout(self) -> str:
         """The order of weights in the network vectors: "natural" or "transposed" (the original's -transpose)."""
         return self._require_loaded().layout
@@ -151,6 +159,20 @@ class Store:
         """The exclusive store, float32 [E, S] (dequantized for quantized states), read-only."""
         self._require_loaded()
         return self._mem.pages["exclusive"].floats
+
+    def master(self, which: str) -> np.ndarray:
+        """The values writes start from, float32 [P, S] / [E, S], read-only: the master values of
+        "shared" or "exclusive" where the state keeps them, else the stored (dequantized) values."""
+        self._require_loaded()
+        if which not in POOL_FILES:
+            raise ValueError(f"which must be 'shared' or 'exclusive', not {which!r}")
+        return self._mem.pages[which].exact
+
+    def master_pages(self, name: str) -> np.ndarray:
+        """The task's pages [n_p, S] as training starts from them: from the master values where the
+        state keeps them (else as stored); the padding of its last page holds the pool's values."""
+        record = self._reg.tasks[self._index(name)]
+        return pages.gather_pages(self.master("shared"), self.master("exclusive"), record.page_table)
 
     def quantized(self, which: str) -> Encoded:
         """The stored arrays of "shared" or "exclusive", read-only, as on disk
@@ -286,9 +308,11 @@ class Store:
     # ---- changes ---------------------------------------------------------------------
 
     def create(self, page_size: int = 512, num_pages: int = 128, seed: int = 0,
-               page_dtype: str = "float32", layout: str = "natural", group_size: int | None = None) -> "Store":
+               page_dtype: str = "float32", layout: str = "natural", group_size: int | None = None,
+               masters: bool = True) -> "Store":
         """Start an empty state: pool ~ N(0, 0.01) (std, seeded; quantized for int8/int4 states, every
-        page of an int4 state an int4 page), no exclusive rows, no tasks.  group_size: int4 only."""
+        page of an int4 state an int4 page), no exclusive rows, no tasks.  group_size: int4 only.
+        masters: a quantized state keeps float32 master values of every page (ignored for float32)."""
         self._require_writer("create")
         if self.exists():
             raise StateError(f"a separated state already exists in {self.dir} ({self.registry_path}); "
@@ -310,12 +334,13 @@ class Store:
             raise WeightSepError(f"layout {layout!r} must be one of {', '.join(LAYOUTS)}")
         rng = np.random.default_rng(seed)
         pool = rng.normal(0.0, 0.01, size=(num_pages, page_size)).astype(np.float32)
+        keep = bool(masters) and fmt.quantized
         self._mem = Committed()
         self._commit(tasks=[], next_id=0,
                      header={"page_size": page_size, "num_pages": num_pages, "page_dtype": page_dtype,
                              "group_size": fmt.group_size, "layout": layout},
-                     new_pages={"shared": stored_pages(fmt, pool),
-                                "exclusive": stored_pages(fmt, np.zeros((0, page_size), np.float32))})
+                     new_pages={"shared": stored_pages(fmt, pool, masters=keep),
+                                "exclusive": stored_pages(fmt, np.zeros((0, page_size), np.float32), masters=keep)})
         return self
 
     def _check_vectors(self, name: str, num_weights: int, vectors) -> dict[str, np.ndarray]:
@@ -364,7 +389,8 @@ class Store:
         table = stored.page_table.copy()
         table[stored.exclusive_pages] = reg.num_pages + reg.num_exclusive + np.arange(k)
         stored.page_table = table
-        new_pages = {"exclusive": self._mem.pages["exclusive"].concatenate(stored_pages(self.format, values))}
+        new_pages = {"exclusive": self._mem.pages["exclusive"].concatenate(
+            stored_pages(self.format, values, masters=reg.masters))}
         if shared is not None:
             pool = self._check_pool(shared)
             rewritten = rewrite(self.format, self._mem.pages["shared"], np.arange(reg.num_pages), pool)
@@ -380,12 +406,13 @@ class Store:
         return pool
 
     def _task_pages(self, record: TaskRecord, weights) -> np.ndarray:
-        """The task's pages with `weights` written in; the padding of its last page keeps the stored values."""
+        """The task's pages with `weights` written in; the padding of its last page keeps its values
+        (the master values where the state keeps them, else the stored values)."""
         vector = as_values(weights, f"weights of task '{record.name}'")
         if vector.shape != (record.num_weights,):
             raise ValueError(f"weights of task '{record.name}' have shape {vector.shape}, "
                              f"expected ({record.num_weights},)")
-        new = pages.gather_pages(self.shared, self.exclusive, record.page_table)
+        new = pages.gather_pages(self.master("shared"), self.master("exclusive"), record.page_table)
         new.reshape(-1)[:record.num_weights] = vector
         return new
 
@@ -402,12 +429,14 @@ class Store:
         """float32[n]: what materialize(name) returns after commit_task(name, weights=weights).
 
         Equal to weights for a float32 state; their quantized values for int8/int4 (pages
-        whose values do not change keep their stored values).  Writes nothing.
+        whose values do not change keep their stored values; with master values, "change" means
+        the master values change).  Writes nothing.
         """
         record = self._reg.tasks[self._index(name)]
         new = self._task_pages(record, weights)
-        current = pages.gather_pages(self.shared, self.exclusive, record.page_table)
-        changed = changed_rows(current, new)
+        changed = changed_rows(self.master_pages(name), new)
+        if self.masters:
+            new[~changed] = pages.gather_pages(self.shared, self.exclusive, record.page_table)[~changed]
         if changed.any():
             wide = self.task_wide(name)
             new[changed] = self.format.round_trip(new[changed], wide[changed] if self.format.grouped else None)
