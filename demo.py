@@ -60,10 +60,10 @@ flags.DEFINE_integer("iter", 32, "steps per task per pass (original: 32)")
 flags.DEFINE_integer("switches", 20, "random task executions for each runtime (original: 50)")
 flags.DEFINE_bool("reuse_networks", False, "keep the pretrained networks of the previous output and pretrain only "
                   "the tasks that have none")
-flags.DEFINE_enum("int4_training", "after", ["after", "through"],
-                  "-page_dtype=int4: 'after' trains formation and optimization in float32 and quantizes the result; "
-                  "'through' quantizes after formation (float32 master values kept) and optimizes through the "
-                  "int4 pages (BENCHMARKS.md, 'int4 pages')")
+flags.DEFINE_enum("int4_training", "through", ["through", "after"],
+                  "-page_dtype=int4: 'through' quantizes after formation (float32 master values kept) and optimizes "
+                  "through the int4 pages; 'after' trains formation and optimization in float32 and quantizes the "
+                  "result (measured worse: BENCHMARKS.md, 'int4 pages')")
 cli.define_method_flags(defaults={"margin": 0.25}, skip=("data",))  # WeightSeparation.py's own method flags
 flags.adopt_module_key_flags(cli)  # -help lists them too
 OWN_FLAGS = ("out", "tasks", "pretrain_iter", "formation_iter", "rounds", "passes", "iter", "switches",
@@ -399,11 +399,11 @@ def run():
     from weightsep.store import Store
     timings = {"start-up (TensorFlow import)": time.perf_counter() - t0}
     specs, steps = run_pretrain(out, folders, timings)
-    # int4 pages: trained in float32, then quantized (int8 on the pages with the most Fisher
-    # information, int4 in groups elsewhere): measured better than training through int4 pages
-    # (BENCHMARKS.md, "int4 pages"); int8 and float32 train through their own pages.
-    # -int4_training=through: optimization trains the int4 copy of the formed float32 state from
-    # its float32 master values, through its final mixed int8/int4 pages.
+    # int4 pages: formation in float32, then quantized (int8 on the pages with the most Fisher
+    # information, int4 in groups elsewhere, float32 master values kept) and the optimization
+    # trained from the masters through those final pages (-int4_training=through); measured
+    # better than optimizing in float32 and quantizing after (BENCHMARKS.md, "int4 pages").
+    # int8 and float32 states train through their own pages from the start.
     after = FLAGS.page_dtype == "int4"
     through = after and FLAGS.int4_training == "through"
     store = Store(out / ("state_float32" if after else "state"))
