@@ -131,7 +131,10 @@ def test_two_workers_train_as_one_process_with_the_whole_batch(tiny_tasks, tmp_p
         got, want = np.load(chief / rel), np.load(reference / rel)
         if (tiny_state / rel).exists():  # the weight vector is first written by training
             assert np.max(np.abs(want - np.load(tiny_state / rel))) > 1e-3  # the run changed the pages
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        # Summation order differs between the all-reduce and one batch; Adam divides by sqrt(v), so an
+        # element whose gradient is near zero can move by up to lr * 1e-3 more (seen: 1.3e-5 on 1 of 832).
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+        assert np.mean(np.abs(got - want) > 1e-6) < 0.01  # nearly every weight agrees to float rounding
     assert "written by the chief" in outputs[1]
     # The other worker trained the same way but wrote nothing and never took the lock.
     assert [line for line in outputs[0].splitlines() if line.startswith("step ")] == \
