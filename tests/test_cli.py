@@ -329,7 +329,7 @@ def test_pretrain_saves_the_network_it_reports(tmp_path):
     assert lines[-1] == f"clitask inference accuracy: {want:.6f}"
 
 
-def test_missing_data_network_and_state_are_one_line_errors(tmp_path):
+def test_missing_data_network_and_state_are_one_line_errors(tmp_path, monkeypatch):
     folder = copy_task_folder(tmp_path, "svhn")
     result = run_main("-mode=pretrain", f"-network_path={folder}", check=False)
     assert_one_line_error(result, "svhn_train_data.npy", "./download_dataset.sh svhn")
@@ -337,8 +337,16 @@ def test_missing_data_network_and_state_are_one_line_errors(tmp_path):
     result = run_main("-mode=a", f"-network_path={folder}", f"-state_dir={tmp_path / 'st'}", "-data=synthetic",
                       check=False)
     assert_one_line_error(result, "mnist.weights.h5 is missing", "-mode=pretrain")
+    # The hint looks for the demo's state under the working directory: run where none is, then where one is.
+    monkeypatch.chdir(tmp_path)
     result = run_main("-mode=e", "-vnn_name=mnist", f"-state_dir={tmp_path / 'empty'}", check=False)
     assert_one_line_error(result, "no separated state in", "formation.sh -state_dir=")
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "demo_out" / "state").mkdir(parents=True)
+    (tmp_path / "demo_out" / "state" / "weightsep_state.json").write_text("{}")
+    result = run_main("-mode=e", "-vnn_name=mnist", f"-state_dir={tmp_path / 'empty'}", check=False)
+    assert_one_line_error(result, "no separated state in", "the demo's is in demo_out/state: run ")
+    assert "-state_dir=demo_out/state" in result.stderr
     assert not (tmp_path / "empty").exists()
     # An add that fails before it has anything to add leaves no state directory behind.
     assert not (tmp_path / "st").exists(), sorted(p.name for p in (tmp_path / "st").iterdir())
