@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags  # noqa: E402
 
 from benchmarks.common import REPO, TASKS, emit, machine, median  # noqa: E402
+from weightsep.distribute import free_local_ports  # noqa: E402
 
 flags.DEFINE_string("out", "bench_out/distribute", "working directory (networks, states)")
 flags.DEFINE_integer("passes", 2, "passes of the optimize step (the demo: 2 rounds x 10 passes)")
@@ -60,22 +60,12 @@ def build_state(out: Path) -> Path:
     return state
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run(states: list[Path]) -> float:
     """Wall time of -mode=o on len(states) workers (one process: no -distribute)."""
     args = [sys.executable, str(REPO / "WeightSeparation.py"), "-mode=o", "-rounds=1",
             f"-passes={FLAGS.passes}", f"-iter={FLAGS.iter}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    workers = [f"localhost:{p}" for p in free_ports(len(states))]
+    workers = [f"localhost:{p}" for p in free_local_ports(len(states))]
     procs = []
     start = time.perf_counter()
     for index, state in enumerate(states):

@@ -4,14 +4,13 @@ weights of one process with the whole batch, with only the chief writing the sta
 import json
 import os
 import re
-import socket
 import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import TINY_OPTIONS, TINY_SPECS, PYTHON, REPO, assert_one_line_error, copy_state, run_main, write_task_folder
-from weightsep.distribute import read_tf_config
+from weightsep.distribute import free_local_ports, read_tf_config
 from weightsep.errors import WeightSepError
 
 
@@ -56,16 +55,6 @@ def test_distribute_flag_is_checked_before_any_work(tiny_state, tmp_path, monkey
                           "needs the TF_CONFIG environment variable")
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_workers(args_of_worker, attempts=2):
     """Run WeightSeparation.py on len(args_of_worker) localhost workers (free ports, bounded
     time, killed if still running); their outputs (each must exit 0). A port taken by another
@@ -80,7 +69,7 @@ def run_workers(args_of_worker, attempts=2):
 
 
 def _start_workers(args_of_worker):
-    workers = [f"localhost:{port}" for port in free_ports(len(args_of_worker))]
+    workers = [f"localhost:{port}" for port in free_local_ports(len(args_of_worker))]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker"],
                               env=dict(env, **tf_config(workers, index)), stdout=subprocess.PIPE,

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -69,6 +70,19 @@ class ClusterConfig:
     @property
     def name(self) -> str:
         return f"{self.task_type} {self.task_index}"
+
+
+def free_local_ports(count: int) -> list[int]:
+    """`count` TCP ports of this machine that were free a moment ago, for localhost workers (a
+    port can still be taken before a worker binds it: callers retry on "address in use")."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def read_tf_config(environ: Mapping[str, str] = os.environ) -> ClusterConfig:
