@@ -183,16 +183,21 @@ def _zero_cells(ax, cost, origin: str) -> int:
     return int(np.sum(zero))
 
 
+def _log_image(ax, cost: np.ndarray, cmap: str, origin: str):
+    """The positive costs on a log colour scale; zero cells left blank (drawn over by the caller)."""
+    positive = cost[cost > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
+    return ax.imshow(np.ma.masked_less_equal(cost, 0), cmap=matplotlib.colormaps[cmap], norm=norm,
+                     aspect="auto", interpolation="nearest", origin=origin)
+
+
 def plot_original_heatmap(store: Store, a: str, b: str, path) -> Plot:
     """The original's sharing-cost heatmap (module doc): a's chunks across, b's up from the bottom."""
     data = original_sharing_cost(store, a, b)
     cost = data["cost"]
-    positive = cost[cost > 0]
     fig = _figure(ORIGINAL_HEATMAP)
     ax = fig.add_subplot()
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
-    image = ax.imshow(np.ma.masked_less_equal(cost, 0), cmap=matplotlib.colormaps["Blues"], norm=norm,
-                      aspect="auto", interpolation="nearest", origin="lower")
+    image = _log_image(ax, cost, "Blues", origin="lower")
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("sharing cost (log scale)")
     ticks = np.arange(0, cost.shape[0], 100)
@@ -380,12 +385,9 @@ def plot_sharing_cost(store: Store, a: str, b: str, path) -> Plot:
     """Heatmap of the overlapping cost between a's pages and b's pages; shared pairs marked."""
     data = sharing_cost(store, a, b)
     cost = data["cost"]
-    positive = cost[cost > 0]
     fig = _figure(SQUARE)
     ax = fig.add_subplot()
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if len(positive) else None
-    image = ax.imshow(np.ma.masked_less_equal(cost, 0), cmap=matplotlib.colormaps["viridis"], norm=norm,
-                      aspect="auto", interpolation="nearest", origin="upper")
+    image = _log_image(ax, cost, "viridis", origin="upper")
     bar = fig.colorbar(image, ax=ax, shrink=0.85)
     bar.set_label("overlapping cost, log scale: sum (F_a + F_b)(w_a - w_b)^2")
     zeros = data["zero_cells"] = _zero_cells(ax, cost, "upper")
