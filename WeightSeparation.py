@@ -123,13 +123,14 @@ def _check_names(mode: str, spec: Mode, names: list[str]) -> None:
 
 def _missing_state(store) -> str:
     """The error for a -state_dir without a state, with commands that make or find one."""
+    from weightsep.errors import formation_hint
     here = FLAGS.state_dir
     demo = Path("demo_out/state")
     if (demo / "weightsep_state.json").is_file() and Path(here).resolve() != demo.resolve():
         found = cli.command("WeightSeparation.py", *cli.flag_args(FLAGS, OWN_FLAGS, state_dir=str(demo)))
         return f"no separated state in {store.dir}; the demo's is in {demo}: run {found}"
     return (f"no separated state in {store.dir}: make one with "
-            f"{cli.command('formation.sh', f'-state_dir={here}')} (the ten tasks; TASKS=\"a b\" for some), "
+            f"{formation_hint(here)}, "
             f"or pass the -state_dir that holds it")
 
 

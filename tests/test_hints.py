@@ -141,3 +141,21 @@ def test_missing_fisher_hint_computes_it_in_this_state(tiny_state, tmp_path):
     store = Store(state).load()
     fisher = store.load_vector("tiny_b", "fisher")
     assert fisher.shape == (store.task("tiny_b").num_weights,) and (fisher >= 0).all() and fisher.any()
+
+
+def test_a_state_without_tasks_names_formation_for_that_state(tmp_path):
+    """An execution or plot on a state whose tasks were all removed names formation.sh for it
+    (test_scripts runs formation.sh with -state_dir as printed here, on tiny tasks)."""
+    from weightsep.errors import WeightSepError
+    from weightsep.plots import plot_accuracy
+    from weightsep.runtime import load_state
+    state = tmp_path / "st"
+    with Store(state).writer() as store:
+        store.create(page_size=8, num_pages=4)
+    for call in (lambda: load_state(state), lambda: plot_accuracy(Store(state).load(), tmp_path / "p.png")):
+        with pytest.raises(WeightSepError) as error:
+            call()
+        message = str(error.value)
+        assert f"the state in {state} holds no tasks; add them with " in message and "<" not in message
+        words = printed_command(message, "add them with ", " (the ten tasks")
+        assert Path(words[0]).resolve() == (REPO / "formation.sh").resolve() and words[1:] == [f"-state_dir={state}"]

@@ -72,3 +72,8 @@ def command(script: str, *args: str, env: str = "") -> str:
     path = short(os.path.join(root, script))
     words = [short(sys.executable), path.removeprefix("./")] if script.endswith(".py") else [path]
     return (f"{env} " if env else "") + shlex.join([*words, *args])
+
+
+def formation_hint(state_dir) -> str:
+    """How to fill a state directory with tasks, as a command to paste: formation.sh (the original's)."""
+    return f"{command('formation.sh', f'-state_dir={state_dir}')} (the ten tasks; TASKS=\"a b\" for some)"

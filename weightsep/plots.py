@@ -46,7 +46,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from weightsep import atomic, matching, separation  # noqa: E402
-from weightsep.errors import WeightSepError  # noqa: E402
+from weightsep.errors import WeightSepError, formation_hint  # noqa: E402
 from weightsep.pages import occupation_counts, to_pages  # noqa: E402
 from weightsep.store import Store  # noqa: E402
 
@@ -92,7 +92,7 @@ def _save(fig: Figure, path) -> Path:
 
 def _tasks(store: Store) -> list:
     if not store.tasks:
-        raise WeightSepError(f"the state in {store.dir} holds no tasks; add some with -mode=a -network_path=<task>")
+        raise WeightSepError(f"the state in {store.dir} holds no tasks; add them with {formation_hint(store.dir)}")
     return store.tasks
 
 

@@ -57,7 +57,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from weightsep import data as datasets
-from weightsep.errors import StateError, WeightSepError
+from weightsep.errors import StateError, WeightSepError, formation_hint
 from weightsep.limits import DEFAULT_GATHER, GATHERS, SECONDARIES
 from weightsep.networks import Network
 from weightsep.pageformat import effective_scale, page_format, wide_rows
@@ -76,7 +76,7 @@ DEVICES = ("auto", "cpu", "gpu")
 def task_sequence(names: list[str], count: int, seed: int) -> list[str]:
     """The random tasks to execute: uniform over ``names`` (sorted by name), seeded."""
     if not names:
-        raise WeightSepError("the state holds no tasks: add some with -mode=a -network_path=<task>")
+        raise WeightSepError("no tasks to execute: the sequence needs at least one task name")
     picks = np.random.default_rng(seed).integers(0, len(names), size=count)
     ordered = sorted(names)
     return [ordered[i] for i in picks]
@@ -107,7 +107,7 @@ def load_state(state_dir) -> Store:
     """The state of an execution script: it must exist and hold tasks."""
     store = Store(state_dir).load()
     if not store.tasks:
-        raise StateError(f"the state in {store.dir} holds no tasks; add some with -mode=a -network_path=<task>")
+        raise StateError(f"the state in {store.dir} holds no tasks; add them with {formation_hint(store.dir)}")
     return store
 
 
