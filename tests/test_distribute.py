@@ -4,7 +4,9 @@ weights of one process with the whole batch, with only the chief writing the sta
 import json
 import os
 import re
+import signal
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -69,20 +71,33 @@ def run_workers(args_of_worker, attempts=2):
 
 
 def _start_workers(args_of_worker):
-    workers = [f"localhost:{port}" for port in free_local_ports(len(args_of_worker))]
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker"],
-                              env=dict(env, **tf_config(workers, index)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for index, args in enumerate(args_of_worker)]
+    procs = _spawn_workers(args_of_worker)[0]
     try:
         outputs = [proc.communicate(timeout=180)[0] for proc in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(procs)
     return outputs, [proc.returncode for proc in procs]
+
+
+def _spawn_workers(args_of_worker, stderr=subprocess.STDOUT, **env):
+    """Start WeightSeparation.py on localhost workers (free ports): (processes, addresses). A
+    variable of env set to None is taken out of the workers' environment."""
+    workers = [f"localhost:{port}" for port in free_local_ports(len(args_of_worker))]
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2") | env
+    env = {key: value for key, value in env.items() if value is not None}
+    procs = [subprocess.Popen([PYTHON, str(REPO / "WeightSeparation.py"), *args, "-distribute=multi_worker"],
+                              env=dict(env, **tf_config(workers, index)), stdout=subprocess.PIPE,
+                              stderr=stderr, text=True)
+             for index, args in enumerate(args_of_worker)]
+    return procs, workers
+
+
+def _kill(procs):
+    """Kill those still running and reap them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def files_of(folder):
@@ -156,3 +171,54 @@ def test_two_workers_pretrain_as_one_replica_with_the_whole_batch(tmp_path):
     got = load_network(task).get_vector()
     assert np.max(np.abs(net.get_vector() - start)) > 1e-2
     np.testing.assert_allclose(got, net.get_vector(), rtol=0, atol=1e-5)
+
+
+def _first_step_line(proc, timeout):
+    """Wait (at most timeout seconds) for the first `step ` line of proc's stdout; the lines read."""
+    lines, seen = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step "):
+                break
+        seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    seen.wait(timeout)
+    return lines
+
+
+def test_a_worker_killed_while_training_stops_the_chief_with_one_line_and_no_commit(tiny_state, tmp_path):
+    from weightsep.store import Store
+
+    chief, other = copy_state(tiny_state, tmp_path / "chief"), copy_state(tiny_state, tmp_path / "other")
+    before = files_of(chief)
+    # Far more steps than run before the kill, so the chief is surely inside training (it commits
+    # only once training ends). TensorFlow logs at the program's default level (what a user sees),
+    # so the chief's stderr is its one line. TMPDIR: the killed worker cannot delete its scratch copy.
+    args = ["-mode=t", "-vnn_name=tiny_a", "-iter=100000", "-batch_size=100"]
+    for attempt in range(2):
+        procs, workers = _spawn_workers([[*args, f"-state_dir={state}"] for state in (chief, other)],
+                                        stderr=subprocess.PIPE, TMPDIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL=None)
+        try:
+            lines = _first_step_line(procs[1], timeout=120)
+            started = bool(lines) and lines[-1].startswith("step ")
+            if started:
+                procs[1].send_signal(signal.SIGKILL)
+                procs[1].wait()
+            # Bounded: gRPC reports the lost peer at the chief's next collective (under a second here).
+            out, err = procs[0].communicate(timeout=60)
+        finally:
+            _kill(procs)
+        if started or "in use" not in (out + err).lower():
+            break
+    assert started, "".join(lines) + procs[1].stderr.read()
+    result = subprocess.CompletedProcess(procs[0].args, procs[0].returncode, out, err)
+    assert_one_line_error(result, f"worker 1 ({workers[1]}) of the cluster failed or stopped answering",
+                          "worker 0 stopped too", f"the state in {chief} keeps its last commit")
+    assert "step 0" in out  # the chief was training when its peer died
+    # No commit, no pending file, the lock released and empty: the state is byte for byte as before.
+    assert files_of(chief) == before
+    with Store(chief).writer():
+        pass

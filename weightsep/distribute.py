@@ -18,10 +18,10 @@ state: a shared file system, or the same copy on every host), and deletes it at 
 never takes the state's lock.
 
 Failures. Every collective has a timeout (COLLECTIVE_TIMEOUT_S); a worker that dies or stops
-answering makes the others' next collective fail, and the run stops with one line saying so
-(WorkerFailed). The chief commits only between training calls, each commit atomic, so the
-state keeps its last commit. -mode=pretrain saves the network (atomically) on the chief only,
-after training.
+answering makes the others' next collective fail, and the run stops with one line naming the lost
+peer (WorkerFailed; a killed process is noticed at once, a hung one after the timeout). The chief
+commits only between training calls, each commit atomic, so the state keeps its last commit.
+-mode=pretrain saves the network (atomically) on the chief only, after training.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -167,12 +168,26 @@ def failures(config: ClusterConfig, state_dir) -> Iterator[None]:
     try:
         yield
     except lost as e:
-        # TensorFlow's message starts with generic lines; the cause is the first other one.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node"))]
-        first = (useful or lines or [""])[0][:200]
-        raise WorkerFailed(f"a worker of the cluster failed or stopped answering ({type(e).__name__}: {first}); "
-                           f"{config.name} stopped too; the state in {state_dir} keeps its last commit") from None
+        raise WorkerFailed(lost_worker_message(config, e, state_dir)) from None
+
+
+def lost_worker_message(config: ClusterConfig, error, state_dir) -> str:
+    """WorkerFailed's one line for a failed collective: the peer TensorFlow names (gRPC's
+    "remote target /job:worker/replica:0/task:1"), with its address, and the cause."""
+    text = str(error)
+    # TensorFlow's message starts with generic lines and the Python stack of the op ("File ...");
+    # the cause is the first other line.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "File "))]
+    cause = (useful or lines or [""])[0][:200]
+    who = "a worker of the cluster"
+    peer = re.search(r"/job:(chief|worker)/replica:\d+/task:(\d+)", text)
+    if peer and (peer[1], int(peer[2])) != (config.task_type, config.task_index):
+        addresses = config.chief if peer[1] == "chief" else config.workers
+        if int(peer[2]) < len(addresses):
+            who = f"{peer[1]} {peer[2]} ({addresses[int(peer[2])]}) of the cluster"
+    return (f"{who} failed or stopped answering ({type(error).__name__}: {cause}); {config.name} stopped too; "
+            f"the state in {state_dir} keeps its last commit")
 
 
 @contextlib.contextmanager
