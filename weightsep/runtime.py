@@ -268,10 +268,6 @@ class HostGather:
         if self.format.quantized:
             self.values = np.empty((max_pages, *pool[0].shape[1:]), pool[0].dtype)
             self.scales = np.empty(max_pages, np.float32)
-        if self.format.quantized and self.format.bits == 4:
-            # Decoding table of the format: byte b -> its two int8 weights (low nibble first).
-            self.nibbles = self.format.unpack(np.arange(256, dtype=np.uint8)[:, None])
-            self.unpacked = np.empty((max_pages, pool[0].shape[1], 2), np.int8)
 
     def staging(self, part_rows: list[int]) -> list[np.ndarray]:
         """Where a switch brings in a task's exclusive rows (``part_rows``: how many of each part): views
@@ -293,10 +289,9 @@ class HostGather:
             self.pages[:count] = self.format.dequantize(self.parts[0][table], self.parts[1][table],
                                                         self.parts[2][picked[picked >= 0]], bits[table])
             return
+        # int8 (int4 pages are always grouped, above): the format's float32(q) * scale, into the buffer.
         values = np.take(self.parts[0], table, axis=0, out=self.values[:count], mode="clip")
         scales = effective_scale(np.take(self.parts[1], table, out=self.scales[:count], mode="clip"))
-        if self.format.bits == 4:
-            values = np.take(self.nibbles, values, axis=0, out=self.unpacked[:count], mode="clip").reshape(count, -1)
         np.multiply(values, scales[:, None], out=self.pages[:count])
 
     def tensor(self, num_weights: int):
